@@ -1,0 +1,309 @@
+"""The limit order book of one trading pair: price-time priority, pure and deterministic.
+
+This module does no I/O, reads no clock and draws no random number: every call is a function of
+the book's state and its arguments, so replaying the same calls gives the same trades.
+
+Rules
+-----
+* **Priority**: best price first (highest bid, lowest ask); within a price, arrival order (FIFO).
+* **Price**: a trade executes at the resting (maker) order's price, stamped with the taker's
+  timestamp; trade IDs run 1, 2, 3, ... with no gap (``next_trade_id``).
+* **Never crossed**: the caller only rests an order after taking what it crosses, so the best bid
+  is always below the best ask. :meth:`OrderBook.check` asserts it.
+* **Identity**: an ``order_id`` is live at most once. The book does not police it; the engine
+  rejects a duplicate before calling :meth:`OrderBook.add`.
+
+Layout and cost
+---------------
+Each side keeps ``dict[key, Level]`` plus a ``SortedList`` of keys, and caches its best level.
+The key of a price is the price for asks and its negation for bids, so on both sides *the best
+level has the smallest key* and one matching loop serves both. A level is a ``dict`` from order
+ID to remaining quantity, whose insertion order is the FIFO queue; a global index maps each live
+order ID to its level. There is no per-order object: a resting order costs its ID string, one
+index entry and one level entry (about 130-150 bytes at a million orders).
+
+* best price, add to an existing level, cancel, reduce, each fill: O(1)
+* creating or removing a price level: O(log L) (``SortedList``), L = levels on that side
+* ``can_fill`` (fill-or-kill check): O(levels it needs)
+* ``check``: O(orders)
+
+A level's dict keeps holes where filled orders were removed until it is next resized, so the
+first fill on a level scans past at most a few times its live size in C; amortised O(1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Final
+
+from sortedcontainers import SortedList
+
+from shard.messages import Trade
+
+NO_LIMIT: Final = 1 << 65
+"""Limit key of a market order: above every price key, so it crosses every level."""
+
+
+class Level:
+    """All resting orders at one price on one side, in FIFO order, with their cached total."""
+
+    __slots__ = ("key", "orders", "owner", "price", "total")
+
+    def __init__(self, price: int, key: int, owner: BookSide) -> None:
+        self.price = price
+        self.key = key
+        self.owner = owner
+        self.orders: dict[str, int] = {}
+        self.total = 0
+
+
+class BookSide:
+    """One side of the book: levels by key, keys in order, the best level cached."""
+
+    __slots__ = ("best", "keys", "levels", "name", "sign")
+
+    def __init__(self, name: str, sign: int) -> None:
+        self.name = name
+        self.sign = sign  # key = sign * price: +1 for asks, -1 for bids
+        self.levels: dict[int, Level] = {}
+        self.keys: SortedList[int] = SortedList()
+        self.best: Level | None = None
+
+    def level_for(self, price: int) -> Level:
+        """The level at ``price``, created if absent. O(1), or O(log L) when created."""
+        key = self.sign * price
+        level = self.levels.get(key)
+        if level is None:
+            level = self.levels[key] = Level(price, key, self)
+            self.keys.add(key)
+            best = self.best
+            if best is None or key < best.key:
+                self.best = level
+        return level
+
+    def drop(self, level: Level) -> None:
+        """Remove an empty level. O(log L)."""
+        key = level.key
+        del self.levels[key]
+        keys = self.keys
+        keys.remove(key)
+        if self.best is level:
+            self.best = self.levels[keys[0]] if keys else None
+
+    def __iter__(self) -> Iterator[Level]:
+        """Levels best first. O(L)."""
+        levels = self.levels
+        for key in self.keys:
+            yield levels[key]
+
+
+class OrderBook:
+    """Resting orders of one pair and the matching primitives the engine builds order types from."""
+
+    __slots__ = ("_index", "asks", "bids", "next_trade_id")
+
+    def __init__(self) -> None:
+        self.bids = BookSide("buy", -1)
+        self.asks = BookSide("sell", 1)
+        self._index: dict[str, Level] = {}
+        self.next_trade_id = 1
+
+    # -- queries ---------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        """Number of live orders. O(1)."""
+        return len(self._index)
+
+    def __contains__(self, order_id: object) -> bool:
+        """Whether ``order_id`` is live. O(1)."""
+        return order_id in self._index
+
+    def get(self, order_id: str) -> tuple[str, int, int] | None:
+        """``(side, price, remaining)`` of a live order, else None. O(1)."""
+        level = self._index.get(order_id)
+        if level is None:
+            return None
+        return level.owner.name, level.price, level.orders[order_id]
+
+    def best_bid(self) -> int | None:
+        """Highest bid price. O(1)."""
+        best = self.bids.best
+        return None if best is None else best.price
+
+    def best_ask(self) -> int | None:
+        """Lowest ask price. O(1)."""
+        best = self.asks.best
+        return None if best is None else best.price
+
+    def side(self, name: str) -> BookSide:
+        """The resting side called ``name`` ("buy" is the bids)."""
+        return self.bids if name == "buy" else self.asks
+
+    def crosses(self, side: str, price: int) -> bool:
+        """Whether an order on ``side`` at ``price`` would trade on arrival. O(1)."""
+        if side == "buy":
+            best = self.asks.best
+            return best is not None and best.price <= price
+        best = self.bids.best
+        return best is not None and best.price >= price
+
+    def can_fill(self, side: str, price: int | None, quantity: int) -> bool:
+        """Whether a taker could trade ``quantity`` in full at ``price`` or better (None: any).
+
+        O(levels needed): sums cached level totals from the best level outwards.
+        """
+        if side == "buy":
+            opposite, limit = self.asks, NO_LIMIT if price is None else price
+        else:
+            opposite, limit = self.bids, NO_LIMIT if price is None else -price
+        for level in opposite:
+            if level.key > limit:
+                return False
+            quantity -= level.total
+            if quantity <= 0:
+                return True
+        return False
+
+    # -- changes ---------------------------------------------------------------------------------
+
+    def take(
+        self,
+        taker_id: str,
+        side: str,
+        price: int | None,
+        quantity: int,
+        timestamp: int,
+        input_id: str | None,
+        trades: list[Trade],
+    ) -> int:
+        """Trade a taker against the opposite side while it crosses; return the unfilled rest.
+
+        ``price`` None means no limit (market). Appends one :class:`Trade` per maker touched to
+        ``trades``; filled makers leave the book, a partly filled maker keeps its place.
+        O(1) per fill plus O(log L) per level emptied.
+        """
+        if side == "buy":
+            opposite, limit = self.asks, NO_LIMIT if price is None else price
+        else:
+            opposite, limit = self.bids, NO_LIMIT if price is None else -price
+        level = opposite.best
+        if level is None or level.key > limit:
+            return quantity
+        index = self._index
+        trade_id = self.next_trade_id
+        append = trades.append
+        while True:
+            orders = level.orders
+            level_price = level.price
+            done: list[str] = []
+            traded = 0
+            for maker, available in orders.items():
+                if available > quantity:
+                    orders[maker] = available - quantity  # same key: order keeps its place
+                    append(
+                        Trade(
+                            trade_id,
+                            taker_id,
+                            maker,
+                            level_price,
+                            quantity,
+                            timestamp,
+                            side,
+                            input_id,
+                        )
+                    )
+                    trade_id += 1
+                    traded += quantity
+                    quantity = 0
+                    break
+                append(
+                    Trade(
+                        trade_id, taker_id, maker, level_price, available, timestamp, side, input_id
+                    )
+                )
+                trade_id += 1
+                traded += available
+                quantity -= available
+                done.append(maker)
+                if not quantity:
+                    break
+            for maker in done:
+                del orders[maker]
+                del index[maker]
+            if orders:  # the level outlived the taker, so the taker is filled
+                level.total -= traded
+                break
+            opposite.drop(level)
+            if not quantity:
+                break
+            best = opposite.best
+            if best is None or best.key > limit:
+                break
+            level = best
+        self.next_trade_id = trade_id
+        return quantity
+
+    def add(self, order_id: str, side: str, price: int, quantity: int) -> None:
+        """Rest an order at the back of its price level. O(1), or O(log L) for a new level.
+
+        The caller guarantees that ``order_id`` is not live and that the order does not cross.
+        """
+        level = (self.bids if side == "buy" else self.asks).level_for(price)
+        level.orders[order_id] = quantity
+        level.total += quantity
+        self._index[order_id] = level
+
+    def cancel(self, order_id: str) -> int | None:
+        """Remove a live order; return its remaining quantity, or None if it is not live. O(1)*."""
+        level = self._index.pop(order_id, None)
+        if level is None:
+            return None
+        quantity = level.orders.pop(order_id)
+        if level.orders:
+            level.total -= quantity
+        else:
+            level.owner.drop(level)
+        return quantity
+
+    def reduce(self, order_id: str, quantity: int) -> None:
+        """Lower a live order's remaining quantity to ``quantity``, keeping its place. O(1)."""
+        level = self._index[order_id]
+        orders = level.orders
+        level.total -= orders[order_id] - quantity
+        orders[order_id] = quantity
+
+    # -- state -----------------------------------------------------------------------------------
+
+    def load_level(
+        self, side: str, price: int, order_ids: list[str], quantities: list[int]
+    ) -> None:
+        """Append orders in FIFO order to a level (used by snapshot restore). O(n) + O(log L)."""
+        level = self.side(side).level_for(price)
+        level.orders.update(zip(order_ids, quantities, strict=True))
+        level.total += sum(quantities)
+        self._index.update(dict.fromkeys(order_ids, level))
+
+    def check(self) -> None:
+        """Assert every invariant of the book. O(orders); for tests and debugging.
+
+        Keys sorted and consistent with levels; no empty level; positive quantities; cached
+        totals and best levels right; the index holds exactly the resting orders; not crossed.
+        """
+        seen = 0
+        for book_side in (self.bids, self.asks):
+            levels = book_side.levels
+            assert list(book_side.keys) == sorted(levels), "keys out of step with levels"
+            for key, level in levels.items():
+                assert level.key == key == book_side.sign * level.price, f"bad key {key}"
+                assert level.owner is book_side, f"level {level.price} on the wrong side"
+                assert level.orders, f"empty level {level.price} on {book_side.name}"
+                assert all(q > 0 for q in level.orders.values()), f"non-positive qty at {key}"
+                assert level.total == sum(level.orders.values()), f"stale total at {level.price}"
+                for order_id in level.orders:
+                    assert self._index.get(order_id) is level, f"index wrong for {order_id!r}"
+                seen += len(level.orders)
+            expected = levels[book_side.keys[0]] if book_side.keys else None
+            assert book_side.best is expected, f"stale best level on {book_side.name}"
+        assert seen == len(self._index), "index holds orders that rest nowhere"
+        bid, ask = self.best_bid(), self.best_ask()
+        assert bid is None or ask is None or bid < ask, f"crossed book: bid {bid} >= ask {ask}"

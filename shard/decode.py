@@ -1,0 +1,299 @@
+"""Decode input entries into typed messages, once, at the edge. Nothing here raises.
+
+Two forms reach a shard (see CONTRACT.md): flat field/value pairs (values decimal ASCII) and a
+single ``data`` field holding the message as a JSON object; ``shard replay`` reads the JSON form
+one object per line.
+
+Every entry becomes an :data:`~shard.messages.Input`: a typed :class:`~shard.messages.Order`,
+:class:`~shard.messages.Cancel` or :class:`~shard.messages.Amend`, or an
+:class:`~shard.messages.Invalid` with a stable reason code and a sentence naming the field and
+its value:
+
+=================== ====================================================================
+reason              when
+=================== ====================================================================
+``malformed``       not a JSON object, not UTF-8, no field the shard knows, data + fields
+``missing_field``   a required field is absent (``type``, ``order_id``, ``side``, ...)
+``unknown_type``    ``type`` is not ``order``, ``cancel`` or ``amend``
+``invalid_field``   a value breaks its rule, or a known field that does not apply to the type
+=================== ====================================================================
+
+Rules: integers are decimal ASCII digits (JSON integers in the JSON form) that fit a signed
+64-bit integer, no sign, spaces, exponent or fraction; ``quantity`` > 0; ``price`` >= 0,
+required except for ``market``, where it must be absent; ``timestamp`` >= 0, defaulting to the
+stream entry's millisecond time (``default_timestamp``); ``order_id`` 1-64 bytes of UTF-8. A JSON
+``null`` counts as absent. Unknown field names are ignored.
+
+Cost: the JSON form first tries msgspec's typed decoder (one C call); only input it refuses goes
+through :func:`validate`, the hand-written rules that explain the refusal. The two agree on every
+input the fast path accepts (a property test holds them to it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Final
+
+import msgspec
+
+from shard.messages import (
+    INT64_MAX,
+    MAX_ORDER_ID_BYTES,
+    NO_TIMESTAMP,
+    ORDER_TYPES,
+    SIDES,
+    Amend,
+    Cancel,
+    Input,
+    Invalid,
+    Order,
+)
+
+MALFORMED: Final = "malformed"
+MISSING_FIELD: Final = "missing_field"
+UNKNOWN_TYPE: Final = "unknown_type"
+INVALID_FIELD: Final = "invalid_field"
+
+KNOWN_FIELDS: Final = frozenset(
+    ("type", "order_id", "timestamp", "side", "order_type", "price", "quantity")
+)
+APPLIES: Final = {
+    "order": KNOWN_FIELDS,
+    "cancel": frozenset(("type", "order_id", "timestamp")),
+    "amend": frozenset(("type", "order_id", "timestamp", "price", "quantity")),
+}
+SHOWN_CHARS: Final = 40
+
+_typed = msgspec.json.Decoder(Order | Cancel | Amend)
+_untyped = msgspec.json.Decoder()
+# What msgspec raises on hostile JSON: bad syntax or types (DecodeError and its ValidationError),
+# invalid UTF-8 inside a string, and nesting deeper than the interpreter's recursion limit.
+_JSON_ERRORS: Final = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+
+
+class _Bad(Exception):
+    """Internal: carries an Invalid out of the validator's helpers (never escapes this module)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+
+
+def show(value: object) -> str:
+    """A value as a short, printable literal for a ``detail`` sentence."""
+    if isinstance(value, bytes | bytearray):
+        text = repr(bytes(value))
+    elif isinstance(value, str):
+        text = repr(value)
+    else:
+        text = msgspec.json.encode(value).decode() if _jsonable(value) else repr(value)
+    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 3] + "..."
+
+
+def _jsonable(value: object) -> bool:
+    return value is None or isinstance(value, bool | int | float | list | dict)
+
+
+# -- JSON form -------------------------------------------------------------------------------------
+
+
+def decode_json(data: bytes | str, default_timestamp: int | None = None) -> Input:
+    """Decode one message in the JSON form (a ``data`` field, or a line of ``shard replay``)."""
+    try:
+        msg: Order | Cancel | Amend = _typed.decode(data)
+    except _JSON_ERRORS:
+        pass
+    else:
+        if _fast_ok(msg):
+            if msg.timestamp == NO_TIMESTAMP:
+                if default_timestamp is None:
+                    return _missing_timestamp(msg.order_id)
+                msg.timestamp = default_timestamp
+            return msg
+    try:
+        obj = _untyped.decode(data)
+    except _JSON_ERRORS as exc:
+        return Invalid(None, MALFORMED, f"the message is not valid JSON ({exc}): {show(data)}")
+    if not isinstance(obj, dict):
+        return Invalid(None, MALFORMED, f"the message must be a JSON object, got {show(obj)}")
+    return validate(obj, default_timestamp)
+
+
+def _fast_ok(msg: Order | Cancel | Amend) -> bool:
+    """The cross-field rules the typed decoder cannot express (plus UTF-8 byte length)."""
+    oid = msg.order_id
+    if not oid.isascii() and len(oid.encode()) > MAX_ORDER_ID_BYTES:
+        return False
+    if type(msg) is Order:
+        return (msg.price is None) == (msg.order_type == "market")
+    if type(msg) is Amend:
+        return msg.quantity is not None or msg.price is not None
+    return True
+
+
+def _missing_timestamp(order_id: str | None) -> Invalid:
+    return Invalid(
+        order_id,
+        MISSING_FIELD,
+        "timestamp is missing and there is no stream entry ID to take it from",
+    )
+
+
+# -- flat form -------------------------------------------------------------------------------------
+
+
+def decode_fields(
+    fields: Mapping[bytes, bytes] | Mapping[str, str], default_timestamp: int | None
+) -> Input:
+    """Decode one stream entry's field/value pairs (flat form, or a single ``data`` field)."""
+    named: dict[str, object] = {}
+    for key, value in fields.items():
+        if isinstance(key, bytes):
+            try:
+                name = key.decode()
+            except UnicodeDecodeError:
+                continue  # a field name we cannot read is not one we know
+        else:
+            name = key
+        named[name] = value
+    data = named.pop("data", None)
+    if data is not None:
+        if KNOWN_FIELDS.intersection(named):
+            return Invalid(
+                _readable_id(named.get("order_id")),
+                MALFORMED,
+                "the entry carries both a data field and flat fields "
+                f"({', '.join(sorted(KNOWN_FIELDS.intersection(named)))}); send one form",
+            )
+        if not isinstance(data, bytes | str):
+            return Invalid(None, MALFORMED, f"data must hold a JSON object, got {show(data)}")
+        return decode_json(data, default_timestamp)
+    return validate(named, default_timestamp)
+
+
+# -- the rules -------------------------------------------------------------------------------------
+
+
+def validate(fields: Mapping[str, object], default_timestamp: int | None) -> Input:
+    """Apply every input rule to a mapping of field names to values; the arbiter of rejections.
+
+    Values may be ``bytes``/``str`` (flat form) or JSON values (JSON form).
+    """
+    order_id = _readable_id(fields.get("order_id"))
+    try:
+        return _validate(fields, default_timestamp)
+    except _Bad as bad:
+        return Invalid(order_id, bad.reason, bad.detail)
+
+
+def _validate(fields: Mapping[str, object], default_timestamp: int | None) -> Input:
+    present = {name for name, value in fields.items() if value is not None}
+    if not KNOWN_FIELDS.intersection(present):
+        names = ", ".join(sorted(repr(n) for n in fields)) or "none"
+        raise _Bad(MALFORMED, f"the entry has no field the shard knows (fields: {names})")
+    kind = _text(fields, "type", required=True)
+    applies = APPLIES.get(kind)  # type: ignore[arg-type]
+    if applies is None:
+        raise _Bad(UNKNOWN_TYPE, f"type must be order, cancel or amend, got {show(kind)}")
+    extra = sorted(KNOWN_FIELDS.intersection(present) - applies)
+    if extra:
+        raise _Bad(INVALID_FIELD, f"field {extra[0]} does not apply to {kind} messages")
+    order_id = _order_id(fields)
+    timestamp = _integer(fields, "timestamp", minimum=0)
+    if timestamp is None:
+        if default_timestamp is None:
+            raise _Bad(MISSING_FIELD, _missing_timestamp(None).detail)
+        timestamp = default_timestamp
+    if kind == "cancel":
+        return Cancel(order_id, timestamp)
+    if kind == "amend":
+        quantity = _integer(fields, "quantity", minimum=1)
+        price = _integer(fields, "price", minimum=0)
+        if quantity is None and price is None:
+            raise _Bad(MISSING_FIELD, "an amend needs quantity or price (or both)")
+        return Amend(order_id, quantity, price, timestamp)
+    side = _text(fields, "side", required=True)
+    if side not in SIDES:
+        raise _Bad(INVALID_FIELD, f"side must be buy or sell, got {show(side)}")
+    order_type = _text(fields, "order_type", required=False) or "limit"
+    if order_type not in ORDER_TYPES:
+        raise _Bad(
+            INVALID_FIELD,
+            f"order_type must be one of {', '.join(ORDER_TYPES)}, got {show(order_type)}",
+        )
+    quantity = _integer(fields, "quantity", minimum=1)
+    if quantity is None:
+        raise _Bad(MISSING_FIELD, "quantity is missing; an order needs a quantity > 0")
+    price = _integer(fields, "price", minimum=0)
+    if order_type == "market" and price is not None:
+        raise _Bad(INVALID_FIELD, f"a market order must not carry a price, got price {price}")
+    if order_type != "market" and price is None:
+        raise _Bad(MISSING_FIELD, f"price is missing; a {order_type} order needs a price >= 0")
+    return Order(order_id, side, quantity, price, order_type, timestamp)  # type: ignore[arg-type]
+
+
+def _readable_id(value: object) -> str | None:
+    """The order_id for the event if it can be read at all, else None."""
+    if isinstance(value, bytes):
+        try:
+            value = value.decode()
+        except UnicodeDecodeError:
+            return None
+    if isinstance(value, str) and 0 < len(value.encode()) <= MAX_ORDER_ID_BYTES:
+        return value
+    return None
+
+
+def _text(fields: Mapping[str, object], name: str, *, required: bool) -> str | None:
+    value = fields.get(name)
+    if value is None:
+        if required:
+            raise _Bad(MISSING_FIELD, f"{name} is missing")
+        return None
+    if isinstance(value, bytes):
+        try:
+            return value.decode()
+        except UnicodeDecodeError:
+            raise _Bad(INVALID_FIELD, f"{name} is not valid UTF-8: {show(value)}") from None
+    if isinstance(value, str):
+        return value
+    raise _Bad(INVALID_FIELD, f"{name} must be a string, got {show(value)}")
+
+
+def _order_id(fields: Mapping[str, object]) -> str:
+    value = _text(fields, "order_id", required=True)
+    assert value is not None
+    size = len(value.encode())
+    if size == 0:
+        raise _Bad(INVALID_FIELD, "order_id must not be empty")
+    if size > MAX_ORDER_ID_BYTES:
+        raise _Bad(
+            INVALID_FIELD,
+            f"order_id must be at most {MAX_ORDER_ID_BYTES} bytes, got {size}: {show(value)}",
+        )
+    return value
+
+
+def _integer(fields: Mapping[str, object], name: str, *, minimum: int) -> int | None:
+    """An optional non-negative integer field: JSON integer or decimal ASCII digits."""
+    value = fields.get(name)
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, bytes | str):
+        text = value.decode("ascii", "replace") if isinstance(value, bytes) else value
+        digits = text[1:] if text.startswith("-") else text
+        if not (digits.isascii() and digits.isdigit()):
+            raise _Bad(INVALID_FIELD, f"{name} must be a decimal integer, got {show(value)}")
+        if len(digits.lstrip("0")) > 19:  # past int64 whatever the digits; int() would be slow
+            raise _Bad(INVALID_FIELD, f"{name} does not fit a signed 64-bit integer: {show(value)}")
+        number = int(text)
+    else:
+        raise _Bad(INVALID_FIELD, f"{name} must be an integer, got {show(value)}")
+    if not -INT64_MAX - 1 <= number <= INT64_MAX:
+        raise _Bad(INVALID_FIELD, f"{name} does not fit a signed 64-bit integer: {show(value)}")
+    if number < minimum:
+        bound = "greater than 0" if minimum == 1 else f"at least {minimum}"
+        raise _Bad(INVALID_FIELD, f"{name} must be {bound}, got {number}")
+    return number

@@ -1,0 +1,120 @@
+"""Typed messages: what producers send to a shard and what the shard publishes.
+
+Inputs (``orders:{P}``) are a tagged union on the ``type`` field: :class:`Order`, :class:`Cancel`
+and :class:`Amend`. An input that cannot be understood decodes to :class:`Invalid`, which carries
+the reason code and a sentence for its ``rejected`` event; decoding never raises (see
+:mod:`shard.decode`).
+
+Outputs are :class:`Trade` (``trades:{P}``) and :class:`Event` (``events:{P}``, exactly one per
+input). Every output field has a default so that fields which do not apply to an outcome are left
+out of the encoded form (``omit_defaults``); they are built positionally on the hot path.
+
+All prices are integers (price x 10^8), all quantities integers, timestamps integer milliseconds.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Final, Literal
+
+import msgspec
+
+INT64_MAX: Final = 2**63 - 1
+MAX_ORDER_ID_BYTES: Final = 64
+NO_TIMESTAMP: Final = -1
+"""Default of an absent ``timestamp`` while decoding; the decoder replaces it, so a decoded
+message always carries a timestamp >= 0."""
+
+Side = Literal["buy", "sell"]
+OrderType = Literal["limit", "market", "ioc", "fok", "post_only"]
+
+SIDES: Final = ("buy", "sell")
+ORDER_TYPES: Final = ("limit", "market", "ioc", "fok", "post_only")
+
+# Constrained integer types used by the typed (fast) JSON decoder. The hand-written validator in
+# shard.decode applies the same rules and is the one that explains a failure.
+OrderId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ORDER_ID_BYTES)]
+Quantity = Annotated[int, msgspec.Meta(gt=0, le=INT64_MAX)]
+Price = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
+Timestamp = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
+
+
+class Order(msgspec.Struct, tag="order", tag_field="type", forbid_unknown_fields=True, gc=False):
+    """A new order. ``price`` is required except for ``market`` orders, which must not carry one."""
+
+    order_id: OrderId
+    side: Side
+    quantity: Quantity
+    price: Price | None = None
+    order_type: OrderType = "limit"
+    timestamp: Timestamp = NO_TIMESTAMP
+
+
+class Cancel(msgspec.Struct, tag="cancel", tag_field="type", forbid_unknown_fields=True, gc=False):
+    """Remove a live order."""
+
+    order_id: OrderId
+    timestamp: Timestamp = NO_TIMESTAMP
+
+
+class Amend(msgspec.Struct, tag="amend", tag_field="type", forbid_unknown_fields=True, gc=False):
+    """Change a live order's remaining ``quantity`` and/or ``price`` (at least one of them)."""
+
+    order_id: OrderId
+    quantity: Quantity | None = None
+    price: Price | None = None
+    timestamp: Timestamp = NO_TIMESTAMP
+
+
+class Invalid(msgspec.Struct, gc=False):
+    """An input that cannot be applied: becomes a ``rejected`` event, changes nothing."""
+
+    order_id: str | None
+    reason: str
+    detail: str
+
+
+Input = Order | Cancel | Amend | Invalid
+
+
+class Trade(msgspec.Struct, omit_defaults=True, gc=False):
+    """One execution: ``quantity`` at the maker's ``price``, stamped with the taker's timestamp.
+
+    ``input_id`` is the stream ID of the taker's input entry (absent in ``shard replay``).
+    """
+
+    trade_id: int = 0
+    taker_order_id: str = ""
+    maker_order_id: str = ""
+    price: int = 0
+    quantity: int = 0
+    timestamp: int = 0
+    taker_side: str = ""
+    input_id: str | None = None
+
+
+# Event statuses.
+RESTING: Final = "resting"
+PARTIALLY_FILLED: Final = "partially_filled"
+FILLED: Final = "filled"
+CANCELLED: Final = "cancelled"
+AMENDED: Final = "amended"
+REJECTED: Final = "rejected"
+
+
+class Event(msgspec.Struct, omit_defaults=True, gc=False):
+    """The one outcome of one input entry.
+
+    ``filled_quantity`` is what this input traded; ``remaining_quantity`` what rests in the book
+    afterwards; ``cancelled_quantity`` what this input took out of the book or did not let rest
+    (a cancel, or the unfilled rest of a market/ioc/fok order). ``reason``/``detail`` explain a
+    rejection or a cancelled remainder.
+    """
+
+    input_id: str | None = None
+    order_id: str | None = None
+    status: str = ""
+    filled_quantity: int | None = None
+    remaining_quantity: int | None = None
+    cancelled_quantity: int | None = None
+    reason: str | None = None
+    detail: str | None = None

@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def realflow_dir() -> Path:
+    """The LOBSTER-derived real order flow: shared/realflow beside the checkout, or $REALFLOW."""
+    import os
+
+    env = os.environ.get("REALFLOW")
+    return Path(env) if env else REPO.parent / "shared" / "realflow"
+
+
+@pytest.fixture(scope="session")
+def realflow() -> Path:
+    path = realflow_dir()
+    if not path.is_dir():
+        pytest.skip(f"real order flow not found at {path} (set REALFLOW)")
+    return path

@@ -1,0 +1,245 @@
+"""Decoding: both input forms, every reject reason, generated garbage, fast path == slow path."""
+
+from __future__ import annotations
+
+import json
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shard.decode import decode_fields, decode_json, validate
+from shard.messages import Amend, Cancel, Invalid, Order
+
+SEED = {
+    "type": "order",
+    "order_id": "order1",
+    "timestamp": 1678886400000,
+    "price": 1000000000,
+    "quantity": 10,
+    "side": "buy",
+}
+
+
+def flat(msg: dict) -> dict[bytes, bytes]:
+    """The flat stream form of a message: every value as decimal ASCII bytes."""
+    return {k.encode(): str(v).encode() for k, v in msg.items()}
+
+
+def both_forms(msg: dict, default_ts: int | None = None):
+    """Decode a message given as JSON, as a data field and as flat fields; all must agree."""
+    as_json = decode_json(json.dumps(msg).encode(), default_ts)
+    as_data = decode_fields({b"data": json.dumps(msg).encode()}, default_ts)
+    as_flat = decode_fields(flat(msg), default_ts)
+    assert as_json == as_data
+    if isinstance(as_json, Invalid):
+        assert isinstance(as_flat, Invalid) and as_flat.reason == as_json.reason
+    else:
+        assert as_flat == as_json
+    return as_json
+
+
+def test_seed_order_in_every_form() -> None:
+    assert both_forms(SEED) == Order("order1", "buy", 10, 1000000000, "limit", 1678886400000)
+
+
+def test_cancel_and_amend() -> None:
+    assert both_forms({"type": "cancel", "order_id": "x", "timestamp": 5}) == Cancel("x", 5)
+    assert both_forms({"type": "amend", "order_id": "x", "timestamp": 5, "price": 0}) == Amend(
+        "x", None, 0, 5
+    )
+
+
+def test_every_order_type() -> None:
+    for kind in ("limit", "ioc", "fok", "post_only"):
+        assert both_forms({**SEED, "order_type": kind}).order_type == kind
+    market = {k: v for k, v in SEED.items() if k != "price"} | {"order_type": "market"}
+    assert both_forms(market) == Order("order1", "buy", 10, None, "market", 1678886400000)
+
+
+def test_timestamp_defaults_to_entry_time() -> None:
+    msg = {k: v for k, v in SEED.items() if k != "timestamp"}
+    assert both_forms(msg, default_ts=42).timestamp == 42
+    missing = both_forms(msg)
+    assert (missing.reason, missing.order_id) == ("missing_field", "order1")
+
+
+def test_unknown_field_names_are_ignored() -> None:
+    assert both_forms({**SEED, "client_tag": "abc"}) == both_forms(SEED)
+
+
+def test_null_counts_as_absent() -> None:
+    assert decode_json(json.dumps({**SEED, "timestamp": None}).encode(), 9).timestamp == 9
+
+
+@pytest.mark.parametrize(
+    ("change", "reason", "words"),
+    [
+        ({"quantity": "10.5"}, "invalid_field", ["quantity", "10.5"]),
+        ({"quantity": "1e9"}, "invalid_field", ["quantity", "1e9"]),
+        ({"quantity": 10.5}, "invalid_field", ["quantity", "10.5"]),
+        ({"quantity": 0}, "invalid_field", ["quantity", "0"]),
+        ({"quantity": -3}, "invalid_field", ["quantity", "-3"]),
+        ({"quantity": " 3"}, "invalid_field", ["quantity"]),
+        ({"quantity": "+3"}, "invalid_field", ["quantity", "+3"]),
+        ({"quantity": "1_000"}, "invalid_field", ["quantity", "1_000"]),
+        ({"quantity": "٣"}, "invalid_field", ["quantity"]),
+        ({"quantity": True}, "invalid_field", ["quantity", "true"]),
+        ({"quantity": 2**63}, "invalid_field", ["quantity", "64-bit", "9223372036854775808"]),
+        ({"price": -1}, "invalid_field", ["price", "-1"]),
+        ({"price": str(2**64)}, "invalid_field", ["price", "64-bit"]),
+        ({"timestamp": "soon"}, "invalid_field", ["timestamp", "soon"]),
+        ({"side": "BUY"}, "invalid_field", ["side", "BUY"]),
+        ({"side": 1}, "invalid_field", ["side", "1"]),
+        ({"order_type": "stop"}, "invalid_field", ["order_type", "stop"]),
+        ({"order_type": "market"}, "invalid_field", ["market", "price", "1000000000"]),
+        ({"type": "modify"}, "unknown_type", ["type", "modify"]),
+        ({"type": 7}, "invalid_field", ["type", "7"]),
+        ({"order_id": ""}, "invalid_field", ["order_id", "empty"]),
+        ({"order_id": "x" * 65}, "invalid_field", ["order_id", "64 bytes", "65"]),
+        ({"order_id": "é" * 33}, "invalid_field", ["order_id", "64 bytes", "66"]),
+        ({"order_id": 5}, "invalid_field", ["order_id", "5"]),
+        ({"side": None}, "missing_field", ["side"]),
+        ({"quantity": None}, "missing_field", ["quantity"]),
+        ({"price": None}, "missing_field", ["price", "limit"]),
+        ({"order_id": None}, "missing_field", ["order_id"]),
+        ({"type": None}, "missing_field", ["type"]),
+    ],
+)
+def test_order_rejections(change: dict, reason: str, words: list[str]) -> None:
+    msg = {k: v for k, v in {**SEED, **change}.items() if v is not None}
+    got = decode_json(json.dumps(msg).encode())
+    assert isinstance(got, Invalid), got
+    assert got.reason == reason, got
+    for word in words:
+        assert word in got.detail, (word, got.detail)
+
+
+def test_field_that_does_not_apply() -> None:
+    for msg in (
+        {"type": "cancel", "order_id": "a", "timestamp": 1, "price": 5},
+        {"type": "amend", "order_id": "a", "timestamp": 1, "side": "buy", "quantity": 1},
+    ):
+        got = both_forms(msg)
+        assert got.reason == "invalid_field" and "does not apply" in got.detail
+
+
+def test_amend_needs_quantity_or_price() -> None:
+    got = both_forms({"type": "amend", "order_id": "a", "timestamp": 1})
+    assert (got.reason, got.order_id) == ("missing_field", "a")
+
+
+@pytest.mark.parametrize(
+    ("data", "words"),
+    [
+        (b"not json", ["not valid JSON", "not json"]),
+        (b"[1, 2]", ["JSON object", "[1,2]"]),
+        (b'"order"', ["JSON object"]),
+        (b"", ["not valid JSON"]),
+        (b'{"order_id": "a", "type": "order"', ["not valid JSON"]),
+        (b'{"side": "buy\xff"}', ["not valid JSON", "utf-8"]),
+        (b"[" * 100_000, ["not valid JSON", "recursion"]),
+        (b'{"a":' * 100_000, ["not valid JSON", "recursion"]),
+        (b'{"type": "order", "quantity": 1e999}', ["not valid JSON", "out of range"]),
+        (b"\xef\xbb\xbf{}", ["not valid JSON"]),
+        (b'{"colour": "blue"}', ["no field the shard knows", "colour"]),
+        (b"{}", ["no field the shard knows"]),
+    ],
+)
+def test_malformed_json(data: bytes, words: list[str]) -> None:
+    got = decode_json(data)
+    assert got.reason == "malformed", got
+    for word in words:
+        assert word in got.detail, (word, got.detail)
+
+
+def test_flat_form_oddities() -> None:
+    bad_utf8 = decode_fields({**flat(SEED), b"order_id": b"\xffabc"}, None)
+    assert (bad_utf8.reason, bad_utf8.order_id) == ("invalid_field", None)
+    assert "UTF-8" in bad_utf8.detail and "xff" in bad_utf8.detail
+    unreadable_name = decode_fields({**flat(SEED), b"\xff": b"1"}, None)
+    assert isinstance(unreadable_name, Order)
+    both = decode_fields({b"data": json.dumps(SEED).encode(), b"order_id": b"order1"}, None)
+    assert (both.reason, both.order_id) == ("malformed", "order1")
+    nothing = decode_fields({}, None)
+    assert nothing.reason == "malformed"
+    assert decode_fields({k.decode(): v.decode() for k, v in flat(SEED).items()}, None) == (
+        decode_fields(flat(SEED), None)
+    )
+
+
+def test_details_are_short() -> None:
+    got = decode_json(json.dumps({**SEED, "quantity": "9" * 5000}).encode())
+    assert got.reason == "invalid_field" and len(got.detail) < 200
+
+
+# -- generated garbage ----------------------------------------------------------------------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+field_names = st.sampled_from(
+    ["type", "order_id", "timestamp", "side", "order_type", "price", "quantity", "data", "x"]
+)
+near_valid = st.fixed_dictionaries(
+    {},
+    optional={
+        "type": st.sampled_from(["order", "cancel", "amend", "other", ""]) | json_values,
+        "order_id": st.text(max_size=70) | json_values,
+        "timestamp": st.integers(-5, 2**64) | json_values,
+        "side": st.sampled_from(["buy", "sell", "Buy"]) | json_values,
+        "order_type": st.sampled_from(["limit", "market", "ioc", "fok", "post_only", "x"]),
+        "price": st.integers(-5, 2**64) | st.text(max_size=6) | json_values,
+        "quantity": st.integers(-5, 2**64) | st.text(max_size=6) | json_values,
+    },
+)
+
+
+@settings(max_examples=400)
+@given(near_valid, st.data())
+def test_corrupted_json_never_raises(msg: dict, data: st.DataObject) -> None:
+    """Valid-looking JSON with a few bytes overwritten by arbitrary ones."""
+    raw = bytearray(msgspec.json.encode(msg))
+    for _ in range(data.draw(st.integers(1, 3))):
+        at = data.draw(st.integers(0, len(raw) - 1))
+        raw[at] = data.draw(st.integers(0, 255))
+    got = decode_json(bytes(raw), 1)
+    assert isinstance(got, Order | Cancel | Amend | Invalid)
+    if isinstance(got, Invalid):
+        assert got.reason and got.detail
+
+
+@settings(max_examples=400)
+@given(st.binary(max_size=200))
+def test_garbage_bytes_never_raise(data: bytes) -> None:
+    assert isinstance(decode_json(data, 1), Order | Cancel | Amend | Invalid)
+    assert isinstance(decode_fields({b"data": data}, 1), Order | Cancel | Amend | Invalid)
+
+
+@settings(max_examples=400)
+@given(
+    st.dictionaries(
+        st.binary(max_size=10) | field_names.map(str.encode), st.binary(max_size=30), max_size=8
+    )
+)
+def test_garbage_flat_entries_never_raise(fields: dict[bytes, bytes]) -> None:
+    got = decode_fields(fields, 1)
+    assert isinstance(got, Order | Cancel | Amend | Invalid)
+    if isinstance(got, Invalid):
+        assert got.reason and got.detail
+
+
+@settings(max_examples=1000)
+@given(near_valid)
+def test_fast_path_agrees_with_validator(msg: dict) -> None:
+    """Whatever the typed decoder accepts, the hand-written rules accept identically."""
+    data = msgspec.json.encode(msg)
+    got = decode_json(data, 3)
+    assert got == validate(msg, 3)
+    if not isinstance(got, Invalid):
+        assert decode_fields(flat({k: v for k, v in msg.items() if v is not None}), 3) == got
