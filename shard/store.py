@@ -1,0 +1,204 @@
+"""What a shard keeps in Redis, and the one atomic step that commits a batch.
+
+Keys (see :class:`shard.config.Keys`):
+
+* ``shard:{P}:checkpoint`` hash: ``last_id`` (last input entry applied and committed), ``trades``
+  and ``events`` (how many were ever published), ``digest`` (the engine's state digest there).
+* ``shard:{P}:snapshot`` hash: ``input_id`` (the last input the snapshot covers), ``generation``,
+  ``chunks``, ``bytes``, ``trades``, ``events``, ``digest``; the snapshot's bytes are in
+  ``shard:{P}:snapshot:<generation>:<i>`` chunks, written before the hash points at them.
+
+The commit is one Lua script: it checks that the checkpoint is still where this daemon believes
+it is (a fence: a second daemon, a lost reply or a Redis rollback all show up here), then XADDs
+the batch's trades and events, XACKs its input entries and moves the checkpoint, all or
+nothing. The outputs travel as one msgpack argument (Lua numbers are doubles, so every value is a
+string). Every key is in KEYS and carries the pair's hash tag, so it also runs on Redis Cluster.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import msgspec
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from shard.config import Keys
+
+StreamId = tuple[int, int]
+ZERO_ID: Final = "0-0"
+
+
+def parse_id(entry_id: str) -> StreamId:
+    """A stream entry ID as a comparable (milliseconds, sequence) pair."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+COMMIT_LUA: Final = r"""
+-- KEYS: trades, events, orders, checkpoint
+-- ARGV: group, expected last_id, new last_id, trades total, events total, digest,
+--       output maxlen (0: none), msgpack [[trade field/value lists], [event lists], [ack ids]]
+local last = redis.call('HGET', KEYS[4], 'last_id') or '0-0'
+if last ~= ARGV[2] then
+  local cp = redis.call('HMGET', KEYS[4], 'last_id', 'trades', 'events')
+  return {'FENCED', cp[1] or '0-0', cp[2] or '0', cp[3] or '0'}
+end
+local batch = cmsgpack.unpack(ARGV[8])
+local maxlen = tonumber(ARGV[7])
+local function add(key, fields)
+  if maxlen > 0 then
+    redis.call('XADD', key, 'MAXLEN', '~', maxlen, '*', unpack(fields))
+  else
+    redis.call('XADD', key, '*', unpack(fields))
+  end
+end
+for _, fields in ipairs(batch[1]) do add(KEYS[1], fields) end
+for _, fields in ipairs(batch[2]) do add(KEYS[2], fields) end
+local acks = batch[3]
+for i = 1, #acks, 1000 do
+  redis.call('XACK', KEYS[3], ARGV[1], unpack(acks, i, math.min(i + 999, #acks)))
+end
+redis.call('HSET', KEYS[4], 'last_id', ARGV[3], 'trades', ARGV[4], 'events', ARGV[5],
+           'digest', ARGV[6])
+return {'OK'}
+"""
+
+
+class Checkpoint(msgspec.Struct, frozen=True):
+    """Where the published outputs stand: after input ``last_id``, ``trades``/``events`` total."""
+
+    last_id: str = ZERO_ID
+    trades: int = 0
+    events: int = 0
+    digest: str = ""
+
+
+class SnapshotMeta(msgspec.Struct, frozen=True):
+    input_id: str
+    generation: int
+    chunks: int
+    bytes: int
+    trades: int
+    events: int
+    digest: str
+
+
+class Fenced(Exception):
+    """The checkpoint in Redis is not where this daemon believed: resynchronise."""
+
+    def __init__(self, checkpoint: Checkpoint) -> None:
+        super().__init__(f"checkpoint moved: now at {checkpoint.last_id}")
+        self.checkpoint = checkpoint
+
+
+_batch_encoder = msgspec.msgpack.Encoder()
+
+
+def _text(value: bytes | str | None) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class Store:
+    """The pair's Redis state, through one client."""
+
+    def __init__(self, redis: Redis, keys: Keys, group: str) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.group = group
+        self._commit = redis.register_script(COMMIT_LUA)
+
+    async def checkpoint(self) -> Checkpoint:
+        raw = await self.redis.hgetall(self.keys.checkpoint)
+        if not raw:
+            return Checkpoint()
+        fields = {_text(k): _text(v) for k, v in raw.items()}
+        return msgspec.convert(fields, Checkpoint, strict=False)
+
+    async def commit(
+        self,
+        expected_last: str,
+        checkpoint: Checkpoint,
+        trades: list[list[str]],
+        events: list[list[str]],
+        acks: list[str],
+        output_maxlen: int,
+    ) -> None:
+        """Publish a batch atomically, or raise :class:`Fenced` if the checkpoint moved."""
+        keys = self.keys
+        reply = await self._commit(
+            keys=[keys.trades, keys.events, keys.orders, keys.checkpoint],
+            args=[
+                self.group,
+                expected_last,
+                checkpoint.last_id,
+                checkpoint.trades,
+                checkpoint.events,
+                checkpoint.digest,
+                output_maxlen,
+                _batch_encoder.encode((trades, events, acks)),
+            ],
+        )
+        if _text(reply[0]) != "OK":
+            last, trades_total, events_total = (_text(x) for x in reply[1:4])
+            raise Fenced(
+                Checkpoint(last or ZERO_ID, int(trades_total or 0), int(events_total or 0))
+            )
+
+    async def ensure_group(self, at: str) -> None:
+        """Create the consumer group at ``at`` (and the stream), or move it there.
+
+        Moving the group to the checkpoint makes ``>`` deliver exactly the entries after it,
+        whatever was delivered before a crash; those still pending are delivered again.
+        """
+        try:
+            await self.redis.xgroup_create(self.keys.orders, self.group, id=at, mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+            await self.redis.xgroup_setid(self.keys.orders, self.group, id=at)
+
+    # -- snapshots -------------------------------------------------------------------------------
+
+    async def snapshot_meta(self) -> SnapshotMeta | None:
+        raw = await self.redis.hgetall(self.keys.snapshot)
+        if not raw:
+            return None
+        fields = {_text(k): _text(v) for k, v in raw.items()}
+        return msgspec.convert(fields, SnapshotMeta, strict=False)
+
+    async def load_snapshot(self, meta: SnapshotMeta) -> bytes:
+        names = [self.keys.snapshot_chunk(meta.generation, i) for i in range(meta.chunks)]
+        parts: list[bytes] = []
+        for name in names:
+            part = await self.redis.get(name)
+            if not isinstance(part, bytes):
+                raise RuntimeError(f"snapshot chunk {name} is missing")
+            parts.append(part)
+        data = b"".join(parts)
+        if len(data) != meta.bytes:
+            raise RuntimeError(f"snapshot is {len(data)} bytes, its header says {meta.bytes}")
+        return data
+
+    async def save_snapshot(
+        self, data: bytes, input_id: str, trades: int, events: int, digest: str, chunk: int
+    ) -> SnapshotMeta:
+        """Write the chunks of a new generation, then point the header at them atomically, then
+        delete the previous generation. A crash at any point leaves a complete snapshot."""
+        old = await self.snapshot_meta()
+        generation = (old.generation + 1) if old else 1
+        chunks = [data[i : i + chunk] for i in range(0, len(data), chunk)] or [b""]
+        for i, part in enumerate(chunks):
+            await self.redis.set(self.keys.snapshot_chunk(generation, i), part)
+        meta = SnapshotMeta(input_id, generation, len(chunks), len(data), trades, events, digest)
+        header = {k: str(v) for k, v in msgspec.structs.asdict(meta).items()}
+        await self.redis.hset(self.keys.snapshot, mapping=header)  # type: ignore[arg-type]
+        if old:
+            stale = [self.keys.snapshot_chunk(old.generation, i) for i in range(old.chunks)]
+            await self.redis.delete(*stale)
+        return meta
+
+    async def trim_inputs(self, below: str) -> int:
+        """Drop input entries older than ``below`` (XTRIM MINID): only after a snapshot."""
+        removed: Any = await self.redis.xtrim(self.keys.orders, minid=below, approximate=False)
+        return int(removed)

@@ -1,0 +1,268 @@
+"""The daemon against a real server: the seed example, equality with `shard replay`, bad input,
+life cycle, consumers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import signal
+import subprocess
+import sys
+
+import msgspec
+import redis
+
+from shard.config import Keys
+from shard.daemon import Shard
+from shard.server import LocalServer
+from shard.workload import standard_mix
+
+from .conftest import (
+    PAIR,
+    config,
+    encoded,
+    expected_outputs,
+    finish_daemon,
+    no_input_id,
+    publish,
+    read_outputs,
+    start_daemon,
+    stop_daemon,
+    wait_events,
+)
+
+SEED = [
+    {
+        "type": "order",
+        "order_id": "order1",
+        "timestamp": 1678886400000,
+        "price": 1000000000,
+        "quantity": 10,
+        "side": "buy",
+    },
+    {
+        "type": "order",
+        "order_id": "order2",
+        "timestamp": 1678886400001,
+        "price": 1000000000,
+        "quantity": 5,
+        "side": "sell",
+    },
+    {"type": "cancel", "order_id": "order1", "timestamp": 1678886400002},
+]
+
+
+def run_until_idle(url: str, **overrides) -> Shard:  # type: ignore[no-untyped-def]
+    shard = Shard(config(url, **overrides), exit_when_idle=True)
+    asyncio.run(shard.run(install_signals=False))
+    return shard
+
+
+def test_seed_example_through_redis(server: LocalServer, r: redis.Redis, keys: Keys) -> None:
+    ids = publish(r, SEED)
+    run_until_idle(server.url)
+    trades, events = read_outputs(r, keys)
+    assert [msgspec.structs.asdict(t) for t in trades] == [
+        {
+            "trade_id": 1,
+            "taker_order_id": "order2",
+            "maker_order_id": "order1",
+            "price": 1000000000,
+            "quantity": 5,
+            "timestamp": 1678886400001,
+            "taker_side": "sell",
+            "input_id": ids[1],
+        }
+    ]
+    assert [(e.input_id, e.order_id, e.status) for e in events] == [
+        (ids[0], "order1", "resting"),
+        (ids[1], "order2", "filled"),
+        (ids[2], "order1", "cancelled"),
+    ]
+    groups = r.xinfo_groups(keys.orders)
+    assert groups[0]["pending"] == 0 and groups[0]["lag"] == 0
+    assert r.hget(keys.checkpoint, "last_id").decode() == ids[2]
+
+
+def garbage(rng: random.Random) -> dict[str, str]:
+    names = [
+        "type",
+        "order_id",
+        "side",
+        "price",
+        "quantity",
+        "order_type",
+        "timestamp",
+        "data",
+        "junk",
+    ]
+    values = [
+        "order",
+        "cancel",
+        "amend",
+        "buy",
+        "sell",
+        "-1",
+        "0",
+        "1.5",
+        "1e9",
+        "x" * 80,
+        "",
+        "{",
+        '{"type": "order"}',
+        "9" * 30,
+        "market",
+        "\u00e9",
+    ]
+    return {rng.choice(names): rng.choice(values) for _ in range(rng.randint(1, 5))}
+
+
+def test_daemon_publishes_what_replay_prints(
+    server: LocalServer, r: redis.Redis, keys: Keys, tmp_path
+) -> None:
+    rng = random.Random(5)
+    messages = list(standard_mix(3000, seed=9))
+    ids = []
+    for i, msg in enumerate(messages):
+        if i % 50 == 0:
+            r.xadd(keys.orders, garbage(rng))
+        ids.append(publish(r, [msg], as_data=(i % 3 == 0))[0])
+    run_until_idle(server.url, batch_size=64)
+    trades, events = read_outputs(r, keys)
+    entries = [(i.decode(), f) for i, f in r.xrange(keys.orders)]
+    assert (trades, events) == expected_outputs(entries)
+    assert [t.trade_id for t in trades] == list(range(1, len(trades) + 1))
+    assert sum(e.status == "rejected" for e in events) > 60
+
+    # The valid messages alone, through `shard replay`, give the same outputs without input IDs.
+    by_id = {e.input_id: e for e in events}
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"".join(msgspec.json.encode(m) + b"\n" for m in messages))
+    out = subprocess.run(
+        [sys.executable, "-m", "shard", "replay", "--events", str(path)],
+        capture_output=True,
+        check=True,
+    ).stdout.splitlines()
+    replay_events = [json.loads(x) for x in out if b'"status"' in x]
+    replay_trades = [json.loads(x) for x in out if b'"trade_id"' in x]
+    wanted = [msgspec.to_builtins(e) for e in no_input_id([by_id[i] for i in ids])]
+    assert replay_events == wanted
+    assert replay_trades == [msgspec.to_builtins(t) for t in no_input_id(trades)]
+
+
+def test_bad_input_gets_one_event_each(server: LocalServer, r: redis.Redis, keys: Keys) -> None:
+    rng = random.Random(1)
+    flood = [garbage(rng) for _ in range(500)]
+    flood += [{"data": "\xff not json"}, {"x" * 10: "y" * 20_000}, {"type": "order"}]
+    pipe = r.pipeline(transaction=False)
+    for fields in flood:
+        pipe.xadd(keys.orders, fields)
+    pipe.xadd(keys.orders, {k: str(v) for k, v in SEED[0].items()})
+    pipe.execute()
+    r.xadd(keys.orders, {b"order_id": b"\xff\xfe", b"type": b"cancel"})
+    run_until_idle(server.url)
+    _, events = read_outputs(r, keys)
+    assert len(events) == len(flood) + 2
+    assert events[len(flood)].status == "resting"
+    rejected = [e for e in events if e.status == "rejected"]
+    assert all(e.reason and e.detail for e in rejected)
+    assert any(e.reason == "oversize" and "16384" in e.detail for e in rejected)
+    assert events[-1].reason == "invalid_field" and events[-1].order_id is None
+
+
+def test_sigterm_drains_and_exits_zero(server: LocalServer, r: redis.Redis, keys: Keys) -> None:
+    proc = start_daemon(server.url)
+    publish(r, list(standard_mix(2000, seed=3)))
+    wait_events(r, keys, 1)
+    code, log = stop_daemon(proc, signal.SIGTERM)
+    assert code == 0, log
+    assert '"msg":"stopped"' in log
+    # Whatever was applied was committed: the checkpoint matches the published events.
+    assert int(r.hget(keys.checkpoint, "events")) == r.xlen(keys.events)
+    pending = r.xinfo_groups(keys.orders)[0]["pending"]
+    assert pending == 0
+    proc = start_daemon(server.url, "--exit-when-idle")
+    assert finish_daemon(proc)[0] == 0
+    assert r.xlen(keys.events) == 2000
+
+
+def test_sigint_too(server: LocalServer, r: redis.Redis, keys: Keys) -> None:
+    proc = start_daemon(server.url)
+    publish(r, SEED)
+    wait_events(r, keys, 3)
+    assert stop_daemon(proc, signal.SIGINT)[0] == 0
+
+
+def test_trade_consumer_group_sees_every_trade_once(
+    server: LocalServer, r: redis.Redis, keys: Keys
+) -> None:
+    publish(r, list(standard_mix(4000, seed=4)))
+    r.xgroup_create(keys.trades, "risk", id="0", mkstream=True)
+    seen: list[int] = []
+
+    def consume() -> None:
+        while True:
+            reply = r.xreadgroup("risk", "risk-1", {keys.trades: ">"}, count=100, block=200)
+            if not reply:
+                return
+            for entry_id, fields in reply[0][1]:
+                seen.append(int(fields[b"trade_id"]))
+                r.xack(keys.trades, "risk", entry_id)
+
+    proc = start_daemon(server.url, "--exit-when-idle")
+    consume()
+    assert finish_daemon(proc)[0] == 0
+    consume()
+    assert seen == list(range(1, r.xlen(keys.trades) + 1))
+    assert len(seen) > 100
+
+
+def test_health_and_keys_carry_the_hash_tag(
+    server: LocalServer, r: redis.Redis, keys: Keys
+) -> None:
+    publish(r, SEED)
+    run_until_idle(server.url, key_prefix="")
+    health = subprocess.run(
+        [sys.executable, "-m", "shard", "health", "--pair", PAIR, "--redis-url", server.url],
+        capture_output=True,
+        timeout=30,
+    )
+    assert health.returncode == 0, health.stderr
+    assert json.loads(health.stdout)["pair"] == PAIR
+    assert all(f"{{{PAIR}}}" in k.decode() for k in r.keys("*"))
+    missing = subprocess.run(
+        [sys.executable, "-m", "shard", "health", "--pair", "NOPE", "--redis-url", server.url],
+        capture_output=True,
+        timeout=30,
+    )
+    assert missing.returncode == 1 and b"no heartbeat" in missing.stderr
+
+
+def test_key_prefix_namespaces_everything(server: LocalServer, r: redis.Redis) -> None:
+    staged = Keys(PAIR, "staging:")
+    publish(r, SEED, key=staged.orders)
+    run_until_idle(server.url, key_prefix="staging:")
+    assert r.xlen(staged.trades) == 1
+    assert all(k.startswith(b"staging:") for k in r.keys("*"))
+
+
+def test_entry_without_timestamp_takes_the_entry_time(
+    server: LocalServer, r: redis.Redis, keys: Keys
+) -> None:
+    a = r.xadd(
+        keys.orders,
+        {"type": "order", "order_id": "a", "side": "buy", "price": "5", "quantity": "1"},
+    ).decode()
+    b = r.xadd(
+        keys.orders,
+        {"type": "order", "order_id": "b", "side": "sell", "price": "5", "quantity": "1"},
+    ).decode()
+    assert a
+    run_until_idle(server.url)
+    (trade,), _ = read_outputs(r, keys)
+    assert trade.timestamp == int(b.split("-")[0])
+
+
+def test_encoded_helper() -> None:
+    assert encoded({"a": "b"}) == {b"a": b"b"}
