@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -47,7 +48,13 @@ def _run(args: argparse.Namespace) -> int:
     config = _config(args)
     setup(config.pair, config.log_level)
     shard = Shard(config, max_inputs=args.max_inputs, exit_when_idle=args.exit_when_idle)
-    uvloop.run(shard.run())
+    try:
+        uvloop.run(shard.run())
+    except Exception:
+        # A broken invariant or unrecoverable state: say so in the log, exit non-zero, and let
+        # the supervisor restart us (recovery makes a restart safe).
+        logging.getLogger("shard").exception("crashed")
+        return 70  # EX_SOFTWARE
     return 0
 
 

@@ -53,6 +53,11 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     """Approximate cap on ``trades:{P}``/``events:{P}`` (XADD MAXLEN ~); 0 keeps everything."""
     max_entry_bytes: int = 16_384
     """An input entry larger than this (names + values) is rejected as ``oversize``."""
+    instance: str = ""
+    """Who holds the pair's lease: default the host name. A daemon restarted under the same
+    name takes its lease back at once; another name waits as a standby until it expires."""
+    lease_ttl: float = 10.0
+    """The lease expires this long after its holder last renewed it (once a second)."""
     health_ttl: float = 15.0
     """The heartbeat key expires after this long without a loop iteration."""
     metrics_port: int = 0
@@ -80,6 +85,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
                 f"block_ms ({self.block_ms}) must be shorter than socket_timeout "
                 f"({self.socket_timeout} s), or a blocked read would time out"
             )
+        if self.lease_ttl <= 2:
+            raise ConfigError(f"lease_ttl must be > 2 seconds, got {self.lease_ttl!r}")
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError(
                 f"redis_url must be redis://, rediss:// or unix://, got {_redact(self.redis_url)!r}"
@@ -136,6 +143,7 @@ class Keys:
         "checkpoint",
         "events",
         "health",
+        "lease",
         "orders",
         "pair",
         "prefix",
@@ -154,6 +162,7 @@ class Keys:
         self.checkpoint = f"{prefix}shard:{tag}:checkpoint"
         self.snapshot = f"{prefix}shard:{tag}:snapshot"
         self.health = f"{prefix}shard:{tag}:health"
+        self.lease = f"{prefix}shard:{tag}:lease"
 
     def snapshot_chunk(self, generation: int, index: int) -> str:
         return f"{self.snapshot}:{generation}:{index}"

@@ -23,10 +23,12 @@ Bounded modes for tests: ``max_inputs`` and ``exit_when_idle``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import signal
+import socket
 import time
 from typing import Any, Final, cast
 
@@ -39,11 +41,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shard.config import Config, Keys
-from shard.decode import decode_fields
+from shard.decode import decode_pairs
 from shard.engine import Engine
 from shard.messages import Input, Invalid, Trade
 from shard.metrics import Metrics
-from shard.store import ZERO_ID, Checkpoint, Fenced, Store, parse_id
+from shard.store import ZERO_ID, Channel, Checkpoint, Fenced, Store, parse_id
 from shard.wire import event_fields, trade_fields
 
 log = logging.getLogger("shard.daemon")
@@ -59,8 +61,8 @@ REDIS_ERRORS: Final = (
 )
 REPLAY_PAGE: Final = 5000
 
-Entries = list[tuple[bytes, dict[bytes, bytes]]]
-"""Stream entries as redis-py returns them over RESP2 without decoding: (id, fields)."""
+Entries = list[tuple[bytes, list[bytes]]]
+"""Stream entries as raw RESP2 replies: (id, [name, value, name, value, ...])."""
 
 
 class RecoveryError(Exception):
@@ -68,7 +70,11 @@ class RecoveryError(Exception):
 
 
 class _Stopping(Exception):
-    """A stop was requested while waiting for Redis to come back."""
+    """A stop was requested while waiting (for Redis, or for the lease)."""
+
+
+class LeaseLost(Exception):
+    """Another daemon holds the pair's lease now: stop publishing and stand by."""
 
 
 class _Pending(msgspec.Struct):
@@ -84,14 +90,24 @@ class _Pending(msgspec.Struct):
 def connect(config: Config) -> Redis:
     """A client for the daemon. Connection-level retries are off on purpose: a silently
     re-sent XREADGROUP could skip entries; the daemon resynchronises instead."""
-    return Redis.from_url(
+    client = Redis.from_url(
         config.redis_url,
         socket_timeout=config.socket_timeout,
         socket_connect_timeout=config.connect_timeout,
         socket_keepalive=True,
         retry=Retry(NoBackoff(), 0),
         client_name=f"shard:{config.pair}",
+        protocol=2,  # the raw stream replies below are read in their RESP2 shape
     )
+    # Stream replies stay raw ([id, [name, value, ...]]): the decoder reads the flat list, which
+    # saves building a dict per entry in redis-py.
+    for command in ("XRANGE",):
+        client.set_response_callback(command, _raw)
+    return client
+
+
+def _raw(response: Any, **options: Any) -> Any:
+    return response
 
 
 class Shard:
@@ -107,12 +123,18 @@ class Shard:
         self.config = config
         self.keys = Keys(config.pair, config.key_prefix)
         self.consumer = config.pair
+        self.holder = config.instance or socket.gethostname()
+        self.has_lease = False
         self.max_inputs = max_inputs
         self.exit_when_idle = exit_when_idle
         self.metrics = Metrics(config.pair)
         self.engine = Engine()
         self.committed = Checkpoint()
-        self.pending: _Pending | None = None
+        self.unconfirmed: list[_Pending] = []
+        """Batches applied to the engine whose commit is not confirmed yet, oldest first; the
+        oldest may be in flight on the writer channel while the next one is applied."""
+        self._commit_args: list[Any] = []
+        self._commit_sent = 0.0
         self.inputs_done = 0
         self.inputs_since_snapshot = 0
         self.snapshot_time = time.monotonic()
@@ -120,6 +142,8 @@ class Shard:
         self.run_id: str | None = None
         self._stop = asyncio.Event()
         self._redis: Redis | None = None
+        self._reader: Channel | None = None
+        self._writer: Channel | None = None
         self._store: Store | None = None
         self._resync_retry = Retry(
             ExponentialWithJitterBackoff(cap=config.reconnect_max_delay, base=0.05),
@@ -149,29 +173,42 @@ class Shard:
             self.metrics.serve(self.config.metrics_port, self.config.metrics_host)
         self._redis = connect(self.config)
         self._store = Store(self._redis, self.keys, self.config.group)
+        self._reader, self._writer = Channel(self._redis), Channel(self._redis)
         log.info("starting", extra={"fields": {"orders": self.keys.orders, "pid": os.getpid()}})
-        repair: Any = self._recover  # what must happen before the next step
+        repair: Any = self._take_over  # what must happen before the next step
         try:
-            while not self.stopping:
+            # After a stop, a batch already read ahead is still applied and committed.
+            while not self.stopping or self.reader.in_flight or self.writer.in_flight:
                 try:
                     if repair is not None:
                         await self._with_retry(repair)
                         repair = None
                     await self._step()
                 except Fenced as fenced:
+                    await self._reset_channels()
                     log.warning(
                         "checkpoint moved under us; recovering",
                         extra={"fields": {"checkpoint": fenced.checkpoint.last_id}},
                     )
                     repair = self._recover
+                except LeaseLost:
+                    await self._reset_channels()
+                    log.warning("lease lost to another daemon; standing by")
+                    self.has_lease = False
+                    repair = self._take_over
                 except REDIS_ERRORS as exc:
+                    await self._reset_channels()
                     log.warning(
                         "redis error; resynchronising", extra={"fields": {"error": repr(exc)}}
                     )
                     repair = self._resync
-        except _Stopping:
-            log.info("stopped while Redis was unavailable; uncommitted work is redone on restart")
+        except _Stopping as exc:
+            log.info(f"stopped {exc}; uncommitted work is redone by the next holder")
         finally:
+            await self._reset_channels()
+            if self.has_lease:  # hand over at once rather than after the lease expires
+                with contextlib.suppress(*REDIS_ERRORS):
+                    await self.store.release_lease(self.holder)
             for sig in signals:
                 loop.remove_signal_handler(sig)
             await self._redis.aclose()
@@ -185,7 +222,7 @@ class Shard:
             self.metrics.reconnects.inc()
             log.warning("redis unavailable; retrying", extra={"fields": {"error": repr(error)}})
             if self.stopping:
-                raise _Stopping from error
+                raise _Stopping("while Redis was unavailable") from error
 
         await self._resync_retry.call_with_retry(action, fail)
 
@@ -194,36 +231,75 @@ class Shard:
         assert self._store is not None, "run() sets the store up"
         return self._store
 
+    @property
+    def reader(self) -> Channel:
+        assert self._reader is not None, "run() sets the channels up"
+        return self._reader
+
+    @property
+    def writer(self) -> Channel:
+        assert self._writer is not None, "run() sets the channels up"
+        return self._writer
+
+    async def _reset_channels(self) -> None:
+        """Drop both pipes and whatever was in flight on them: undelivered input is delivered
+        again once ensure_group moves the group back to the checkpoint; a commit in doubt is
+        settled by the resync that follows."""
+        for channel in (self._reader, self._writer):
+            if channel is not None:
+                with contextlib.suppress(*REDIS_ERRORS):
+                    await channel.reset()
+
     # -- the loop --------------------------------------------------------------------------------
 
-    async def _step(self) -> None:
-        config = self.config
-        count = config.batch_size
+    def _room(self, taken: int = 0) -> int:
+        """How many entries the next read may take: max_inputs bounds the total, counting the
+        batches in hand (``taken``) and those applied but not yet confirmed."""
+        count = self.config.batch_size
         if self.max_inputs is not None:
-            count = min(count, self.max_inputs - self.inputs_done)
-        reply = cast(
-            list[tuple[bytes, Entries]],
-            await self.store.redis.xreadgroup(
-                config.group,
-                self.consumer,
-                {self.keys.orders: ">"},
-                count=count,
-                block=config.block_ms,
-            ),
-        )
-        entries = reply[0][1] if reply else []
+            outstanding = sum(len(p.acks) for p in self.unconfirmed)
+            count = min(count, self.max_inputs - self.inputs_done - outstanding - taken)
+        return count
+
+    async def _step(self) -> None:
+        """One batch through the pipeline. Its read went out before the previous batch's CPU
+        work; its commit goes out now and is confirmed after the next batch's CPU work.
+        Commits still reach Redis strictly one after another."""
+        reader = self.reader
+        if not reader.in_flight:
+            if self.stopping:  # nothing read ahead: only the commit in flight is left
+                await self._confirm()
+                return
+            await self._send_read(self._room())
+        reply = await reader.recv()
+        entries = cast(Entries, reply[0][1]) if reply else []
         if entries:
+            room = self._room(len(entries))
+            if room > 0 and not self.stopping:
+                await self._send_read(room)
             self._apply(entries)
-            await self._commit()
-            await self._maybe_snapshot()
+            await self._confirm()  # the previous batch's commit, which ran during _apply
+            await self._send_commit(self.unconfirmed[0])
+            if self._snapshot_due() or not reader.in_flight:
+                await self._confirm()
+                if self._snapshot_due():
+                    await self.snapshot()
+        else:
+            await self._confirm()
         await self._heartbeat()
-        if (self.max_inputs is not None and self.inputs_done >= self.max_inputs) or (
-            not entries and self.exit_when_idle
-        ):
+        done = self.max_inputs is not None and self.inputs_done >= self.max_inputs
+        if done or (self.exit_when_idle and not entries):
             self.stop()
 
-    def _decode(self, entry_id: str, fields: dict[bytes, bytes]) -> Input:
-        size = sum(len(k) + len(v) for k, v in fields.items())
+    async def _send_read(self, count: int) -> None:
+        config = self.config
+        await self.reader.send(
+            "XREADGROUP", "GROUP", config.group, self.consumer, "COUNT", count,
+            "BLOCK", config.block_ms, "STREAMS", self.keys.orders, ">",
+        )  # fmt: skip
+
+    def _decode(self, entry_id: str, pairs: list[bytes]) -> Input:
+        size = sum(map(len, pairs))
         if size > self.config.max_entry_bytes:
             return Invalid(
                 None,
@@ -231,60 +307,70 @@ class Shard:
                 f"the entry is {size} bytes, more than the "
                 f"{self.config.max_entry_bytes} allowed (max_entry_bytes)",
             )
-        return decode_fields(fields, parse_id(entry_id)[0])
+        return decode_pairs(pairs, parse_id(entry_id)[0])
 
     def _apply(self, entries: Entries) -> None:
-        """Apply a batch to the engine; what it publishes waits in ``self.pending``."""
+        """Apply a batch to the engine; what it publishes joins ``self.unconfirmed``."""
         engine = self.engine
-        committed = self.committed
-        after = parse_id(committed.last_id)
+        apply = engine.apply
+        decode = self._decode
+        committed = self.unconfirmed[-1].target if self.unconfirmed else self.committed
         trades: list[Trade] = []
         events: list[list[str]] = []
-        acks: list[str] = []
-        last_id = committed.last_id
-        metrics = self.metrics
-        for raw_id, fields in entries:
-            entry_id = raw_id.decode()
-            acks.append(entry_id)
-            if parse_id(entry_id) <= after:
-                continue  # applied before (cannot happen after ensure_group; harmless to ack)
-            event = engine.apply(self._decode(entry_id, fields), entry_id, trades)
-            if event.reason is not None and event.status == "rejected":
-                metrics.reject(event.reason)
+        acks = [raw_id.decode() for raw_id, _ in entries]
+        if parse_id(acks[0]) <= parse_id(committed.last_id):
+            # Applied before: cannot happen once ensure_group has run; acking them is harmless.
+            after = parse_id(committed.last_id)
+            todo = [(i, e[1]) for i, e in zip(acks, entries, strict=True) if parse_id(i) > after]
+        else:
+            todo = [(i, e[1]) for i, e in zip(acks, entries, strict=True)]
+        reject = self.metrics.reject
+        for entry_id, pairs in todo:
+            event = apply(decode(entry_id, pairs), entry_id, trades)
+            if event.status == "rejected":
+                reject(event.reason or "")
             events.append(event_fields(event))
-            last_id = entry_id
         target = Checkpoint(
-            last_id,
+            todo[-1][0] if todo else committed.last_id,
             engine.book.next_trade_id - 1,
             committed.events + len(events),
             engine.digest(),
         )
-        self.pending = _Pending(committed, target, [trade_fields(t) for t in trades], events, acks)
+        self.unconfirmed.append(
+            _Pending(committed, target, [trade_fields(t) for t in trades], events, acks)
+        )
 
-    async def _commit(self) -> None:
-        pending = self.pending
-        assert pending is not None
-        started = time.perf_counter()
+    async def _send_commit(self, pending: _Pending) -> None:
+        self._commit_args = self.store.commit_args(
+            pending.expected.last_id, pending.target, pending.trades, pending.events,
+            pending.acks, self.config.output_maxlen,
+        )  # fmt: skip
+        self._commit_sent = time.perf_counter()
+        await self.writer.send(*self._commit_args)
+
+    async def _confirm(self) -> None:
+        """Read the reply of the commit in flight, if any; its errors surface here."""
+        if not self.writer.in_flight:
+            return
+        pending = self.unconfirmed[0]
         try:
-            await self.store.commit(
-                pending.expected.last_id,
-                pending.target,
-                pending.trades,
-                pending.events,
-                pending.acks,
-                self.config.output_maxlen,
-            )
+            await self.store.finish_commit(self.writer, self._commit_args)
         except Fenced as fenced:
             if not _same(fenced.checkpoint, pending.target):
                 raise
             # Our own commit, applied before its reply was lost and the call re-sent.
-        self.metrics.commit_seconds.observe(time.perf_counter() - started)
+        self.metrics.commit_seconds.observe(time.perf_counter() - self._commit_sent)
         self._committed(pending)
+
+    async def _commit(self, pending: _Pending) -> None:
+        await self._send_commit(pending)
+        await self._confirm()
 
     def _committed(self, pending: _Pending) -> None:
         n = len(pending.events)
+        assert self.unconfirmed[0] is pending, "commits are confirmed in order"
+        self.unconfirmed.pop(0)
         self.committed = pending.target
-        self.pending = None
         self.inputs_done += n
         self.inputs_since_snapshot += n
         metrics = self.metrics
@@ -302,12 +388,15 @@ class Shard:
         store = self.store
         await self._note_run_id()
         checkpoint = await store.checkpoint()
-        pending = self.pending
-        if pending is not None:
+        if len(self.unconfirmed) > 1:
+            await self._recover()  # two batches in doubt: rebuild rather than untangle
+            return
+        if self.unconfirmed:
+            pending = self.unconfirmed[0]
             if _same(checkpoint, pending.target):
                 self._committed(pending)
             elif _same(checkpoint, pending.expected):
-                await self._commit()  # the batch never landed: send it again as it was
+                await self._commit(pending)  # the batch never landed: send it again as it was
             else:
                 await self._recover()
                 return
@@ -327,12 +416,34 @@ class Shard:
             )
         self.run_id = run_id
 
+    async def _take_over(self) -> None:
+        """Hold the pair's lease (waiting as a standby while another daemon does), then
+        recover. The lease keeps one daemon active per pair; the commit fence stays the safety
+        net should two ever overlap."""
+        ttl = int(self.config.lease_ttl * 1000)
+        announced = False
+        while (holder := await self.store.acquire_lease(self.holder, ttl)) is not None:
+            if not announced:
+                log.info(
+                    "standby: another daemon holds the pair",
+                    extra={"fields": {"holder": holder, "me": self.holder}},
+                )
+                announced = True
+            if self.stopping:
+                raise _Stopping("as a standby")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), 0.5)  # not a Redis call
+        self.has_lease = True
+        if announced:
+            log.info("took over the pair", extra={"fields": {"me": self.holder}})
+        await self._recover()
+
     async def _recover(self) -> None:
         """Rebuild the engine from the snapshot and the input stream up to the checkpoint."""
         store = self.store
         started = time.perf_counter()
         await self._note_run_id()
-        self.pending = None
+        self.unconfirmed.clear()
         checkpoint = await store.checkpoint()
         meta = await store.snapshot_meta()
         if meta is not None:
@@ -393,18 +504,16 @@ class Shard:
 
     # -- snapshots and health --------------------------------------------------------------------
 
-    async def _maybe_snapshot(self) -> None:
+    def _snapshot_due(self) -> bool:
         config = self.config
-        due = self.inputs_since_snapshot >= config.snapshot_every_inputs or (
-            self.inputs_since_snapshot
-            and time.monotonic() - self.snapshot_time >= config.snapshot_every_seconds
+        since = self.inputs_since_snapshot + sum(len(p.events) for p in self.unconfirmed)
+        return since >= config.snapshot_every_inputs or bool(
+            since and time.monotonic() - self.snapshot_time >= config.snapshot_every_seconds
         )
-        if due:
-            await self.snapshot()
 
     async def snapshot(self) -> None:
         """Store a snapshot at the committed checkpoint, then trim inputs below it."""
-        assert self.pending is None, "snapshots are taken between batches"
+        assert not self.unconfirmed, "snapshots are taken between batches"
         started = time.perf_counter()
         data = self.engine.snapshot()
         cp = self.committed
@@ -438,6 +547,8 @@ class Shard:
         if now - self.last_health < 1.0:
             return
         self.last_health = now
+        if not await self.store.renew_lease(self.holder, int(self.config.lease_ttl * 1000)):
+            raise LeaseLost
         redis = self.store.redis
         lag = None
         for group in await redis.xinfo_groups(self.keys.orders):

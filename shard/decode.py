@@ -141,11 +141,77 @@ def _missing_timestamp(order_id: str | None) -> Invalid:
 
 # -- flat form -------------------------------------------------------------------------------------
 
+_SIDES: Final = {b"buy": "buy", b"sell": "sell"}
+_ORDER_TYPES: Final = {t.encode(): t for t in ORDER_TYPES}
+_FAST_KEYS: Final = {
+    b"order": frozenset(k.encode() for k in APPLIES["order"]),
+    b"cancel": frozenset(k.encode() for k in APPLIES["cancel"]),
+    b"amend": frozenset(k.encode() for k in APPLIES["amend"]),
+}
+
+
+def _fast_int(raw: bytes | None) -> int | None:
+    """A canonical small decimal (at most 18 digits: always within int64), else None."""
+    if raw is not None and raw.isdigit() and len(raw) <= 18:
+        return int(raw)
+    return None
+
+
+def _fast_flat(fields: Mapping[bytes, bytes], default_timestamp: int | None) -> Input | None:
+    """The common, canonical flat entry decoded without the validator; None when unsure.
+
+    Only accepts what :func:`validate` accepts identically (a property test holds it to that).
+    """
+    kind = fields.get(b"type")
+    allowed = _FAST_KEYS.get(kind)  # type: ignore[arg-type]
+    if allowed is None or not allowed.issuperset(fields):
+        return None
+    raw_id = fields.get(b"order_id")
+    if not raw_id or len(raw_id) > MAX_ORDER_ID_BYTES or not raw_id.isascii():
+        return None
+    order_id = raw_id.decode()
+    raw_ts = fields.get(b"timestamp")
+    timestamp = default_timestamp if raw_ts is None else _fast_int(raw_ts)
+    if timestamp is None:
+        return None
+    if kind == b"cancel":
+        return Cancel(order_id, timestamp)
+    raw_qty = fields.get(b"quantity")
+    quantity = _fast_int(raw_qty)
+    raw_price = fields.get(b"price")
+    price = _fast_int(raw_price)
+    if (raw_qty is not None and not quantity) or (raw_price is not None and price is None):
+        return None
+    if kind == b"amend":
+        if quantity is None and price is None:
+            return None
+        return Amend(order_id, quantity, price, timestamp)
+    side = _SIDES.get(fields.get(b"side"))  # type: ignore[arg-type]
+    raw_type = fields.get(b"order_type")
+    order_type = "limit" if raw_type is None else _ORDER_TYPES.get(raw_type)
+    if side is None or order_type is None or quantity is None:
+        return None
+    if (price is None) != (order_type == "market"):
+        return None
+    return Order(order_id, side, quantity, price, order_type, timestamp)  # type: ignore[arg-type]
+
+
+def decode_pairs(pairs: list[bytes], default_timestamp: int | None) -> Input:
+    """Decode a stream entry given as a flat ``[name, value, name, value, ...]`` list (a raw
+    XREADGROUP reply); a duplicated name keeps its last value."""
+    it = iter(pairs)
+    fields = dict(zip(it, it, strict=False))
+    return _fast_flat(fields, default_timestamp) or decode_fields(fields, default_timestamp)
+
 
 def decode_fields(
     fields: Mapping[bytes, bytes] | Mapping[str, str], default_timestamp: int | None
 ) -> Input:
     """Decode one stream entry's field/value pairs (flat form, or a single ``data`` field)."""
+    if fields and isinstance(next(iter(fields)), bytes):
+        fast = _fast_flat(fields, default_timestamp)  # type: ignore[arg-type]
+        if fast is not None:
+            return fast
     named: dict[str, object] = {}
     for key, value in fields.items():
         if isinstance(key, bytes):

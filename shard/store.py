@@ -17,11 +17,12 @@ string). Every key is in KEYS and carries the pair's hash tag, so it also runs o
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import msgspec
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
+from redis.asyncio.connection import Connection
+from redis.exceptions import NoScriptError, ResponseError
 
 from shard.config import Keys
 
@@ -65,6 +66,18 @@ return {'OK'}
 """
 
 
+RENEW_LUA: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+RELEASE_LUA: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
 class Checkpoint(msgspec.Struct, frozen=True):
     """Where the published outputs stand: after input ``last_id``, ``trades``/``events`` total."""
 
@@ -99,6 +112,36 @@ def _text(value: bytes | str | None) -> str | None:
     return value.decode() if isinstance(value, bytes) else value
 
 
+class Channel:
+    """One dedicated connection used as a pipe: :meth:`send` puts a command on the wire now,
+    :meth:`recv` reads the oldest reply later, so Redis works while Python does. Replies are
+    raw RESP2 (no redis-py response callbacks). After an error, :meth:`reset` drops the
+    connection and whatever was in flight."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self.conn: Connection | None = None
+        self.in_flight = 0
+
+    async def send(self, *args: Any) -> None:
+        if self.conn is None:
+            pool = self.redis.connection_pool
+            self.conn = cast(Connection, await pool.get_connection())  # type: ignore[no-untyped-call]
+        await self.conn.send_command(*args)
+        self.in_flight += 1
+
+    async def recv(self) -> Any:
+        assert self.conn is not None and self.in_flight > 0, "recv without a send"
+        self.in_flight -= 1
+        return await self.conn.read_response()
+
+    async def reset(self) -> None:
+        conn, self.conn, self.in_flight = self.conn, None, 0
+        if conn is not None:
+            await conn.disconnect()
+            await self.redis.connection_pool.release(conn)
+
+
 class Store:
     """The pair's Redis state, through one client."""
 
@@ -107,6 +150,25 @@ class Store:
         self.keys = keys
         self.group = group
         self._commit = redis.register_script(COMMIT_LUA)
+        self._renew = redis.register_script(RENEW_LUA)
+        self._release = redis.register_script(RELEASE_LUA)
+
+    # -- the lease: one active daemon per pair ---------------------------------------------------
+
+    async def acquire_lease(self, holder: str, ttl_ms: int) -> str | None:
+        """Take the lease if it is free or already ours; else return who holds it."""
+        if await self.redis.set(self.keys.lease, holder, nx=True, px=ttl_ms):
+            return None
+        if await self.renew_lease(holder, ttl_ms):
+            return None
+        current = await self.redis.get(self.keys.lease)
+        return _text(current) or "(expired just now)"
+
+    async def renew_lease(self, holder: str, ttl_ms: int) -> bool:
+        return bool(await self._renew(keys=[self.keys.lease], args=[holder, ttl_ms]))
+
+    async def release_lease(self, holder: str) -> None:
+        await self._release(keys=[self.keys.lease], args=[holder])
 
     async def checkpoint(self) -> Checkpoint:
         raw = await self.redis.hgetall(self.keys.checkpoint)
@@ -115,7 +177,7 @@ class Store:
         fields = {_text(k): _text(v) for k, v in raw.items()}
         return msgspec.convert(fields, Checkpoint, strict=False)
 
-    async def commit(
+    def commit_args(
         self,
         expected_last: str,
         checkpoint: Checkpoint,
@@ -123,22 +185,25 @@ class Store:
         events: list[list[str]],
         acks: list[str],
         output_maxlen: int,
-    ) -> None:
-        """Publish a batch atomically, or raise :class:`Fenced` if the checkpoint moved."""
+    ) -> list[Any]:
+        """The EVALSHA command that commits a batch (see :meth:`finish_commit`)."""
         keys = self.keys
-        reply = await self._commit(
-            keys=[keys.trades, keys.events, keys.orders, keys.checkpoint],
-            args=[
-                self.group,
-                expected_last,
-                checkpoint.last_id,
-                checkpoint.trades,
-                checkpoint.events,
-                checkpoint.digest,
-                output_maxlen,
-                _batch_encoder.encode((trades, events, acks)),
-            ],
-        )
+        return [
+            "EVALSHA", self._commit.sha, 4,
+            keys.trades, keys.events, keys.orders, keys.checkpoint,
+            self.group, expected_last, checkpoint.last_id, checkpoint.trades, checkpoint.events,
+            checkpoint.digest, output_maxlen, _batch_encoder.encode((trades, events, acks)),
+        ]  # fmt: skip
+
+    async def finish_commit(self, channel: Channel, args: list[Any]) -> None:
+        """Read the reply of a commit sent on ``channel``; raise :class:`Fenced` if the
+        checkpoint had moved. A server that lost the script (restart) gets it again."""
+        try:
+            reply = await channel.recv()
+        except NoScriptError:
+            await self.redis.script_load(COMMIT_LUA)
+            await channel.send(*args)
+            reply = await channel.recv()
         if _text(reply[0]) != "OK":
             last, trades_total, events_total = (_text(x) for x in reply[1:4])
             raise Fenced(

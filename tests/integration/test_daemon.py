@@ -9,6 +9,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 
 import msgspec
 import redis
@@ -266,3 +267,43 @@ def test_entry_without_timestamp_takes_the_entry_time(
 
 def test_encoded_helper() -> None:
     assert encoded({"a": "b"}) == {b"a": b"b"}
+
+
+def test_metrics_and_json_logs(server: LocalServer, r: redis.Redis, keys: Keys) -> None:
+    import urllib.request
+
+    from shard.server import free_port
+
+    port = free_port()
+    publish(r, [*SEED, {"type": "cancel", "order_id": "ghost", "timestamp": 5}])
+    proc = start_daemon(server.url, env={"SHARD_METRICS_PORT": str(port)})
+    try:
+        wait_events(r, keys, 4)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as f:
+                    text = f.read().decode()
+                if 'shard_inputs_total{pair="BTC-USDT"} 4.0' in text:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "metrics never showed the 4 inputs"
+            time.sleep(0.1)
+    finally:
+        code, log = stop_daemon(proc)
+    assert code == 0
+    for name in (
+        'shard_trades_total{pair="BTC-USDT"} 1.0',
+        'shard_rejects_total{pair="BTC-USDT",reason="unknown_order"} 1.0',
+        "shard_batch_size_bucket",
+        "shard_commit_seconds_bucket",
+        'shard_consumer_lag{pair="BTC-USDT"}',
+        'shard_resting_orders{pair="BTC-USDT"} 0.0',
+        "shard_price_levels",
+        "shard_last_snapshot_age_seconds",
+        "shard_recoveries_total",
+    ):
+        assert name in text, name
+    lines = [json.loads(line) for line in log.splitlines()]
+    assert lines and all(x["pair"] == PAIR and x["level"] and x["msg"] for x in lines)

@@ -1,0 +1,206 @@
+"""Exactly-once through faults: the daemon SIGKILLed at random points, Redis killed and
+restarted with its append-only file, restarts after snapshots and trims, two daemons at once.
+In every case the output streams must equal an uninterrupted run's, byte for byte."""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from shard.config import Keys
+from shard.server import LocalServer
+from shard.workload import standard_mix
+
+from .conftest import (
+    expected_outputs,
+    finish_daemon,
+    publish,
+    read_outputs,
+    start_daemon,
+    stop_daemon,
+    wait_events,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def entries_of(client: redis.Redis, ids: list[str], messages: list[dict]) -> list:
+    """The input entries as the daemon saw them (flat fields, as bytes)."""
+    return [
+        (i, {k.encode(): str(v).encode() for k, v in m.items()})
+        for i, m in zip(ids, messages, strict=True)
+    ]
+
+
+def assert_exactly_once(client: redis.Redis, keys: Keys, entries: list) -> None:
+    trades, events = read_outputs(client, keys)
+    want_trades, want_events = expected_outputs(entries)
+    assert len(events) == len(want_events)
+    assert events == want_events
+    assert trades == want_trades
+    assert [t.trade_id for t in trades] == list(range(1, len(trades) + 1))
+
+
+def test_sigkill_at_random_points(server: LocalServer, r: redis.Redis, keys: Keys) -> None:
+    """Kill -9 the daemon again and again at random instants (start-up, recovery, mid-batch,
+    mid-commit, mid-snapshot), restarting it each time."""
+    messages = list(standard_mix(100_000, seed=21))
+    ids = publish(r, messages)
+    env = {"SHARD_BATCH_SIZE": "10", "SHARD_SNAPSHOT_EVERY_INPUTS": "5000"}
+    rng = random.Random(7)
+    kills = 0
+    progress = []
+    while r.xlen(keys.events) < len(messages) and kills < 60:
+        proc = start_daemon(server.url, env=env)
+        try:
+            time.sleep(rng.uniform(0.3, 0.9))
+        finally:
+            stop_daemon(proc, signal.SIGKILL)
+        kills += 1
+        progress.append(r.xlen(keys.events))
+    code, log = finish_daemon(start_daemon(server.url, "--exit-when-idle", env=env))
+    assert code == 0, log
+    mid_stream = [n for n in progress if 0 < n < len(messages)]
+    assert len(mid_stream) >= 5, progress
+    assert r.exists(keys.snapshot)
+    assert r.xlen(keys.orders) < len(messages)  # trimmed below a snapshot
+    assert_exactly_once(r, keys, entries_of(r, ids, messages))
+
+
+@pytest.mark.parametrize("how", ["sigkill", "shutdown"])
+def test_redis_restart_mid_stream(tmp_path: Path, keys: Keys, how: str) -> None:
+    """Redis dies (SIGKILL, appendfsync everysec: the last second of commits may be lost) or
+    shuts down, and comes back from its append-only file while the daemon keeps running."""
+    srv = LocalServer(tmp_path / "redis", appendfsync="everysec").start()
+    try:
+        client = redis.Redis.from_url(srv.url)
+        messages = list(standard_mix(40_000, seed=33))
+        ids = publish(client, messages)
+        time.sleep(1.5)  # inputs reach the disk (everysec), so only outputs can be lost
+        proc = start_daemon(
+            srv.url, env={"SHARD_BATCH_SIZE": "50", "SHARD_RECONNECT_MAX_DELAY": "0.5"}
+        )
+        wait_events(client, keys, 2000)
+        for _ in range(2):
+            srv.kill() if how == "sigkill" else srv.stop()
+            time.sleep(0.3)
+            srv.start()
+            client = redis.Redis.from_url(srv.url)
+            time.sleep(0.5)
+        wait_events(client, keys, len(messages), timeout=120)
+        code, log = stop_daemon(proc)
+        assert code == 0, log
+        assert '"msg":"redis error; resynchronising"' in log
+        assert_exactly_once(client, keys, entries_of(client, ids, messages))
+        client.close()
+    finally:
+        srv.stop()
+
+
+def test_restart_after_snapshot_and_trim(server: LocalServer, r: redis.Redis, keys: Keys) -> None:
+    messages = list(standard_mix(12_000, seed=5))
+    first = publish(r, messages[:6000])
+    env = {
+        "SHARD_SNAPSHOT_EVERY_INPUTS": "1000",
+        "SHARD_SNAPSHOT_CHUNK_BYTES": "2048",
+        "SHARD_BATCH_SIZE": "250",
+    }
+    code, log = finish_daemon(start_daemon(server.url, "--exit-when-idle", env=env))
+    assert code == 0, log
+    meta = r.hgetall(keys.snapshot)
+    assert int(meta[b"chunks"]) > 3
+    assert meta[b"input_id"].decode() == first[5999]
+    assert r.xlen(keys.orders) <= 1  # everything below the snapshot is trimmed
+    second = publish(r, messages[6000:])
+    code, log = finish_daemon(start_daemon(server.url, "--exit-when-idle", env=env))
+    assert code == 0, log
+    assert '"replayed":0' in log
+    assert_exactly_once(r, keys, entries_of(r, first + second, messages))
+    # Old snapshot generations are deleted: only the current one's chunks remain.
+    chunks = [k for k in r.keys(f"{keys.snapshot}:*")]
+    assert len(chunks) == int(r.hget(keys.snapshot, "chunks"))
+
+
+def test_recovery_replays_inputs_after_the_snapshot(
+    server: LocalServer, r: redis.Redis, keys: Keys
+) -> None:
+    messages = list(standard_mix(5000, seed=8))
+    ids = publish(r, messages)
+    env = {"SHARD_SNAPSHOT_EVERY_INPUTS": "2000", "SHARD_BATCH_SIZE": "500"}
+    code, log = finish_daemon(start_daemon(server.url, "--max-inputs", "3000", env=env))
+    assert code == 0, log
+    code, log = finish_daemon(start_daemon(server.url, "--exit-when-idle", env=env))
+    assert code == 0, log
+    assert '"replayed":1000' in log
+    assert_exactly_once(r, keys, entries_of(r, ids, messages))
+
+
+def test_second_daemon_stands_by_and_takes_over(
+    server: LocalServer, r: redis.Redis, keys: Keys
+) -> None:
+    """Two daemons for one pair: one holds the lease and works, the other waits; when the
+    first is killed, the second takes over after the lease expires, exactly once."""
+    messages = list(standard_mix(20_000, seed=13))
+    ids = publish(r, messages[:10_000])
+    env = {"SHARD_BATCH_SIZE": "50", "SHARD_LEASE_TTL": "3"}
+    a = start_daemon(server.url, env={**env, "SHARD_INSTANCE": "a"})
+    try:
+        wait_events(r, keys, 1)
+        b = start_daemon(server.url, env={**env, "SHARD_INSTANCE": "b"})
+        try:
+            wait_events(r, keys, 5000)
+            time.sleep(0.5)
+            assert r.get(keys.lease) == b"a"
+        finally:
+            stop_daemon(a, signal.SIGKILL)
+        ids += publish(r, messages[10_000:])
+        wait_events(r, keys, len(messages), timeout=120)
+        assert r.get(keys.lease) == b"b"
+    finally:
+        code, log = stop_daemon(b)
+    assert code == 0, log
+    assert "standby: another daemon holds the pair" in log and "took over the pair" in log
+    assert r.get(keys.lease) is None  # released on a clean stop
+    assert_exactly_once(r, keys, entries_of(r, ids, messages))
+
+
+def test_fence_keeps_two_active_daemons_exactly_once(
+    server: LocalServer, r: redis.Redis, keys: Keys
+) -> None:
+    """Should two daemons ever both be active (a lease expired under a stalled holder),
+    the commit fence still keeps the output exactly once. Simulated by deleting the lease
+    under them over and over."""
+    messages = list(standard_mix(6000, seed=17))
+    ids = publish(r, messages)
+    env = {"SHARD_BATCH_SIZE": "30", "SHARD_LEASE_TTL": "3"}
+    a = start_daemon(server.url, env={**env, "SHARD_INSTANCE": "a"})
+    b = start_daemon(server.url, env={**env, "SHARD_INSTANCE": "b"})
+    try:
+        deadline = time.monotonic() + 90
+        while r.xlen(keys.events) < len(messages) and time.monotonic() < deadline:
+            r.delete(keys.lease)  # both may now believe they hold it for a while
+            time.sleep(0.05)
+        wait_events(r, keys, len(messages), timeout=60)
+    finally:
+        (code_a, log_a), (code_b, log_b) = stop_daemon(a), stop_daemon(b)
+    assert code_a == code_b == 0, log_a + log_b
+    assert_exactly_once(r, keys, entries_of(r, ids, messages))
+
+
+def test_recovery_refuses_missing_inputs(server: LocalServer, r: redis.Redis, keys: Keys) -> None:
+    """Inputs deleted behind the checkpoint cannot be replayed: crash loudly, publish nothing."""
+    ids = publish(r, list(standard_mix(1000, seed=2)))
+    code, _ = finish_daemon(start_daemon(server.url, "--exit-when-idle"))
+    assert code == 0
+    r.xdel(keys.orders, *ids[100:200])
+    r.xadd(keys.orders, {"type": "cancel", "order_id": "x"})
+    before = r.xlen(keys.events)
+    code, log = finish_daemon(start_daemon(server.url, "--exit-when-idle"))
+    assert code != 0
+    assert "RecoveryError" in log and "does not reproduce the checkpoint" in log
+    assert r.xlen(keys.events) == before
