@@ -80,6 +80,7 @@ class LeaseLost(Exception):
 class _Pending(msgspec.Struct):
     """A batch applied to the engine whose commit has not been confirmed."""
 
+    first: str  # the first input it applied ('' if none)
     expected: Checkpoint
     target: Checkpoint
     trades: list[list[str]]
@@ -187,8 +188,10 @@ class Shard:
                 except Fenced as fenced:
                     await self._reset_channels()
                     log.warning(
-                        "checkpoint moved under us; recovering",
-                        extra={"fields": {"checkpoint": fenced.checkpoint.last_id}},
+                        "commit refused; recovering",
+                        extra={
+                            "fields": {"why": fenced.why, "checkpoint": fenced.checkpoint.last_id}
+                        },
                     )
                     repair = self._recover
                 except LeaseLost:
@@ -337,13 +340,20 @@ class Shard:
             engine.digest(),
         )
         self.unconfirmed.append(
-            _Pending(committed, target, [trade_fields(t) for t in trades], events, acks)
+            _Pending(
+                todo[0][0] if todo else "",
+                committed,
+                target,
+                [trade_fields(t) for t in trades],
+                events,
+                acks,
+            )
         )
 
     async def _send_commit(self, pending: _Pending) -> None:
         self._commit_args = self.store.commit_args(
             pending.expected.last_id, pending.target, pending.trades, pending.events,
-            pending.acks, self.config.output_maxlen,
+            pending.acks, self.config.output_maxlen, pending.first,
         )  # fmt: skip
         self._commit_sent = time.perf_counter()
         await self.writer.send(*self._commit_args)
@@ -356,7 +366,7 @@ class Shard:
         try:
             await self.store.finish_commit(self.writer, self._commit_args)
         except Fenced as fenced:
-            if not _same(fenced.checkpoint, pending.target):
+            if fenced.why != "FENCED" or not _same(fenced.checkpoint, pending.target):
                 raise
             # Our own commit, applied before its reply was lost and the call re-sent.
         self.metrics.commit_seconds.observe(time.perf_counter() - self._commit_sent)
@@ -443,7 +453,9 @@ class Shard:
         store = self.store
         started = time.perf_counter()
         await self._note_run_id()
-        self.unconfirmed.clear()
+        # The engine, its checkpoint and the unconfirmed batches are replaced together, at the
+        # end: if this fails half-way and a resync runs instead, it still sees the batches in
+        # doubt and does not take the old engine for a consistent one.
         checkpoint = await store.checkpoint()
         meta = await store.snapshot_meta()
         if meta is not None:
@@ -482,6 +494,7 @@ class Shard:
             )
         self.engine = engine
         self.committed = checkpoint
+        self.unconfirmed = []
         self.inputs_since_snapshot = replayed
         await store.ensure_group(checkpoint.last_id)
         self.metrics.recoveries.inc()

@@ -9,7 +9,9 @@ Keys (see :class:`shard.config.Keys`):
   ``shard:{P}:snapshot:<generation>:<i>`` chunks, written before the hash points at them.
 
 The commit is one Lua script: it checks that the checkpoint is still where this daemon believes
-it is (a fence: a second daemon, a lost reply or a Redis rollback all show up here), then XADDs
+it is (a fence: a second daemon, a lost reply or a Redis rollback all show up here) and that the
+batch starts with the input entry right after it (no gap, whatever the consumer group did), then
+XADDs
 the batch's trades and events, XACKs its input entries and moves the checkpoint, all or
 nothing. The outputs travel as one msgpack argument (Lua numbers are doubles, so every value is a
 string). Every key is in KEYS and carries the pair's hash tag, so it also runs on Redis Cluster.
@@ -39,11 +41,19 @@ def parse_id(entry_id: str) -> StreamId:
 COMMIT_LUA: Final = r"""
 -- KEYS: trades, events, orders, checkpoint
 -- ARGV: group, expected last_id, new last_id, trades total, events total, digest,
---       output maxlen (0: none), msgpack [[trade field/value lists], [event lists], [ack ids]]
+--       output maxlen (0: none), msgpack [[trade field/value lists], [event lists], [ack ids]],
+--       first input applied ('' if none)
 local last = redis.call('HGET', KEYS[4], 'last_id') or '0-0'
+local cp = redis.call('HMGET', KEYS[4], 'last_id', 'trades', 'events')
 if last ~= ARGV[2] then
-  local cp = redis.call('HMGET', KEYS[4], 'last_id', 'trades', 'events')
   return {'FENCED', cp[1] or '0-0', cp[2] or '0', cp[3] or '0'}
+end
+-- No gap: the batch starts with the entry that follows the checkpoint in the input stream.
+if ARGV[9] ~= '' then
+  local nxt = redis.call('XRANGE', KEYS[3], '(' .. last, '+', 'COUNT', 1)
+  if #nxt == 0 or nxt[1][1] ~= ARGV[9] then
+    return {'GAP', cp[1] or '0-0', cp[2] or '0', cp[3] or '0'}
+  end
 end
 local batch = cmsgpack.unpack(ARGV[8])
 local maxlen = tonumber(ARGV[7])
@@ -98,11 +108,13 @@ class SnapshotMeta(msgspec.Struct, frozen=True):
 
 
 class Fenced(Exception):
-    """The checkpoint in Redis is not where this daemon believed: resynchronise."""
+    """The commit was refused: the checkpoint in Redis is not where this daemon believed
+    (``FENCED``), or the batch does not start right after it (``GAP``). Resynchronise."""
 
-    def __init__(self, checkpoint: Checkpoint) -> None:
-        super().__init__(f"checkpoint moved: now at {checkpoint.last_id}")
+    def __init__(self, checkpoint: Checkpoint, why: str = "FENCED") -> None:
+        super().__init__(f"commit refused ({why}): checkpoint at {checkpoint.last_id}")
         self.checkpoint = checkpoint
+        self.why = why
 
 
 _batch_encoder = msgspec.msgpack.Encoder()
@@ -185,6 +197,7 @@ class Store:
         events: list[list[str]],
         acks: list[str],
         output_maxlen: int,
+        first: str,
     ) -> list[Any]:
         """The EVALSHA command that commits a batch (see :meth:`finish_commit`)."""
         keys = self.keys
@@ -193,6 +206,7 @@ class Store:
             keys.trades, keys.events, keys.orders, keys.checkpoint,
             self.group, expected_last, checkpoint.last_id, checkpoint.trades, checkpoint.events,
             checkpoint.digest, output_maxlen, _batch_encoder.encode((trades, events, acks)),
+            first,
         ]  # fmt: skip
 
     async def finish_commit(self, channel: Channel, args: list[Any]) -> None:
@@ -204,10 +218,12 @@ class Store:
             await self.redis.script_load(COMMIT_LUA)
             await channel.send(*args)
             reply = await channel.recv()
-        if _text(reply[0]) != "OK":
+        status = _text(reply[0])
+        if status != "OK":
             last, trades_total, events_total = (_text(x) for x in reply[1:4])
             raise Fenced(
-                Checkpoint(last or ZERO_ID, int(trades_total or 0), int(events_total or 0))
+                Checkpoint(last or ZERO_ID, int(trades_total or 0), int(events_total or 0)),
+                str(status),
             )
 
     async def ensure_group(self, at: str) -> None:

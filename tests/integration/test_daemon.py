@@ -307,3 +307,22 @@ def test_metrics_and_json_logs(server: LocalServer, r: redis.Redis, keys: Keys) 
         assert name in text, name
     lines = [json.loads(line) for line in log.splitlines()]
     assert lines and all(x["pair"] == PAIR and x["level"] and x["msg"] for x in lines)
+
+
+def test_acl_user_in_the_url(server: LocalServer, r: redis.Redis, keys: Keys) -> None:
+    r.execute_command("ACL", "SETUSER", "matcher", "on", ">s3cret", "~*", "&*", "+@all")
+    try:
+        publish(r, SEED)
+        url = server.url.replace("redis://", "redis://matcher:s3cret@")
+        code, log = finish_daemon(start_daemon(url, "--exit-when-idle"))
+        assert code == 0, log
+        assert r.xlen(keys.trades) == 1
+        assert "s3cret" not in log
+        bad = url.replace("s3cret", "wrong")
+        proc = start_daemon(bad)
+        time.sleep(1.5)
+        assert proc.poll() is None  # keeps retrying with backoff, does not die
+        code, log = stop_daemon(proc)
+        assert code == 0 and "redis unavailable" in log
+    finally:
+        r.execute_command("ACL", "DELUSER", "matcher")

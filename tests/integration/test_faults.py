@@ -204,3 +204,35 @@ def test_recovery_refuses_missing_inputs(server: LocalServer, r: redis.Redis, ke
     assert code != 0
     assert "RecoveryError" in log and "does not reproduce the checkpoint" in log
     assert r.xlen(keys.events) == before
+
+
+def test_connections_killed_under_the_daemon(
+    server: LocalServer, r: redis.Redis, keys: Keys
+) -> None:
+    """CLIENT KILL drops the daemon's connections mid-read and mid-commit, over and over."""
+    messages = list(standard_mix(40_000, seed=29))
+    ids = publish(r, messages)
+    proc = start_daemon(
+        server.url, env={"SHARD_BATCH_SIZE": "25", "SHARD_RECONNECT_MAX_DELAY": "0.3"}
+    )
+    rng = random.Random(3)
+    kills = 0
+    try:
+        for _ in range(40):
+            if r.xlen(keys.events) >= len(messages):
+                break
+            time.sleep(rng.uniform(0.05, 0.25))
+            kills += int(r.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"))
+        try:
+            wait_events(r, keys, len(messages), timeout=60)
+        except TimeoutError as exc:
+            code, log = stop_daemon(proc)
+            crash = [x for x in log.splitlines() if "crashed" in x]
+            raise AssertionError(f"{exc}; daemon log:\n{log[-2000:]}\n{crash}") from None
+    finally:
+        if proc.poll() is None:
+            code, log = stop_daemon(proc)
+    assert code == 0, log
+    assert_exactly_once(r, keys, entries_of(r, ids, messages))
+    assert kills >= 10
+    assert '"msg":"redis error; resynchronising"' in log
