@@ -19,6 +19,7 @@ from shard.daemon import Shard
 from shard.server import LocalServer
 from shard.workload import standard_mix
 
+from ..seed import SEED, SEED_TRADE
 from .conftest import (
     PAIR,
     config,
@@ -33,26 +34,6 @@ from .conftest import (
     wait_events,
 )
 
-SEED = [
-    {
-        "type": "order",
-        "order_id": "order1",
-        "timestamp": 1678886400000,
-        "price": 1000000000,
-        "quantity": 10,
-        "side": "buy",
-    },
-    {
-        "type": "order",
-        "order_id": "order2",
-        "timestamp": 1678886400001,
-        "price": 1000000000,
-        "quantity": 5,
-        "side": "sell",
-    },
-    {"type": "cancel", "order_id": "order1", "timestamp": 1678886400002},
-]
-
 
 def run_until_idle(url: str, **overrides) -> Shard:  # type: ignore[no-untyped-def]
     shard = Shard(config(url, **overrides), exit_when_idle=True)
@@ -64,18 +45,7 @@ def test_seed_example_through_redis(server: LocalServer, r: redis.Redis, keys: K
     ids = publish(r, SEED)
     run_until_idle(server.url)
     trades, events = read_outputs(r, keys)
-    assert [msgspec.structs.asdict(t) for t in trades] == [
-        {
-            "trade_id": 1,
-            "taker_order_id": "order2",
-            "maker_order_id": "order1",
-            "price": 1000000000,
-            "quantity": 5,
-            "timestamp": 1678886400001,
-            "taker_side": "sell",
-            "input_id": ids[1],
-        }
-    ]
+    assert [msgspec.structs.asdict(t) for t in trades] == [{**SEED_TRADE, "input_id": ids[1]}]
     assert [(e.input_id, e.order_id, e.status) for e in events] == [
         (ids[0], "order1", "resting"),
         (ids[1], "order2", "filled"),

@@ -12,14 +12,9 @@ from hypothesis import strategies as st
 from shard.decode import decode_fields, decode_json, validate
 from shard.messages import Amend, Cancel, Invalid, Order
 
-SEED = {
-    "type": "order",
-    "order_id": "order1",
-    "timestamp": 1678886400000,
-    "price": 1000000000,
-    "quantity": 10,
-    "side": "buy",
-}
+from ..seed import SEED as SEED_MESSAGES
+
+SEED = SEED_MESSAGES[0]
 
 
 def flat(msg: dict) -> dict[bytes, bytes]:

@@ -13,13 +13,7 @@ import msgspec
 from shard.replay import replay
 from shard.workload import standard_mix
 
-SEED_LINES = [
-    b'{"type": "order", "order_id": "order1", "timestamp": 1678886400000, "price": 1000000000,'
-    b' "quantity": 10, "side": "buy"}',
-    b'{"type": "order", "order_id": "order2", "timestamp": 1678886400001, "price": 1000000000,'
-    b' "quantity": 5, "side": "sell"}',
-    b'{"type": "cancel", "order_id": "order1", "timestamp": 1678886400002}',
-]
+from ..seed import SEED_LINES, SEED_TRADE
 
 
 def shard(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
@@ -34,17 +28,7 @@ def shard(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
 
 def test_seed_example_through_the_cli() -> None:
     out = shard("replay", stdin=b"\n".join(SEED_LINES) + b"\n").stdout
-    assert [json.loads(x) for x in out.splitlines()] == [
-        {
-            "trade_id": 1,
-            "taker_order_id": "order2",
-            "maker_order_id": "order1",
-            "price": 1000000000,
-            "quantity": 5,
-            "timestamp": 1678886400001,
-            "taker_side": "sell",
-        }
-    ]
+    assert [json.loads(x) for x in out.splitlines()] == [SEED_TRADE]
 
 
 def test_events_follow_their_trades(tmp_path: Path) -> None:
