@@ -8,8 +8,12 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from shard import __version__
+
+if TYPE_CHECKING:
+    from shard.config import Keys
 
 
 def _replay(args: argparse.Namespace) -> int:
@@ -92,6 +96,74 @@ def _health(args: argparse.Namespace) -> int:
     return 0
 
 
+def _client_setup(args: argparse.Namespace) -> tuple[str, Keys]:
+    """The Redis URL and Keys for a client command (pair and URL as for `shard run`)."""
+    from shard.config import Keys
+
+    config = _config(args)
+    return config.redis_url, Keys(config.pair, config.key_prefix)
+
+
+def _publish(args: argparse.Namespace) -> int:
+    from shard.client import message_from_flags, run_publish
+
+    url, keys = _client_setup(args)
+    fields = message_from_flags({
+        "type": args.type, "order_id": args.order_id, "side": args.side,
+        "order_type": args.order_type, "price": args.price, "quantity": args.quantity,
+        "timestamp": args.timestamp,
+    })  # fmt: skip
+    if fields and args.file != "-":
+        raise SystemExit("shard publish: give a FILE or message flags, not both")
+    count = run_publish(url, keys, args.file, fields)
+    print(f"published {count} message(s) to {keys.orders}", file=sys.stderr)
+    return 0
+
+
+def _trades(args: argparse.Namespace) -> int:
+    import signal
+    import socket
+
+    from shard.client import print_trades, sync_client
+
+    url, keys = _client_setup(args)
+    client = sync_client(url)
+    stop = {"now": False}
+
+    def on_signal(*_: object) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    consumer = args.consumer or f"{socket.gethostname()}-{os.getpid()}"
+    try:
+        print_trades(
+            client,
+            keys,
+            sys.stdout.buffer,
+            follow=args.follow,
+            group=args.group,
+            consumer=consumer,
+            should_stop=lambda: stop["now"],
+        )
+    except KeyboardInterrupt:
+        pass
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    finally:
+        client.close()
+    return 0
+
+
+def _up(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from shard.up import Cluster
+
+    pairs = [p.strip() for p in args.pairs.split(",") if p.strip()]
+    url = args.redis_url or os.environ.get("REDIS_URL")
+    return Cluster(pairs, url, Path(args.data_dir), args.port).run()
+
+
 def _common(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--pair", help="trading pair, e.g. BTC-USDT (env SHARD_PAIR)")
     sub.add_argument("--redis-url", help="redis:// or rediss:// URL (env REDIS_URL)")
@@ -149,6 +221,51 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(health)
     health.set_defaults(handler=_health)
+
+    publish = commands.add_parser(
+        "publish",
+        help="publish JSON-lines messages (or one message from flags) to orders:{P}",
+        description="Each line is sent as the entry's data field; each entry ID is printed.",
+    )
+    _common(publish)
+    publish.add_argument(
+        "file",
+        nargs="?",
+        default="-",
+        metavar="FILE",
+        help="JSON-lines file; - or nothing for standard input",
+    )
+    flags = publish.add_argument_group("one message from flags (sent as flat fields)")
+    flags.add_argument("--type", choices=["order", "cancel", "amend"])
+    flags.add_argument("--order-id")
+    flags.add_argument("--side", choices=["buy", "sell"])
+    flags.add_argument("--order-type", choices=["limit", "market", "ioc", "fok", "post_only"])
+    flags.add_argument("--price", type=int, help="integer, price x 10^8")
+    flags.add_argument("--quantity", type=int)
+    flags.add_argument("--timestamp", type=int, help="ms since epoch (default: entry time)")
+    publish.set_defaults(handler=_publish)
+
+    trades = commands.add_parser(
+        "trades",
+        help="print the pair's trades as JSON lines",
+        description="Print trades:{P}. With --group, read as a consumer of that consumer group "
+        "and acknowledge each trade printed.",
+    )
+    _common(trades)
+    trades.add_argument("--follow", action="store_true", help="keep printing new trades")
+    trades.add_argument("--group", help="consumer group (created if missing)")
+    trades.add_argument("--consumer", help="consumer name in the group (default host-pid)")
+    trades.set_defaults(handler=_trades)
+
+    up = commands.add_parser(
+        "up",
+        help="local cluster: an embedded Redis-compatible server and one daemon per pair",
+    )
+    up.add_argument("--pairs", default="BTC-USDT", help="comma-separated pairs")
+    up.add_argument("--redis-url", help="use this server instead of starting one (env REDIS_URL)")
+    up.add_argument("--data-dir", default=".shard-data", help="server files (append-only file)")
+    up.add_argument("--port", type=int, default=6390, help="port of the embedded server")
+    up.set_defaults(handler=_up)
     return parser
 
 
