@@ -55,7 +55,7 @@ class LocalServer:
         appendfsync: str = "everysec",
         binary: str | None = None,
     ) -> None:
-        self.data_dir = Path(data_dir)
+        self.data_dir = Path(data_dir).resolve()  # the server chdirs into it: no relative paths
         self.port = port or free_port()
         self.appendonly = appendonly
         self.appendfsync = appendfsync
