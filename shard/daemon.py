@@ -45,7 +45,7 @@ from shard.decode import decode_pairs
 from shard.engine import Engine
 from shard.messages import Input, Invalid, Trade
 from shard.metrics import Metrics
-from shard.store import ZERO_ID, Channel, Checkpoint, Fenced, Store, parse_id
+from shard.store import ZERO_ID, Channel, Checkpoint, Fenced, Store, parse_id, text
 from shard.wire import event_fields, trade_fields
 
 log = logging.getLogger("shard.daemon")
@@ -565,7 +565,7 @@ class Shard:
         redis = self.store.redis
         lag = None
         for group in await redis.xinfo_groups(self.keys.orders):
-            if _text(group.get("name")) == self.config.group:
+            if text(group.get("name")) == self.config.group:
                 lag = group.get("lag")
         if isinstance(lag, int):
             self.metrics.lag.set(lag)
@@ -578,10 +578,6 @@ class Shard:
             "time": time.time(),
         }
         await redis.set(self.keys.health, json.dumps(doc), px=int(self.config.health_ttl * 1000))
-
-
-def _text(value: object) -> object:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _same(a: Checkpoint, b: Checkpoint, *, digest: bool = False) -> bool:

@@ -120,8 +120,11 @@ class Fenced(Exception):
 _batch_encoder = msgspec.msgpack.Encoder()
 
 
-def _text(value: bytes | str | None) -> str | None:
-    return value.decode() if isinstance(value, bytes) else value
+def text(value: object) -> str | None:
+    """A reply value as text (bytes decoded as UTF-8; None stays None)."""
+    if isinstance(value, bytes):
+        return value.decode()
+    return None if value is None else str(value)
 
 
 class Channel:
@@ -174,7 +177,7 @@ class Store:
         if await self.renew_lease(holder, ttl_ms):
             return None
         current = await self.redis.get(self.keys.lease)
-        return _text(current) or "(expired just now)"
+        return text(current) or "(expired just now)"
 
     async def renew_lease(self, holder: str, ttl_ms: int) -> bool:
         return bool(await self._renew(keys=[self.keys.lease], args=[holder, ttl_ms]))
@@ -186,7 +189,7 @@ class Store:
         raw = await self.redis.hgetall(self.keys.checkpoint)
         if not raw:
             return Checkpoint()
-        fields = {_text(k): _text(v) for k, v in raw.items()}
+        fields = {text(k): text(v) for k, v in raw.items()}
         return msgspec.convert(fields, Checkpoint, strict=False)
 
     def commit_args(
@@ -218,9 +221,9 @@ class Store:
             await self.redis.script_load(COMMIT_LUA)
             await channel.send(*args)
             reply = await channel.recv()
-        status = _text(reply[0])
+        status = text(reply[0])
         if status != "OK":
-            last, trades_total, events_total = (_text(x) for x in reply[1:4])
+            last, trades_total, events_total = (text(x) for x in reply[1:4])
             raise Fenced(
                 Checkpoint(last or ZERO_ID, int(trades_total or 0), int(events_total or 0)),
                 str(status),
@@ -245,7 +248,7 @@ class Store:
         raw = await self.redis.hgetall(self.keys.snapshot)
         if not raw:
             return None
-        fields = {_text(k): _text(v) for k, v in raw.items()}
+        fields = {text(k): text(v) for k, v in raw.items()}
         return msgspec.convert(fields, SnapshotMeta, strict=False)
 
     async def load_snapshot(self, meta: SnapshotMeta) -> bytes:

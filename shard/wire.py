@@ -7,14 +7,10 @@ out); ``trade_from_fields``/``event_from_fields`` read entries back for consumer
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Final
 
 import msgspec
 
 from shard.messages import Event, Trade
-
-TRADE_FIELDS: Final = msgspec.structs.fields(Trade)
-EVENT_INT_FIELDS: Final = ("filled_quantity", "remaining_quantity", "cancelled_quantity")
 
 
 def trade_fields(t: Trade) -> list[str]:
