@@ -426,6 +426,12 @@ class Shard:
             )
         self.run_id = run_id
 
+    async def _renew_lease(self) -> None:
+        if self.has_lease and not await self.store.renew_lease(
+            self.holder, int(self.config.lease_ttl * 1000)
+        ):
+            raise LeaseLost
+
     async def _take_over(self) -> None:
         """Hold the pair's lease (waiting as a standby while another daemon does), then
         recover. The lease keeps one daemon active per pair; the commit fence stays the safety
@@ -486,6 +492,7 @@ class Shard:
                 events += 1
                 replayed += 1
             start = f"({at}"
+            await self._renew_lease()  # a long replay must not let a standby take over
         found = Checkpoint(at, engine.book.next_trade_id - 1, events, engine.digest())
         if not _same(found, checkpoint, digest=bool(checkpoint.digest)):
             raise RecoveryError(
@@ -560,8 +567,7 @@ class Shard:
         if now - self.last_health < 1.0:
             return
         self.last_health = now
-        if not await self.store.renew_lease(self.holder, int(self.config.lease_ttl * 1000)):
-            raise LeaseLost
+        await self._renew_lease()
         redis = self.store.redis
         lag = None
         for group in await redis.xinfo_groups(self.keys.orders):
