@@ -9,9 +9,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def realflow_dir() -> Path:
-    """The LOBSTER-derived real order flow: shared/realflow beside the checkout, or $REALFLOW."""
+    """The LOBSTER-derived real order flow: $REALFLOW, else the copy in tests/data/realflow
+    (the converted files and their README from the project's shared/realflow)."""
     env = os.environ.get("REALFLOW")
-    return Path(env) if env else REPO.parent / "shared" / "realflow"
+    return Path(env) if env else REPO / "tests" / "data" / "realflow"
 
 
 @pytest.fixture(scope="session")
