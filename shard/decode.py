@@ -201,7 +201,7 @@ def decode_pairs(pairs: list[bytes], default_timestamp: int | None) -> Input:
     XREADGROUP reply); a duplicated name keeps its last value."""
     it = iter(pairs)
     fields = dict(zip(it, it, strict=False))
-    return _fast_flat(fields, default_timestamp) or decode_fields(fields, default_timestamp)
+    return decode_fields(fields, default_timestamp)
 
 
 def decode_fields(
