@@ -164,6 +164,12 @@ def _up(args: argparse.Namespace) -> int:
     return Cluster(pairs, url, Path(args.data_dir), args.port).run()
 
 
+def _load(args: argparse.Namespace) -> int:
+    from shard.load.main import main as load_main
+
+    return load_main(args)
+
+
 def _common(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--pair", help="trading pair, e.g. BTC-USDT (env SHARD_PAIR)")
     sub.add_argument("--redis-url", help="redis:// or rediss:// URL (env REDIS_URL)")
@@ -266,6 +272,18 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--data-dir", default=".shard-data", help="server files (append-only file)")
     up.add_argument("--port", type=int, default=6390, help="port of the embedded server")
     up.set_defaults(handler=_up)
+
+    from shard.load.main import add_arguments
+
+    load = commands.add_parser(
+        "load",
+        help="open-loop load test: publish at a set rate, report end-to-end latency",
+        description="Publish the seeded standard mix to running shards on a schedule (constant, "
+        "ramp or spike), time each input to its event, print a live line each second, then a "
+        "summary, and write report.json and report.png to --out.",
+    )
+    add_arguments(load)
+    load.set_defaults(handler=_load)
     return parser
 
 

@@ -27,7 +27,14 @@ RESTART_PAUSE = 2.0
 
 
 class Cluster:
-    def __init__(self, pairs: list[str], url: str | None, data_dir: Path, port: int) -> None:
+    def __init__(
+        self,
+        pairs: list[str],
+        url: str | None,
+        data_dir: Path,
+        port: int | None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         for pair in pairs:
             if not PAIR_RE.fullmatch(pair):
                 raise SystemExit(f"shard up: bad pair {pair!r}: 1-32 letters, digits, -, _ or .")
@@ -36,10 +43,11 @@ class Cluster:
         self.server = None if url else LocalServer(data_dir / "redis", port)
         self.url = url or (self.server.url if self.server else "")
         self.children: dict[str, subprocess.Popen[bytes]] = {}
+        self.env = env or {}
         self.stop = threading.Event()
 
     def _spawn(self, pair: str) -> subprocess.Popen[bytes]:
-        env = {**os.environ, "SHARD_INSTANCE": f"up:{pair}"}
+        env = {**os.environ, "SHARD_INSTANCE": f"up:{pair}", **self.env}
         return subprocess.Popen(
             [sys.executable, "-m", "shard", "run", "--pair", pair, "--redis-url", self.url],
             env=env,
@@ -48,11 +56,8 @@ class Cluster:
     def run(self) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: self.stop.set())
-        if self.server:
-            self.server.start()
         try:
-            for pair in self.pairs:
-                self.children[pair] = self._spawn(pair)
+            self.start()
             self._banner()
             restart_at: dict[str, float] = {}
             while not self.stop.wait(0.2):
@@ -69,8 +74,16 @@ class Cluster:
                         self.children[pair] = self._spawn(pair)
                         del restart_at[pair]
         finally:
-            self._shutdown()
+            self.shutdown()
         return 0
+
+    def start(self) -> Cluster:
+        """Start the server (unless a URL was given) and one daemon per pair."""
+        if self.server:
+            self.server.start()
+        for pair in self.pairs:
+            self.children[pair] = self._spawn(pair)
+        return self
 
     def _banner(self) -> None:
         lines = [f"shard up: {len(self.pairs)} shard(s) on {self.url}"]
@@ -89,7 +102,8 @@ class Cluster:
         ]
         print("\n".join(lines), file=sys.stderr, flush=True)
 
-    def _shutdown(self) -> None:
+    def shutdown(self) -> None:
+        """SIGTERM every daemon (each commits the batch in hand), then stop the server."""
         for child in self.children.values():
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
@@ -103,3 +117,13 @@ class Cluster:
         if self.server:
             self.server.stop()
         print("shard up: stopped", file=sys.stderr, flush=True)
+
+    def __enter__(self) -> Cluster:
+        try:
+            return self.start()
+        except BaseException:
+            self.shutdown()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()

@@ -107,7 +107,9 @@ def standard_mix(n: int, seed: int = 1, *, prefix: str = "o") -> Iterator[Messag
         yield msg
 
 
-def resting_orders(n: int, seed: int = 1, *, levels: int = 1000) -> Iterator[Message]:
+def resting_orders(
+    n: int, seed: int = 1, *, levels: int = 1000, prefix: str = "r"
+) -> Iterator[Message]:
     """``n`` non-crossing limit orders: bids below the mid and asks above, over ``levels``
     price levels per side."""
     rng = random.Random(seed)
@@ -116,7 +118,7 @@ def resting_orders(n: int, seed: int = 1, *, levels: int = 1000) -> Iterator[Mes
         depth = rng.randrange(levels) + 1
         yield {
             "type": "order",
-            "order_id": f"r{i}",
+            "order_id": f"{prefix}{i}",
             "timestamp": START_MS + i // 1000,
             "side": side,
             "price": MID + (-depth if side == "buy" else depth) * TICK,
