@@ -60,7 +60,7 @@ class Level:
 class BookSide:
     """One side of the book: levels by key, keys in order, the best level cached."""
 
-    __slots__ = ("best", "keys", "levels", "name", "sign")
+    __slots__ = ("best", "keys", "levels", "name", "quantity", "sign")
 
     def __init__(self, name: str, sign: int) -> None:
         self.name = name
@@ -68,6 +68,7 @@ class BookSide:
         self.levels: dict[int, Level] = {}
         self.keys: SortedList[int] = SortedList()
         self.best: Level | None = None
+        self.quantity = 0  # resting quantity over all levels, kept up to date for the digest
 
     def level_for(self, price: int) -> Level:
         """The level at ``price``, created if absent. O(1), or O(log L) when created."""
@@ -230,6 +231,7 @@ class OrderBook:
             for maker in done:
                 del orders[maker]
                 del index[maker]
+            opposite.quantity -= traded
             if orders:  # the level outlived the taker, so the taker is filled
                 level.total -= traded
                 break
@@ -248,9 +250,11 @@ class OrderBook:
 
         The caller guarantees that ``order_id`` is not live and that the order does not cross.
         """
-        level = (self.bids if side == "buy" else self.asks).level_for(price)
+        book_side = self.bids if side == "buy" else self.asks
+        level = book_side.level_for(price)
         level.orders[order_id] = quantity
         level.total += quantity
+        book_side.quantity += quantity
         self._index[order_id] = level
 
     def cancel(self, order_id: str) -> int | None:
@@ -259,6 +263,7 @@ class OrderBook:
         if level is None:
             return None
         quantity = level.orders.pop(order_id)
+        level.owner.quantity -= quantity
         if level.orders:
             level.total -= quantity
         else:
@@ -269,7 +274,9 @@ class OrderBook:
         """Lower a live order's remaining quantity to ``quantity``, keeping its place. O(1)."""
         level = self._index[order_id]
         orders = level.orders
-        level.total -= orders[order_id] - quantity
+        less = orders[order_id] - quantity
+        level.total -= less
+        level.owner.quantity -= less
         orders[order_id] = quantity
 
     # -- state -----------------------------------------------------------------------------------
@@ -278,16 +285,20 @@ class OrderBook:
         self, side: str, price: int, order_ids: list[str], quantities: list[int]
     ) -> None:
         """Append orders in FIFO order to a level (used by snapshot restore). O(n) + O(log L)."""
-        level = self.side(side).level_for(price)
+        book_side = self.side(side)
+        level = book_side.level_for(price)
         level.orders.update(zip(order_ids, quantities, strict=True))
-        level.total += sum(quantities)
+        added = sum(quantities)
+        level.total += added
+        book_side.quantity += added
         self._index.update(dict.fromkeys(order_ids, level))
 
     def check(self) -> None:
         """Assert every invariant of the book. O(orders); for tests and debugging.
 
         Keys sorted and consistent with levels; no empty level; positive quantities; cached
-        totals and best levels right; the index holds exactly the resting orders; not crossed.
+        level totals, side quantities and best levels right; the index holds exactly the
+        resting orders; not crossed.
         """
         seen = 0
         for book_side in (self.bids, self.asks):
@@ -302,6 +313,8 @@ class OrderBook:
                 for order_id in level.orders:
                     assert self._index.get(order_id) is level, f"index wrong for {order_id!r}"
                 seen += len(level.orders)
+            total = sum(level.total for level in levels.values())
+            assert book_side.quantity == total, f"stale quantity on {book_side.name}"
             expected = levels[book_side.keys[0]] if book_side.keys else None
             assert book_side.best is expected, f"stale best level on {book_side.name}"
         assert seen == len(self._index), "index holds orders that rest nowhere"

@@ -42,10 +42,11 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shard.config import Config, Keys
 from shard.decode import decode_pairs
-from shard.engine import Engine
+from shard.engine import DIGEST_SCHEME, Engine
 from shard.messages import Input, Invalid, Trade
 from shard.metrics import Metrics
-from shard.store import ZERO_ID, Channel, Checkpoint, Fenced, Store, parse_id, text
+from shard.snapshotter import Snapshotter
+from shard.store import ZERO_ID, Channel, Checkpoint, Fenced, SnapshotMeta, Store, parse_id, text
 from shard.wire import event_fields, trade_fields
 
 log = logging.getLogger("shard.daemon")
@@ -139,6 +140,7 @@ class Shard:
         self.inputs_done = 0
         self.inputs_since_snapshot = 0
         self.snapshot_time = time.monotonic()
+        self.snapshotter = Snapshotter(config, self.keys)
         self.last_health = 0.0
         self.run_id: str | None = None
         self._stop = asyncio.Event()
@@ -205,6 +207,9 @@ class Shard:
                         "redis error; resynchronising", extra={"fields": {"error": repr(exc)}}
                     )
                     repair = self._resync
+            if repair is None:
+                with contextlib.suppress(*REDIS_ERRORS):
+                    await self._finish_snapshot()
         except _Stopping as exc:
             log.info(f"stopped {exc}; uncommitted work is redone by the next holder")
         finally:
@@ -247,7 +252,9 @@ class Shard:
     async def _reset_channels(self) -> None:
         """Drop both pipes and whatever was in flight on them: undelivered input is delivered
         again once ensure_group moves the group back to the checkpoint; a commit in doubt is
-        settled by the resync that follows."""
+        settled by the resync that follows. A snapshot being written is abandoned: the
+        checkpoint it was taken at may not survive what went wrong."""
+        self._abandon_snapshot()
         for channel in (self._reader, self._writer):
             if channel is not None:
                 with contextlib.suppress(*REDIS_ERRORS):
@@ -289,6 +296,7 @@ class Shard:
                     await self.snapshot()
         else:
             await self._confirm()
+        await self._poll_snapshot()
         await self._heartbeat()
         done = self.max_inputs is not None and self.inputs_done >= self.max_inputs
         if done or (self.exit_when_idle and not entries):
@@ -467,7 +475,7 @@ class Shard:
         if meta is not None:
             engine = Engine.restore(await store.load_snapshot(meta))
             at, events = meta.input_id, meta.events
-            if engine.digest() != meta.digest:
+            if meta.digest.startswith(DIGEST_SCHEME) and engine.digest() != meta.digest:
                 raise RecoveryError(f"snapshot at {at} does not match its own digest")
         else:
             engine, at, events = Engine(), ZERO_ID, 0
@@ -494,7 +502,7 @@ class Shard:
             start = f"({at}"
             await self._renew_lease()  # a long replay must not let a standby take over
         found = Checkpoint(at, engine.book.next_trade_id - 1, events, engine.digest())
-        if not _same(found, checkpoint, digest=bool(checkpoint.digest)):
+        if not _same(found, checkpoint, digest=checkpoint.digest.startswith(DIGEST_SCHEME)):
             raise RecoveryError(
                 f"replay does not reproduce the checkpoint: expected {checkpoint}, got {found}; "
                 "input entries after the snapshot are missing or the engine changed behaviour"
@@ -525,6 +533,8 @@ class Shard:
     # -- snapshots and health --------------------------------------------------------------------
 
     def _snapshot_due(self) -> bool:
+        if self.snapshotter.running is not None:
+            return False
         config = self.config
         since = self.inputs_since_snapshot + sum(len(p.events) for p in self.unconfirmed)
         return since >= config.snapshot_every_inputs or bool(
@@ -532,16 +542,54 @@ class Shard:
         )
 
     async def snapshot(self) -> None:
-        """Store a snapshot at the committed checkpoint, then trim inputs below it."""
+        """Start a snapshot at the committed checkpoint (in a forked process unless configured
+        otherwise); :meth:`_snapshot_done` publishes it and trims the inputs below it."""
         assert not self.unconfirmed, "snapshots are taken between batches"
-        started = time.perf_counter()
-        data = self.engine.snapshot()
         cp = self.committed
-        meta = await self.store.save_snapshot(
-            data, cp.last_id, cp.trades, cp.events, cp.digest, self.config.snapshot_chunk_bytes
-        )
         self.inputs_since_snapshot = 0
-        self.snapshot_time = self.metrics.last_snapshot = time.monotonic()
+        self.snapshot_time = time.monotonic()
+        old = await self.store.snapshot_meta()
+        if old and old.generation == cp.events:
+            return  # already stored at this point (or an older scheme's number: skip one turn)
+        started = time.perf_counter()
+        meta = self.snapshotter.start(self.engine, cp)
+        self.metrics.snapshot_stall.observe(time.perf_counter() - started)
+        if meta is not None:
+            await self._snapshot_done(meta)
+
+    async def _poll_snapshot(self) -> None:
+        if self.snapshotter.running is None:
+            return
+        meta, failure = self.snapshotter.poll()
+        if meta is not None:
+            await self._snapshot_done(meta)
+        elif failure is not None:
+            self.metrics.snapshot_failures.inc()
+            log.warning(
+                "snapshot failed; the previous one stays", extra={"fields": {"why": failure}}
+            )
+
+    async def _finish_snapshot(self, timeout: float = 60.0) -> None:
+        """On a clean stop: wait for a snapshot being written and publish it; then take one
+        more if one fell due meanwhile (and wait for that too)."""
+        deadline = time.monotonic() + timeout
+        for _ in range(2):
+            while self.snapshotter.running is not None and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+                await self._poll_snapshot()
+            if self.unconfirmed or not self._snapshot_due():
+                return
+            await self.snapshot()
+
+    def _abandon_snapshot(self) -> None:
+        if self.snapshotter.running is not None:
+            self.snapshotter.abandon()
+            log.info("snapshot abandoned")
+
+    async def _snapshot_done(self, meta: SnapshotMeta) -> None:
+        seconds = self.snapshotter.seconds()
+        await self.store.publish_snapshot(meta)
+        self.metrics.last_snapshot = time.monotonic()
         self.metrics.snapshots.inc()
         trimmed = 0
         if self.config.trim_inputs:
@@ -557,7 +605,7 @@ class Shard:
                     "bytes": meta.bytes,
                     "chunks": meta.chunks,
                     "trimmed": trimmed,
-                    "seconds": round(time.perf_counter() - started, 3),
+                    "seconds": round(seconds, 3),
                 }
             },
         )

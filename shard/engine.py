@@ -62,6 +62,8 @@ FOK_UNFILLED: Final = "fok_unfilled"
 NO_LIQUIDITY: Final = "no_liquidity"
 
 SNAPSHOT_VERSION: Final = 1
+DIGEST_SCHEME: Final = "d2:"
+"""Prefix of :meth:`Engine.digest`; digests stored under another scheme are not compared."""
 
 
 class LevelState(msgspec.Struct, array_like=True, gc=False):
@@ -233,15 +235,20 @@ class Engine:
         return engine
 
     def digest(self) -> str:
-        """A short fingerprint of the state: next trade ID and every level's price, total and
-        order count. O(levels): cheap enough to compare two engines after every batch."""
+        """A short fingerprint of the state, O(1), computed after every batch: the next trade
+        ID, the number of live orders and, per side, the number of levels, the resting quantity
+        and the best level's price, total and order count. Prefixed with its scheme
+        (:data:`DIGEST_SCHEME`), so a digest of another scheme is recognised, not compared."""
         book = self.book
-        shape = [
-            book.next_trade_id,
-            [(lv.price, lv.total, len(lv.orders)) for lv in book.bids],
-            [(lv.price, lv.total, len(lv.orders)) for lv in book.asks],
-        ]
-        return hashlib.blake2b(_state_encoder.encode(shape), digest_size=16).hexdigest()
+        shape = [book.next_trade_id, len(book)]
+        for side in (book.bids, book.asks):
+            best = side.best
+            shape += (len(side.levels), side.quantity)
+            shape += (best.price, best.total, len(best.orders)) if best else (0, 0, 0)
+        return (
+            DIGEST_SCHEME
+            + hashlib.blake2b(_state_encoder.encode(shape), digest_size=16).hexdigest()
+        )
 
 
 def _unknown(order_id: str, input_id: str | None) -> Event:

@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Any, Final, cast
 
 import msgspec
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
 from redis.exceptions import NoScriptError, ResponseError
@@ -264,25 +265,29 @@ class Store:
             raise RuntimeError(f"snapshot is {len(data)} bytes, its header says {meta.bytes}")
         return data
 
-    async def save_snapshot(
-        self, data: bytes, input_id: str, trades: int, events: int, digest: str, chunk: int
-    ) -> SnapshotMeta:
-        """Write the chunks of a new generation, then point the header at them atomically, then
-        delete the previous generation. A crash at any point leaves a complete snapshot."""
-        old = await self.snapshot_meta()
-        generation = (old.generation + 1) if old else 1
-        chunks = [data[i : i + chunk] for i in range(0, len(data), chunk)] or [b""]
-        for i, part in enumerate(chunks):
-            await self.redis.set(self.keys.snapshot_chunk(generation, i), part)
-        meta = SnapshotMeta(input_id, generation, len(chunks), len(data), trades, events, digest)
-        header = {k: str(v) for k, v in msgspec.structs.asdict(meta).items()}
-        await self.redis.hset(self.keys.snapshot, mapping=header)  # type: ignore[arg-type]
-        if old:
-            stale = [self.keys.snapshot_chunk(old.generation, i) for i in range(old.chunks)]
-            await self.redis.delete(*stale)
-        return meta
-
     async def trim_inputs(self, below: str) -> int:
         """Drop input entries older than ``below`` (XTRIM MINID): only after a snapshot."""
         removed: Any = await self.redis.xtrim(self.keys.orders, minid=below, approximate=False)
         return int(removed)
+
+    async def publish_snapshot(self, meta: SnapshotMeta) -> None:
+        """Point the header at a generation whose chunks are all written, then delete the
+        previous generation's chunks. A crash at any point leaves a complete snapshot."""
+        old = await self.snapshot_meta()
+        header = {k: str(v) for k, v in msgspec.structs.asdict(meta).items()}
+        await self.redis.hset(self.keys.snapshot, mapping=header)  # type: ignore[arg-type]
+        if old and old.generation != meta.generation:
+            stale = [self.keys.snapshot_chunk(old.generation, i) for i in range(old.chunks)]
+            await self.redis.delete(*stale)
+
+
+def write_snapshot_chunks(
+    redis: SyncRedis, keys: Keys, generation: int, data: bytes, chunk: int
+) -> int:
+    """Store ``data`` as the chunks of ``generation`` (synchronous: it runs in the snapshot
+    process); how many chunks. The generation is the checkpoint's event count, so two writers
+    of one generation write the same bytes."""
+    chunks = [data[i : i + chunk] for i in range(0, len(data), chunk)] or [b""]
+    for i, part in enumerate(chunks):
+        redis.set(keys.snapshot_chunk(generation, i), part)
+    return len(chunks)

@@ -25,7 +25,9 @@ _B36 = "0123456789abcdefghijklmnopqrstuvwxyz"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--pairs", help="comma-separated pairs (default: --pair, SHARD_PAIR or BTC-USDT)")
+    p.add_argument(
+        "--pairs", help="comma-separated pairs (default: --pair, SHARD_PAIR or BTC-USDT)"
+    )
     p.add_argument("--pair", help=argparse.SUPPRESS)
     p.add_argument("--redis-url", help="server the shards run on (env REDIS_URL)")
     p.add_argument("--config", help="TOML file with a [shard] table (env SHARD_CONFIG)")
@@ -55,9 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     work.add_argument("--id-prefix", help="order-ID prefix (default: a new one per run)")
     out = p.add_argument_group("report")
     out.add_argument("--out", default="load-report", help="directory for report.json/.png/.txt")
-    out.add_argument(
-        "--drain", type=float, default=30, help="seconds to wait for the last events"
-    )
+    out.add_argument("--drain", type=float, default=30, help="seconds to wait for the last events")
     out.add_argument("--quiet", action="store_true", help="no live progress line")
 
 

@@ -171,8 +171,7 @@ def table(report: dict[str, Any]) -> str:
     if "saturation_rate" in report:
         sat = report["saturation_rate"]
         lines.append(
-            "  saturation    "
-            + (f"{sat:,} msgs/s (highest step held)" if sat else "no step held")
+            "  saturation    " + (f"{sat:,} msgs/s (highest step held)" if sat else "no step held")
         )
     return "\n".join(lines)
 

@@ -4,8 +4,8 @@ Per pair, two connections (RESP2, raw replies, no socket timeout so no per-reply
 
 - the **sender** writes the XADDs that are due (pre-packed before the timed phase, so the send
   loop only joins bytes) and never waits for a reply: the load is open loop;
-- the **ID reader** reads the XADD replies on the sender's connection, which are the entry IDs, i.e. the ``input_id`` of
-  each message's event;
+- the **ID reader** reads the XADD replies on the sender's connection: the entry IDs, which
+  are the ``input_id`` of each message's event;
 - the **event reader** blocks on ``events:{P}`` and, for each event, records the time from the
   send of its input to the moment it was read, in the window of the second it completed.
 
@@ -49,7 +49,7 @@ def pack(key: str, messages: Iterable[Message]) -> Iterator[bytes]:
         args = ["XADD", key, "*"]
         for name, value in msg.items():
             args += (name, str(value))
-        yield hiredis.pack_command(tuple(args))
+        yield hiredis.pack_command(cast(Any, tuple(args)))
 
 
 @dataclass
@@ -133,7 +133,10 @@ class PairLoad:
         self.keys = Keys(pair, spec.key_prefix)
         seed = spec.seed + index
         self.commands = list(
-            pack(self.keys.orders, standard_mix(spec.schedule.total, seed, prefix=f"{spec.id_prefix}o"))
+            pack(
+                self.keys.orders,
+                standard_mix(spec.schedule.total, seed, prefix=f"{spec.id_prefix}o"),
+            )
         )
         self.preload = list(
             pack(
@@ -178,24 +181,29 @@ class PairLoad:
         """Wait until the newest event answers ``input_id`` or a later input."""
         target = _id_tuple(input_id)
         while True:
-            newest = await client.xrevrange(self.keys.events, count=1)
+            newest: Any = await client.xrevrange(self.keys.events, count=1)
             if newest and _id_tuple(newest[0][1][b"input_id"]) >= target:
                 return
             await asyncio.sleep(0.1)
 
     async def mark_start(self, client: Redis) -> None:
-        newest = await client.xrevrange(self.keys.events, count=1)
+        newest: Any = await client.xrevrange(self.keys.events, count=1)
         self.events_from = newest[0][0] if newest else b"0-0"
         self.trades_from = await self.last_trade_id(client)
 
     async def last_trade_id(self, client: Redis) -> int:
-        newest = await client.xrevrange(self.keys.trades, count=1)
+        newest: Any = await client.xrevrange(self.keys.trades, count=1)
         return int(newest[0][1][b"trade_id"]) if newest else 0
 
     # -- the timed phase ------------------------------------------------------------------------
 
     async def send_loop(self, conn: Connection) -> None:
-        run, schedule, commands, sent_at = self.run, self.run.spec.schedule, self.commands, self.sent_at
+        run, schedule, commands, sent_at = (
+            self.run,
+            self.run.spec.schedule,
+            self.commands,
+            self.sent_at,
+        )
         total = schedule.total
         i = 0
         while i < total:
@@ -231,7 +239,9 @@ class PairLoad:
         last = self.events_from
         key = self.keys.events
         while self.completed < total and not run.timed_out():
-            await conn.send_command("XREAD", "COUNT", READ_COUNT, "BLOCK", BLOCK_MS, "STREAMS", key, last)
+            await conn.send_command(
+                "XREAD", "COUNT", READ_COUNT, "BLOCK", BLOCK_MS, "STREAMS", key, last
+            )
             reply = await conn.read_response()
             now = clock()
             if not reply:
@@ -341,7 +351,8 @@ class LoadRun:
                     )
                 await asyncio.sleep(0.1)
             if p.keys.pair not in self.shard_stats and spec.find_local_shards:
-                pid = _local_shard_pid(await client.get(p.keys.health), p.keys.pair)
+                heartbeat: Any = await client.get(p.keys.health)
+                pid = _local_shard_pid(heartbeat, p.keys.pair)
                 if pid is not None:
                     self.shard_stats[p.keys.pair] = ProcStat(pid)
 
