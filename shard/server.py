@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -54,12 +55,14 @@ class LocalServer:
         appendonly: bool = True,
         appendfsync: str = "everysec",
         binary: str | None = None,
+        extra: Sequence[str] = (),
     ) -> None:
         self.data_dir = Path(data_dir).resolve()  # the server chdirs into it: no relative paths
         self.port = port or free_port()
         self.appendonly = appendonly
         self.appendfsync = appendfsync
         self.binary = binary or find_server_binary()
+        self.extra = list(extra)  # more "--name value" arguments for the server
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -79,6 +82,7 @@ class LocalServer:
             "--maxmemory-policy", "noeviction",
             "--protected-mode", "yes",
             "--logfile", str(self.data_dir / "server.log"),
+            *self.extra,
         ]  # fmt: skip
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout

@@ -34,13 +34,16 @@ class Cluster:
         data_dir: Path,
         port: int | None,
         env: dict[str, str] | None = None,
+        server_args: list[str] | None = None,
     ) -> None:
         for pair in pairs:
             if not PAIR_RE.fullmatch(pair):
                 raise SystemExit(f"shard up: bad pair {pair!r}: 1-32 letters, digits, -, _ or .")
         self.pairs = pairs
         self.data_dir = data_dir
-        self.server = None if url else LocalServer(data_dir / "redis", port)
+        self.server = (
+            None if url else LocalServer(data_dir / "redis", port, extra=server_args or [])
+        )
         self.url = url or (self.server.url if self.server else "")
         self.children: dict[str, subprocess.Popen[bytes]] = {}
         self.env = env or {}

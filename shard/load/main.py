@@ -37,6 +37,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="start an embedded server (append-only, everysec) and one `shard run` per pair in "
         "a temporary directory, and sample the daemons' RSS and CPU",
     )
+    p.add_argument(
+        "--server-config",
+        action="append",
+        default=[],
+        metavar="'NAME VALUE'",
+        help="with --local: a server setting, e.g. 'auto-aof-rewrite-min-size 1gb' (repeatable)",
+    )
     prof = p.add_argument_group("schedule (rates are per pair)")
     prof.add_argument("--profile", choices=["constant", "ramp", "spike"], default="constant")
     prof.add_argument("--rate", type=float, default=10_000, help="msgs/s (constant; spike base)")
@@ -126,11 +133,17 @@ def main(args: argparse.Namespace) -> int:
         "cores": os.cpu_count(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "preload_orders": args.preload,
+        "server_config": args.server_config,
     }
     if args.local:
         with tempfile.TemporaryDirectory(prefix="shard-load-") as tmp:
             env = {"SHARD_LOG_LEVEL": os.environ.get("SHARD_LOG_LEVEL", "WARNING")}
-            with Cluster(pairs, None, Path(tmp), None, env=env) as cluster:
+            server_args = [
+                f"--{w}" if i == 0 else w
+                for c in args.server_config
+                for i, w in enumerate(c.split(None, 1))
+            ]
+            with Cluster(pairs, None, Path(tmp), None, env=env, server_args=server_args) as cluster:
                 assert cluster.server is not None
                 spec.url = cluster.server.url
                 spec.shard_pids = {p: c.pid for p, c in cluster.children.items()}

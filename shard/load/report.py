@@ -102,6 +102,8 @@ def build(run: Any, meta: dict[str, Any]) -> dict[str, Any]:
             "server": _mean(server_cpu),
             "loadgen": _mean(gen_cpu),
         },
+        "shard_snapshots": sum(w.samples.get("shard_snapshots", 0) for w in rec.windows),
+        "server_forks": sum(w.samples.get("server_forks", 0) for w in rec.windows),
         "shard_rss_mb": {
             "max_sampled": max(rss, default=None),
             "peak": sum(run.peak_rss_mb.values()) if run.peak_rss_mb else None,
@@ -155,6 +157,10 @@ def table(report: dict[str, Any]) -> str:
             f"  shard memory  peak RSS {rss['peak'] or rss['max_sampled']:.0f} MB "
             "(all pairs' daemons)"
         )
+    lines.append(
+        f"  stalls        {report['shard_snapshots']} snapshot(s) stored by the shard(s), "
+        f"{report['server_forks']} server fork(s) (AOF rewrite) during the run"
+    )
     cpu = report["cpu_pct_mean"]
     parts = [f"{k} {v:.0f}%" for k, v in cpu.items() if v is not None]
     if parts:
@@ -227,6 +233,16 @@ def plot(report: dict[str, Any], path: Path) -> Path:
         ax_rss.set_ylim(bottom=0)
         ax_rss.legend(loc="upper right", fontsize="small")
     ax_lag.legend(loc="upper left", fontsize="small")
+    # Mark the seconds in which a shard stored a snapshot or the server forked.
+    for r in rows:
+        for key, colour in (("shard_snapshots", "tab:purple"), ("server_forks", "tab:red")):
+            if r.get(key):
+                for ax in (ax_lat, ax_rate, ax_lag):
+                    ax.axvline(r["t"] + 1, color=colour, alpha=0.25, linewidth=3)
+    ax_lat.set_title(
+        "shaded: purple = a shard stored a snapshot, red = the server forked (AOF rewrite)",
+        fontsize="small",
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

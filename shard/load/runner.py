@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import resource
@@ -153,6 +154,7 @@ class PairLoad:
         self.completed = 0
         self.events_from = b"0-0"
         self.trades_from = 0
+        self.snapshot_generation: Any = None
 
     # -- before the timed phase -----------------------------------------------------------------
 
@@ -278,6 +280,7 @@ class LoadRun:
         self.server_version = ""
         self.shard_stats = {p: ProcStat(pid) for p, pid in spec.shard_pids.items()}
         self.peak_rss_mb: dict[str, float] = {}
+        self.server_forks = 0
 
     def note_sent(self, stamp: float, count: int, behind: float) -> None:
         second = int(stamp - self.t0)
@@ -311,6 +314,8 @@ class LoadRun:
             started = clock()
             self.pairs = [PairLoad(self, pair, i) for i, pair in enumerate(spec.pairs)]
             self._say(f"generated in {clock() - started:.1f} s")
+            gc.collect()
+            gc.freeze()  # the pre-packed messages never die: keep them out of collections
             await self._await_shards(client)
             if spec.preload:
                 self._say(f"preloading {spec.preload:,} resting orders per pair ...")
@@ -361,7 +366,9 @@ class LoadRun:
         io = Redis.from_url(spec.url, protocol=2, socket_keepalive=True, socket_timeout=None)
         conns = [[await _conn(io) for _ in range(2)] for _ in self.pairs]
         cpu = SelfCpu()
-        server_cpu, _ = await _server_cpu(client)
+        server_cpu, _, self.server_forks = await _server_cpu(client)
+        for p in self.pairs:
+            p.snapshot_generation = await client.hget(p.keys.snapshot, "generation")
         self.t0 = clock()
         tasks = []
         for p, (xadd, events) in zip(self.pairs, conns, strict=True):
@@ -406,8 +413,18 @@ class LoadRun:
             for group in await client.xinfo_groups(p.keys.orders):
                 lag += int(group.get("lag") or 0)
         s["lag"] = lag
-        now_cpu, server_rss = await _server_cpu(client)
+        # What else stalls: snapshots the shards stored, forks the server made (AOF rewrites).
+        snapshots = 0
+        for p in self.pairs:
+            generation: Any = await client.hget(p.keys.snapshot, "generation")
+            if generation != p.snapshot_generation:
+                snapshots += p.snapshot_generation is not None
+                p.snapshot_generation = generation
+        s["shard_snapshots"] = snapshots
+        now_cpu, server_rss, forks = await _server_cpu(client)
         s["server_rss_mb"] = round(server_rss, 1)
+        s["server_forks"] = forks - self.server_forks
+        self.server_forks = forks
         s["server_cpu_pct"] = round(
             100 * (now_cpu[1] - server_cpu[1]) / max(1e-9, now_cpu[0] - server_cpu[0]), 1
         )
@@ -443,11 +460,12 @@ class LoadRun:
             print(text, file=self.spec.progress, flush=True)
 
 
-async def _server_cpu(client: Redis) -> tuple[tuple[float, float], float]:
-    """((now, the server's CPU seconds so far), its RSS in MB) from INFO."""
+async def _server_cpu(client: Redis) -> tuple[tuple[float, float], float, int]:
+    """((now, the server's CPU seconds so far), its RSS in MB, its forks so far) from INFO."""
     info = await client.info()
     cpu = float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
-    return (time.monotonic(), cpu), int(info["used_memory_rss"]) / 2**20
+    forks = int(info.get("total_forks", 0))
+    return (time.monotonic(), cpu), int(info["used_memory_rss"]) / 2**20, forks
 
 
 def _local_shard_pid(heartbeat: bytes | None, pair: str) -> int | None:
