@@ -102,13 +102,17 @@ def test_redis_restart_mid_stream(tmp_path: Path, keys: Keys, how: str) -> None:
         srv.stop()
 
 
-def test_restart_after_snapshot_and_trim(server: LocalServer, r: redis.Redis, keys: Keys) -> None:
+@pytest.mark.parametrize("background", ["true", "false"], ids=["forked", "inline"])
+def test_restart_after_snapshot_and_trim(
+    server: LocalServer, r: redis.Redis, keys: Keys, background: str
+) -> None:
     messages = list(standard_mix(12_000, seed=5))
     first = publish(r, messages[:6000])
     env = {
         "SHARD_SNAPSHOT_EVERY_INPUTS": "1000",
         "SHARD_SNAPSHOT_CHUNK_BYTES": "2048",
         "SHARD_BATCH_SIZE": "250",
+        "SHARD_SNAPSHOT_IN_BACKGROUND": background,
     }
     code, log = finish_daemon(start_daemon(server.url, "--exit-when-idle", env=env))
     assert code == 0, log
