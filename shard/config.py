@@ -150,6 +150,7 @@ class Keys:
         "pair",
         "prefix",
         "snapshot",
+        "snapshot_writing",
         "trades",
     )
 
@@ -163,6 +164,7 @@ class Keys:
         self.book = f"{prefix}book:{tag}"
         self.checkpoint = f"{prefix}shard:{tag}:checkpoint"
         self.snapshot = f"{prefix}shard:{tag}:snapshot"
+        self.snapshot_writing = f"{prefix}shard:{tag}:snapshot-writing"
         self.health = f"{prefix}shard:{tag}:health"
         self.lease = f"{prefix}shard:{tag}:lease"
 

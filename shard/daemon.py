@@ -551,6 +551,7 @@ class Shard:
         old = await self.store.snapshot_meta()
         if old and old.generation == cp.events:
             return  # already stored at this point (or an older scheme's number: skip one turn)
+        await self.store.begin_snapshot(cp.events, old.generation if old else None)
         started = time.perf_counter()
         meta = self.snapshotter.start(self.engine, cp)
         self.metrics.snapshot_stall.observe(time.perf_counter() - started)

@@ -270,6 +270,17 @@ class Store:
         removed: Any = await self.redis.xtrim(self.keys.orders, minid=below, approximate=False)
         return int(removed)
 
+    async def begin_snapshot(self, generation: int, live: int | None) -> None:
+        """Note that ``generation`` is being written. Chunks of a generation noted before that
+        was never published (its writer was killed) are deleted first: nothing else would."""
+        key = self.keys.snapshot_writing
+        before = text(await self.redis.set(key, str(generation), get=True))
+        if before is None or int(before) in (generation, live):
+            return
+        index = 0
+        while await self.redis.delete(self.keys.snapshot_chunk(int(before), index)):
+            index += 1  # chunks are written in order: the first missing one ends them
+
     async def publish_snapshot(self, meta: SnapshotMeta) -> None:
         """Point the header at a generation whose chunks are all written, then delete the
         previous generation's chunks. A crash at any point leaves a complete snapshot."""

@@ -104,3 +104,24 @@ def test_inline_snapshots_return_their_meta(
     meta = snap.start(engine, Checkpoint("7-0", 0, 1000, engine.digest()))
     assert meta is not None and meta.bytes > 0 and snap.running is None
     assert r.exists(keys.snapshot_chunk(1000, 0))
+
+
+def test_chunks_of_a_generation_never_published_are_deleted(
+    server: LocalServer, r: redis.Redis, keys: Keys
+) -> None:
+    live = [keys.snapshot_chunk(3, i) for i in range(2)]
+    orphan = [keys.snapshot_chunk(5, i) for i in range(3)]
+    for key in live + orphan:
+        r.set(key, b"x")
+
+    async def begin(generation: int) -> None:
+        client = Redis.from_url(server.url)
+        await Store(client, keys, "shard").begin_snapshot(generation, 3)
+        await client.aclose()
+
+    asyncio.run(begin(5))  # a writer of generation 5 is killed before publishing it ...
+    assert all(r.exists(k) for k in live + orphan)
+    asyncio.run(begin(8))  # ... so the next snapshot deletes its chunks, not the live ones
+    assert all(r.exists(k) for k in live)
+    assert not any(r.exists(k) for k in orphan)
+    assert r.get(keys.snapshot_writing) == b"8"
