@@ -45,7 +45,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     connect_timeout: float = 5.0
     snapshot_every_inputs: int = 100_000
     snapshot_every_seconds: float = 300.0
-    snapshot_chunk_bytes: int = 4 * 2**20
+    snapshot_chunk_bytes: int = 2**20
     snapshot_in_background: bool = True
     """Write snapshots from a forked process (see :mod:`shard.snapshotter`), not inline."""
     trim_inputs: bool = True

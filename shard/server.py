@@ -80,6 +80,10 @@ class LocalServer:
             "--appendonly", "yes" if self.appendonly else "no",
             "--appendfsync", self.appendfsync,
             "--maxmemory-policy", "noeviction",
+            # As in docker-compose.yml: inputs are trimmed after snapshots, so the dataset stays
+            # small while the AOF grows; the default (rewrite when it doubles from 64 MB) would
+            # fork the server every few seconds under load.
+            "--auto-aof-rewrite-min-size", "1gb",
             "--protected-mode", "yes",
             "--logfile", str(self.data_dir / "server.log"),
             *self.extra,

@@ -72,6 +72,7 @@ def test_compose_structure() -> None:
     command = " ".join(db["command"])
     assert "--appendonly yes" in command and "--maxmemory-policy noeviction" in command
     assert "--appendfsync everysec" in command
+    assert "--auto-aof-rewrite-min-size 1gb" in command
     assert "ports" not in db  # not published on the host by default
     assert db["healthcheck"]["test"][-1] == "ping"
     volume = db["volumes"][0].split(":")[0]
