@@ -217,8 +217,9 @@ class PairLoad:
                 await asyncio.sleep(min(0.01, max(0.001, schedule.due_at(i) - now)))
                 continue
             behind = now - schedule.due_at(i)
-            await conn.send_packed_command(commands[i:due], check_health=False)
+            # Stamped before the write: a send that blocks (the server not reading) counts.
             stamp = clock()
+            await conn.send_packed_command(commands[i:due], check_health=False)
             sent_at[i:due] = array("d", [stamp]) * (due - i)
             commands[i:due] = [b""] * (due - i)  # sent: let the memory go
             run.note_sent(stamp, due - i, behind)
