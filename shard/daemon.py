@@ -588,7 +588,7 @@ class Shard:
             log.info("snapshot abandoned")
 
     async def _snapshot_done(self, meta: SnapshotMeta) -> None:
-        seconds = self.snapshotter.seconds()
+        seconds = self.snapshotter.last_seconds
         await self.store.publish_snapshot(meta)
         self.metrics.last_snapshot = time.monotonic()
         self.metrics.snapshots.inc()

@@ -14,6 +14,7 @@ Rules:
   orphaned by a killed daemon and its successor's) write the same bytes;
 - any Redis error, fence or recovery in the parent abandons the child (it is killed and its
   generation is never published): the checkpoint it was taken at may no longer hold;
+- a child still running after :data:`TIMEOUT` is killed and reported as failed;
 - without ``os.fork`` (or with ``snapshot_in_background = false``) the same steps run inline.
 
 A child killed half-way leaves the chunks it wrote; nothing points at them.
@@ -27,6 +28,7 @@ import json
 import os
 import signal
 import time
+import warnings
 from dataclasses import dataclass
 
 from redis import Redis as SyncRedis
@@ -51,6 +53,10 @@ def _write(engine: Engine, config: Config, keys: Keys, generation: int) -> dict[
     return {"chunks": chunks, "bytes": len(data)}
 
 
+TIMEOUT = 300.0
+"""A snapshot process running longer than this (s) is killed; the next snapshot starts over."""
+
+
 @dataclass
 class Running:
     pid: int
@@ -67,6 +73,7 @@ class Snapshotter:
         self.config = config
         self.keys = keys
         self.running: Running | None = None
+        self.last_seconds = 0.0  # how long the last finished snapshot took
         self.background = config.snapshot_in_background and hasattr(os, "fork")
 
     def start(self, engine: Engine, checkpoint: Checkpoint) -> SnapshotMeta | None:
@@ -76,11 +83,15 @@ class Snapshotter:
         generation = checkpoint.events
         started = time.perf_counter()
         if not self.background:
-            return self._meta(
-                checkpoint, generation, _write(engine, self.config, self.keys, generation)
-            )
+            result = _write(engine, self.config, self.keys, generation)
+            self.last_seconds = time.perf_counter() - started
+            return self._meta(checkpoint, generation, result)
         read_end, write_end = os.pipe()
-        pid = os.fork()
+        with warnings.catch_warnings():
+            # Python 3.12+ warns about forking a process with threads (the metrics server's):
+            # the child never takes a lock those threads may hold (no logging, no imports).
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
         if pid == 0:  # the child: no event loop, no signals of the parent's, no return
             code = 1
             try:
@@ -109,8 +120,12 @@ class Snapshotter:
             return None, None
         pid, status = os.waitpid(running.pid, os.WNOHANG)
         if pid == 0:
+            if self.seconds() > TIMEOUT:  # stuck (a lock inherited mid-use, a dead server)
+                self.abandon()
+                return None, f"snapshot process still running after {TIMEOUT:.0f} s; killed"
             return None, None
         self.running = None
+        self.last_seconds = time.perf_counter() - running.started
         with os.fdopen(running.pipe, "rb") as pipe:
             report = pipe.read()
         code = os.waitstatus_to_exitcode(status)

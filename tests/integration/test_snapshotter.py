@@ -6,9 +6,11 @@ import asyncio
 import time
 
 import msgspec
+import pytest
 import redis
 from redis.asyncio import Redis
 
+from shard import snapshotter
 from shard.config import Keys
 from shard.decode import decode_json
 from shard.engine import Engine
@@ -50,7 +52,7 @@ def test_a_forked_snapshot_holds_the_state_at_the_fork(
     assert snap.start(engine, cp) is None  # running in the background
     engine.apply(Cancel("r0"), None, [])  # the parent goes on matching meanwhile
     meta = _wait(snap)
-    assert meta.chunks > 1
+    assert meta.chunks > 1 and snap.last_seconds > 0
     assert (meta.input_id, meta.generation, meta.events, meta.digest) == (
         "5-0", 20_000, 20_000, cp.digest,
     )  # fmt: skip
@@ -125,3 +127,16 @@ def test_chunks_of_a_generation_never_published_are_deleted(
     assert all(r.exists(k) for k in live)
     assert not any(r.exists(k) for k in orphan)
     assert r.get(keys.snapshot_writing) == b"8"
+
+
+def test_a_stuck_snapshot_process_is_killed(
+    server: LocalServer, r: redis.Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = _engine(50_000)
+    snap = Snapshotter(config(server.url), keys)
+    snap.start(engine, Checkpoint("9-0", 0, 50_000, engine.digest()))
+    monkeypatch.setattr(snapshotter, "TIMEOUT", -1.0)
+    meta, failure = snap.poll()
+    assert meta is None and failure is not None and "killed" in failure
+    assert snap.running is None
+    assert not r.exists(keys.snapshot)
