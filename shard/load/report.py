@@ -95,6 +95,7 @@ def build(run: Any, meta: dict[str, Any]) -> dict[str, Any]:
             "completed_rate": round(completed / spec.schedule.duration),
         },
         "latency_us": summary(rec.total()),
+        "latency_from_schedule_us": summary(run.from_schedule.total()),
         "lag": {"max": max(lags, default=0), "end": lags[-1] if lags else 0},
         "send_behind_ms_max": max(behind, default=0.0),
         "cpu_pct_mean": {
@@ -130,6 +131,7 @@ def _ms(us: float) -> str:
 def table(report: dict[str, Any]) -> str:
     """The summary as aligned text for the terminal."""
     run, totals, lat = report["run"], report["totals"], report["latency_us"]
+    sched = report["latency_from_schedule_us"]
     lines = [
         f"shard load: {run['profile']} profile, {len(run['pairs'])} pair(s) "
         f"({', '.join(run['pairs'])}), seed {run['seed']}, server {run['server']}",
@@ -148,6 +150,9 @@ def table(report: dict[str, Any]) -> str:
         "  latency       "
         + "  ".join(f"p{p:g} {_ms(lat[f'p{p:g}'])}" for p in PERCENTILES)
         + f"  max {_ms(lat['max'])}  ({lat['count']:,} inputs, publish -> event read)",
+        "  from schedule "
+        + "  ".join(f"p{p:g} {_ms(sched[f'p{p:g}'])}" for p in PERCENTILES)
+        + f"  max {_ms(sched['max'])}  (due time -> event read)",
         f"  lag           max {report['lag']['max']:,}, at the end {report['lag']['end']:,} "
         f"entries; the sender ran at most {report['send_behind_ms_max']:.1f} ms behind schedule",
     ]

@@ -235,7 +235,7 @@ class PairLoad:
             if seen is None:
                 pending[entry_id] = k
             else:
-                run.complete(seen, seen - sent_at[k])
+                run.complete(seen, sent_at[k], k)
                 self.completed += 1
 
     async def event_loop(self, conn: Connection) -> None:
@@ -258,7 +258,7 @@ class PairLoad:
                 if k is None:
                     early[input_id] = now
                 else:
-                    run.complete(now, now - sent_at[k])
+                    run.complete(now, sent_at[k], k)
                     self.completed += 1
             last = entries[-1][0]
 
@@ -274,6 +274,9 @@ class LoadRun:
     def __init__(self, spec: LoadSpec) -> None:
         self.spec = spec
         self.recorder = Recorder()
+        # The same completions timed from when the schedule said to send (coordinated omission:
+        # if the sender itself falls behind, only this one shows it).
+        self.from_schedule = Recorder()
         self.t0 = 0.0
         self.end = 0.0
         self.send_behind: dict[int, float] = {}  # second -> worst lateness of a send, seconds
@@ -291,8 +294,13 @@ class LoadRun:
         if behind > self.send_behind.get(second, 0.0):
             self.send_behind[second] = behind
 
-    def complete(self, stamp: float, latency: float) -> None:
-        self.recorder.record(int(stamp - self.t0), int(latency * 1e6))
+    def complete(self, stamp: float, sent: float, index: int) -> None:
+        """Input ``index`` (of its pair's schedule), sent at ``sent``, completed at ``stamp``:
+        recorded from its send and, to expose a lagging sender, from its due time."""
+        second = int(stamp - self.t0)
+        self.recorder.record(second, int((stamp - sent) * 1e6))
+        due = self.t0 + self.spec.schedule.due_at(index)
+        self.from_schedule.record(second, int((stamp - due) * 1e6))
 
     def timed_out(self) -> bool:
         return self.end > 0 and clock() > self.end

@@ -118,12 +118,16 @@ def test_restart_after_snapshot_and_trim(
     assert code == 0, log
     meta = r.hgetall(keys.snapshot)
     assert int(meta[b"chunks"]) > 3
-    assert meta[b"input_id"].decode() == first[5999]
-    assert r.xlen(keys.orders) <= 1  # everything below the snapshot is trimmed
+    # Inline, snapshots fall exactly every 1,000 inputs; forked, one that falls due while the
+    # previous one is still being written waits for it, so the last may come a batch or more
+    # before the end.
+    at = first.index(meta[b"input_id"].decode())
+    assert at == 5999 if background == "false" else at >= 4999
+    assert r.xlen(keys.orders) == 6000 - at  # everything below the snapshot is trimmed
     second = publish(r, messages[6000:])
     code, log = finish_daemon(start_daemon(server.url, "--exit-when-idle", env=env))
     assert code == 0, log
-    assert '"replayed":0' in log
+    assert f'"replayed":{5999 - at}' in log
     assert_exactly_once(r, keys, entries_of(r, first + second, messages))
     # Old snapshot generations are deleted: only the current one's chunks remain.
     chunks = [k for k in r.keys(f"{keys.snapshot}:*")]

@@ -47,6 +47,9 @@ def test_load_against_a_running_shard(
     assert sum(row["completed"] for row in report["seconds"]) == 800
     assert 0 < report["latency_us"]["p50"] <= report["latency_us"]["p99"]
     assert report["latency_us"]["p99"] <= report["latency_us"]["max"]
+    # Timed from the due time, an input can only look slower than timed from its send.
+    assert report["latency_from_schedule_us"]["count"] == 800
+    assert report["latency_from_schedule_us"]["p50"] >= report["latency_us"]["p50"]
     # The daemon runs here: its memory was sampled through the pid in its heartbeat.
     assert report["shard_rss_mb"]["peak"] > 10
     assert (tmp_path / "report.png").read_bytes()[:4] == b"\x89PNG"

@@ -137,6 +137,7 @@ def _run(schedule: Schedule, rec: Recorder, **extra: object) -> SimpleNamespace:
         "elapsed": schedule.duration,
         "server_version": "valkey 9",
         "peak_rss_mb": {"P": 123.4},
+        "from_schedule": Recorder(),
     }
     fields.update(extra)
     return SimpleNamespace(**fields)
@@ -179,6 +180,7 @@ def test_report_counts_add_up_and_files_are_written(tmp_path: Path) -> None:
     text = table(report)
     assert "29 of 30 completed (1 missing)" in text
     assert "p99 1.50 ms" in text
+    assert "from schedule p50 0.00 ms" in text  # nothing recorded from the schedule here
     path = write_json(report, tmp_path / "report.json")
     assert json.loads(path.read_text()) == json.loads(json.dumps(report))
     png = plot(report, tmp_path / "report.png")
