@@ -6,7 +6,9 @@ Keys (see :class:`shard.config.Keys`):
   and ``events`` (how many were ever published), ``digest`` (the engine's state digest there).
 * ``shard:{P}:snapshot`` hash: ``input_id`` (the last input the snapshot covers), ``generation``,
   ``chunks``, ``bytes``, ``trades``, ``events``, ``digest``; the snapshot's bytes are in
-  ``shard:{P}:snapshot:<generation>:<i>`` chunks, written before the hash points at them.
+  ``shard:{P}:snapshot:<generation>:<i>`` chunks, written before the hash points at them;
+  ``shard:{P}:snapshot-writing`` names the generation last begun (see
+  :meth:`Store.begin_snapshot`).
 
 The commit is one Lua script: it checks that the checkpoint is still where this daemon believes
 it is (a fence: a second daemon, a lost reply or a Redis rollback all show up here) and that the

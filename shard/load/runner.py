@@ -225,8 +225,13 @@ class PairLoad:
             run.note_sent(stamp, due - i, behind)
             self.sent = i = due
 
+    def _done(self, k: int, seen: float) -> None:
+        """Message ``k``'s event was read at ``seen``."""
+        self.run.complete(seen, self.sent_at[k], k)
+        self.completed += 1
+
     async def id_loop(self, conn: Connection) -> None:
-        run, pending, early, sent_at = self.run, self.pending, self.early, self.sent_at
+        pending, early = self.pending, self.early
         for k in range(self.run.spec.schedule.total):
             entry_id = await conn.read_response()
             if not isinstance(entry_id, bytes):
@@ -235,11 +240,10 @@ class PairLoad:
             if seen is None:
                 pending[entry_id] = k
             else:
-                run.complete(seen, sent_at[k], k)
-                self.completed += 1
+                self._done(k, seen)
 
     async def event_loop(self, conn: Connection) -> None:
-        run, pending, early, sent_at = self.run, self.pending, self.early, self.sent_at
+        run, pending, early = self.run, self.pending, self.early
         total = run.spec.schedule.total
         last = self.events_from
         key = self.keys.events
@@ -258,8 +262,7 @@ class PairLoad:
                 if k is None:
                     early[input_id] = now
                 else:
-                    run.complete(now, sent_at[k], k)
-                    self.completed += 1
+                    self._done(k, now)
             last = entries[-1][0]
 
 
