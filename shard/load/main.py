@@ -6,8 +6,8 @@ The problem statement's scenario (1M resting orders, then 10k msgs/s for 60 s) i
 
 and the saturation point::
 
-    shard load --local --profile ramp --ramp-from 10000 --ramp-to 120000 --ramp-step 10000 \\
-        --step-seconds 5 --out reports/ramp
+    shard load --local --profile ramp --ramp-from 10000 --ramp-to 100000 --ramp-step 10000 \\
+        --step-seconds 4 --out reports/ramp
 """
 
 from __future__ import annotations
@@ -42,29 +42,58 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="'NAME VALUE'",
-        help="with --local: a server setting, e.g. 'auto-aof-rewrite-min-size 1gb' (repeatable)",
+        help="with --local: a server setting, e.g. 'appendfsync always' (repeatable)",
     )
     prof = p.add_argument_group("schedule (rates are per pair)")
-    prof.add_argument("--profile", choices=["constant", "ramp", "spike"], default="constant")
-    prof.add_argument("--rate", type=float, default=10_000, help="msgs/s (constant; spike base)")
-    prof.add_argument("--duration", type=float, default=60, help="seconds (constant, spike)")
-    prof.add_argument("--ramp-from", type=float, default=10_000, help="first step, msgs/s")
-    prof.add_argument("--ramp-to", type=float, default=120_000, help="last step, msgs/s")
-    prof.add_argument("--ramp-step", type=float, default=10_000, help="increment, msgs/s")
-    prof.add_argument("--step-seconds", type=float, default=5, help="length of each ramp step")
-    prof.add_argument("--spike-rate", type=float, default=50_000, help="msgs/s during a spike")
-    prof.add_argument("--spike-every", type=float, default=10, help="seconds between spikes")
-    prof.add_argument("--spike-seconds", type=float, default=1, help="length of a spike")
-    work = p.add_argument_group("workload")
-    work.add_argument("--seed", type=int, default=1, help="seed of the standard mix")
-    work.add_argument(
-        "--preload", type=int, default=0, help="resting orders published before the timed phase"
+    prof.add_argument(
+        "--profile", choices=["constant", "ramp", "spike"], default="constant", help="%(default)s"
     )
-    work.add_argument("--preload-levels", type=int, default=1000, help="price levels a side")
+    prof.add_argument(
+        "--rate", type=float, default=10_000, help="msgs/s (constant; spike base); %(default)g"
+    )
+    prof.add_argument(
+        "--duration", type=float, default=60, help="seconds (constant, spike); %(default)g"
+    )
+    prof.add_argument(
+        "--ramp-from", type=float, default=10_000, help="first step, msgs/s; %(default)g"
+    )
+    prof.add_argument(
+        "--ramp-to", type=float, default=100_000, help="last step, msgs/s; %(default)g"
+    )
+    prof.add_argument(
+        "--ramp-step", type=float, default=10_000, help="increment, msgs/s; %(default)g"
+    )
+    prof.add_argument(
+        "--step-seconds", type=float, default=4, help="seconds of each ramp step; %(default)g"
+    )
+    prof.add_argument(
+        "--spike-rate", type=float, default=50_000, help="msgs/s during a spike; %(default)g"
+    )
+    prof.add_argument(
+        "--spike-every", type=float, default=10, help="seconds between spikes; %(default)g"
+    )
+    prof.add_argument(
+        "--spike-seconds", type=float, default=1, help="seconds of a spike; %(default)g"
+    )
+    work = p.add_argument_group("workload")
+    work.add_argument("--seed", type=int, default=1, help="seed of the standard mix; %(default)s")
+    work.add_argument(
+        "--preload",
+        type=int,
+        default=0,
+        help="resting orders per pair published before the timed phase; %(default)s",
+    )
+    work.add_argument(
+        "--preload-levels", type=int, default=1000, help="price levels a side; %(default)s"
+    )
     work.add_argument("--id-prefix", help="order-ID prefix (default: a new one per run)")
     out = p.add_argument_group("report")
-    out.add_argument("--out", default="load-report", help="directory for report.json/.png/.txt")
-    out.add_argument("--drain", type=float, default=30, help="seconds to wait for the last events")
+    out.add_argument(
+        "--out", default="load-report", help="directory for report.json/.png/.txt; %(default)s"
+    )
+    out.add_argument(
+        "--drain", type=float, default=30, help="seconds to wait for the last events; %(default)g"
+    )
     out.add_argument("--quiet", action="store_true", help="no live progress line")
 
 
