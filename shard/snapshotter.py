@@ -30,6 +30,7 @@ import signal
 import time
 import warnings
 from dataclasses import dataclass
+from typing import NoReturn
 
 from redis import Redis as SyncRedis
 
@@ -55,6 +56,31 @@ def _write(engine: Engine, config: Config, keys: Keys, generation: int) -> dict[
 
 TIMEOUT = 300.0
 """A snapshot process running longer than this (s) is killed; the next snapshot starts over."""
+
+
+def _child(
+    engine: Engine, config: Config, keys: Keys, generation: int, read_end: int, write_end: int
+) -> NoReturn:
+    """The forked process: no event loop, no signal handlers of the parent's, no return. Its
+    result, or the error that stopped it, goes to the parent through the pipe."""
+    report: dict[str, object] = {"error": "did not finish"}
+    code = 1
+    try:
+        os.close(read_end)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_DFL)
+        with contextlib.suppress(ValueError):
+            signal.set_wakeup_fd(-1)
+        gc.disable()  # the collector would touch (and copy) every page
+        os.nice(19)  # matching comes first: on a busy machine the snapshot takes longer instead
+        report = dict(_write(engine, config, keys, generation))
+        code = 0
+    except BaseException as exc:
+        report = {"error": repr(exc)[:500]}
+    finally:
+        with contextlib.suppress(BaseException):
+            os.write(write_end, json.dumps(report).encode())
+        os._exit(code)
 
 
 @dataclass
@@ -92,22 +118,8 @@ class Snapshotter:
             # the child never takes a lock those threads may hold (no logging, no imports).
             warnings.simplefilter("ignore", DeprecationWarning)
             pid = os.fork()
-        if pid == 0:  # the child: no event loop, no signals of the parent's, no return
-            code = 1
-            try:
-                os.close(read_end)
-                for sig in (signal.SIGINT, signal.SIGTERM):
-                    signal.signal(sig, signal.SIG_DFL)
-                with contextlib.suppress(ValueError):
-                    signal.set_wakeup_fd(-1)
-                gc.disable()  # the collector would touch (and copy) every page
-                # Matching comes first: on a busy machine the snapshot takes longer instead.
-                os.nice(19)
-                result = _write(engine, self.config, self.keys, generation)
-                os.write(write_end, json.dumps(result).encode())
-                code = 0
-            finally:
-                os._exit(code)
+        if pid == 0:
+            _child(engine, self.config, self.keys, generation, read_end, write_end)
         os.close(write_end)
         self.running = Running(pid, read_end, checkpoint, generation, started)
         return None
@@ -129,9 +141,10 @@ class Snapshotter:
         with os.fdopen(running.pipe, "rb") as pipe:
             report = pipe.read()
         code = os.waitstatus_to_exitcode(status)
-        if code != 0 or not report:
-            return None, f"snapshot process exited with {code}"
-        return self._meta(running.checkpoint, running.generation, json.loads(report)), None
+        result = json.loads(report) if report else {}
+        if code != 0 or "error" in result or not result:
+            return None, f"snapshot process exited with {code}: {result.get('error', 'no report')}"
+        return self._meta(running.checkpoint, running.generation, result), None
 
     def abandon(self) -> None:
         """Kill a running child; its generation is never published."""

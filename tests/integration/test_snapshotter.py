@@ -95,7 +95,7 @@ def test_a_failed_snapshot_process_is_reported(server: LocalServer, keys: Keys) 
             break
         assert meta is None and time.monotonic() < deadline
         time.sleep(0.01)
-    assert "exited with 1" in failure
+    assert "exited with 1" in failure and "ConnectionError" in failure  # the child's reason
 
 
 def test_inline_snapshots_return_their_meta(
