@@ -169,11 +169,10 @@ def main(args: argparse.Namespace) -> int:
     if args.local:
         with tempfile.TemporaryDirectory(prefix="shard-load-") as tmp:
             env = {"SHARD_LOG_LEVEL": os.environ.get("SHARD_LOG_LEVEL", "WARNING")}
-            server_args = [
-                f"--{w}" if i == 0 else w
-                for c in args.server_config
-                for i, w in enumerate(c.split(None, 1))
-            ]
+            server_args: list[str] = []
+            for setting in args.server_config:  # 'NAME VALUE' -> --NAME VALUE
+                name, _, value = setting.strip().partition(" ")
+                server_args += (f"--{name}", value.strip())
             with Cluster(pairs, None, Path(tmp), None, env=env, server_args=server_args) as cluster:
                 assert cluster.server is not None
                 spec.url = cluster.server.url
