@@ -141,6 +141,8 @@ class Shard:
         self.inputs_since_snapshot = 0
         self.snapshot_time = time.monotonic()
         self.snapshotter = Snapshotter(config, self.keys)
+        self.read_at: str | None = None
+        """With ``ack = "setid"``: the last input entry read (reads are by position)."""
         self.last_health = 0.0
         self.run_id: str | None = None
         self._stop = asyncio.Event()
@@ -175,7 +177,7 @@ class Shard:
         if self.config.metrics_port:
             self.metrics.serve(self.config.metrics_port, self.config.metrics_host)
         self._redis = connect(self.config)
-        self._store = Store(self._redis, self.keys, self.config.group)
+        self._store = Store(self._redis, self.keys, self.config.group, self.config.ack)
         self._reader, self._writer = Channel(self._redis), Channel(self._redis)
         log.info("starting", extra={"fields": {"orders": self.keys.orders, "pid": os.getpid()}})
         repair: Any = self._take_over  # what must happen before the next step
@@ -255,6 +257,7 @@ class Shard:
         settled by the resync that follows. A snapshot being written is abandoned: the
         checkpoint it was taken at may not survive what went wrong."""
         self._abandon_snapshot()
+        self.read_at = None  # the next read starts from what was applied
         for channel in (self._reader, self._writer):
             if channel is not None:
                 with contextlib.suppress(*REDIS_ERRORS):
@@ -284,6 +287,7 @@ class Shard:
         reply = await reader.recv()
         entries = cast(Entries, reply[0][1]) if reply else []
         if entries:
+            self.read_at = entries[-1][0].decode()
             room = self._room(len(entries))
             if room > 0 and not self.stopping:
                 await self._send_read(room)
@@ -304,6 +308,15 @@ class Shard:
 
     async def _send_read(self, count: int) -> None:
         config = self.config
+        if config.ack == "setid":
+            # From an explicit position: after the last entry read ahead, else the last applied.
+            at = self.read_at
+            if at is None:
+                at = (self.unconfirmed[-1].target if self.unconfirmed else self.committed).last_id
+            await self.reader.send(
+                "XREAD", "COUNT", count, "BLOCK", config.block_ms, "STREAMS", self.keys.orders, at
+            )
+            return
         await self.reader.send(
             "XREADGROUP", "GROUP", config.group, self.consumer, "COUNT", count,
             "BLOCK", config.block_ms, "STREAMS", self.keys.orders, ">",

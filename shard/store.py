@@ -45,7 +45,7 @@ COMMIT_LUA: Final = r"""
 -- KEYS: trades, events, orders, checkpoint
 -- ARGV: group, expected last_id, new last_id, trades total, events total, digest,
 --       output maxlen (0: none), msgpack [[trade field/value lists], [event lists], [ack ids]],
---       first input applied ('' if none)
+--       first input applied ('' if none), ack mode ('xack' or 'setid')
 local last = redis.call('HGET', KEYS[4], 'last_id') or '0-0'
 local cp = redis.call('HMGET', KEYS[4], 'last_id', 'trades', 'events')
 if last ~= ARGV[2] then
@@ -69,9 +69,14 @@ local function add(key, fields)
 end
 for _, fields in ipairs(batch[1]) do add(KEYS[1], fields) end
 for _, fields in ipairs(batch[2]) do add(KEYS[2], fields) end
-local acks = batch[3]
-for i = 1, #acks, 1000 do
-  redis.call('XACK', KEYS[3], ARGV[1], unpack(acks, i, math.min(i + 999, #acks)))
+if ARGV[10] == 'setid' then
+  -- Inputs read with XREAD: the group moves past them (entries-read keeps its lag exact).
+  redis.call('XGROUP', 'SETID', KEYS[3], ARGV[1], ARGV[3], 'ENTRIESREAD', ARGV[5])
+else
+  local acks = batch[3]
+  for i = 1, #acks, 1000 do
+    redis.call('XACK', KEYS[3], ARGV[1], unpack(acks, i, math.min(i + 999, #acks)))
+  end
 end
 redis.call('HSET', KEYS[4], 'last_id', ARGV[3], 'trades', ARGV[4], 'events', ARGV[5],
            'digest', ARGV[6])
@@ -163,10 +168,11 @@ class Channel:
 class Store:
     """The pair's Redis state, through one client."""
 
-    def __init__(self, redis: Redis, keys: Keys, group: str) -> None:
+    def __init__(self, redis: Redis, keys: Keys, group: str, ack: str = "xack") -> None:
         self.redis = redis
         self.keys = keys
         self.group = group
+        self.ack = ack  # see Config.ack
         self._commit = redis.register_script(COMMIT_LUA)
         self._renew = redis.register_script(RENEW_LUA)
         self._release = redis.register_script(RELEASE_LUA)
@@ -211,8 +217,9 @@ class Store:
             "EVALSHA", self._commit.sha, 4,
             keys.trades, keys.events, keys.orders, keys.checkpoint,
             self.group, expected_last, checkpoint.last_id, checkpoint.trades, checkpoint.events,
-            checkpoint.digest, output_maxlen, _batch_encoder.encode((trades, events, acks)),
-            first,
+            checkpoint.digest, output_maxlen,
+            _batch_encoder.encode((trades, events, acks if self.ack == "xack" else ())),
+            first, self.ack,
         ]  # fmt: skip
 
     async def finish_commit(self, channel: Channel, args: list[Any]) -> None:

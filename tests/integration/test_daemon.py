@@ -12,6 +12,7 @@ import sys
 import time
 
 import msgspec
+import pytest
 import redis
 
 from shard.config import Keys
@@ -89,8 +90,9 @@ def garbage(rng: random.Random) -> dict[str, str]:
     return {rng.choice(names): rng.choice(values) for _ in range(rng.randint(1, 5))}
 
 
+@pytest.mark.parametrize("ack", ["xack", "setid"])
 def test_daemon_publishes_what_replay_prints(
-    server: LocalServer, r: redis.Redis, keys: Keys, tmp_path
+    server: LocalServer, r: redis.Redis, keys: Keys, tmp_path, ack: str
 ) -> None:
     rng = random.Random(5)
     messages = list(standard_mix(3000, seed=9))
@@ -99,10 +101,15 @@ def test_daemon_publishes_what_replay_prints(
         if i % 50 == 0:
             r.xadd(keys.orders, garbage(rng))
         ids.append(publish(r, [msg], as_data=(i % 3 == 0))[0])
-    run_until_idle(server.url, batch_size=64)
+    run_until_idle(server.url, batch_size=64, ack=ack)
     trades, events = read_outputs(r, keys)
     entries = [(i.decode(), f) for i, f in r.xrange(keys.orders)]
     assert (trades, events) == expected_outputs(entries)
+    # Either way, the group ends past every input with nothing pending and no lag.
+    (group,) = r.xinfo_groups(keys.orders)
+    assert (group["pending"], group["lag"]) == (0, 0)
+    assert group["last-delivered-id"] == entries[-1][0].encode()
+    assert group["entries-read"] == len(entries)
     assert [t.trade_id for t in trades] == list(range(1, len(trades) + 1))
     assert sum(e.status == "rejected" for e in events) > 60
 

@@ -46,12 +46,15 @@ def assert_exactly_once(client: redis.Redis, keys: Keys, entries: list) -> None:
     assert [t.trade_id for t in trades] == list(range(1, len(trades) + 1))
 
 
-def test_sigkill_at_random_points(server: LocalServer, r: redis.Redis, keys: Keys) -> None:
+@pytest.mark.parametrize("ack", ["xack", "setid"])
+def test_sigkill_at_random_points(
+    server: LocalServer, r: redis.Redis, keys: Keys, ack: str
+) -> None:
     """Kill -9 the daemon again and again at random instants (start-up, recovery, mid-batch,
     mid-commit, mid-snapshot), restarting it each time."""
     messages = list(standard_mix(100_000, seed=21))
     ids = publish(r, messages)
-    env = {"SHARD_BATCH_SIZE": "10", "SHARD_SNAPSHOT_EVERY_INPUTS": "5000"}
+    env = {"SHARD_BATCH_SIZE": "10", "SHARD_SNAPSHOT_EVERY_INPUTS": "5000", "SHARD_ACK": ack}
     rng = random.Random(7)
     kills = 0
     progress = []
@@ -214,14 +217,16 @@ def test_recovery_refuses_missing_inputs(server: LocalServer, r: redis.Redis, ke
     assert r.xlen(keys.events) == before
 
 
+@pytest.mark.parametrize("ack", ["xack", "setid"])
 def test_connections_killed_under_the_daemon(
-    server: LocalServer, r: redis.Redis, keys: Keys
+    server: LocalServer, r: redis.Redis, keys: Keys, ack: str
 ) -> None:
     """CLIENT KILL drops the daemon's connections mid-read and mid-commit, over and over."""
     messages = list(standard_mix(40_000, seed=29))
     ids = publish(r, messages[:10_000])
     proc = start_daemon(
-        server.url, env={"SHARD_BATCH_SIZE": "25", "SHARD_RECONNECT_MAX_DELAY": "0.3"}
+        server.url,
+        env={"SHARD_BATCH_SIZE": "25", "SHARD_RECONNECT_MAX_DELAY": "0.3", "SHARD_ACK": ack},
     )
     rng = random.Random(3)
     kills = 0

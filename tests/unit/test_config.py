@@ -38,6 +38,7 @@ def test_precedence_file_then_env_then_flags(tmp_path: Path) -> None:
         ({"pair": "x" * 33}, ["pair"]),
         ({"pair": ""}, ["pair"]),
         ({"pair": "A", "batch_size": "0"}, ["batch_size", "0"]),
+        ({"pair": "A", "ack": "nope"}, ["ack", "nope"]),
         ({"pair": "A", "block_ms": "20000"}, ["block_ms", "socket_timeout"]),
         ({"pair": "A", "redis_url": "http://x:secret@h"}, ["redis_url", "***"]),
         ({"pair": "A", "batch_size": "lots"}, ["batch_size"]),
