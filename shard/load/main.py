@@ -123,8 +123,6 @@ def run_tag(now: float | None = None) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    import uvloop
-
     from shard.config import ConfigError, load
     from shard.load.report import build, plot, table, write_json
     from shard.load.runner import LoadSpec, run_load
@@ -177,10 +175,10 @@ def main(args: argparse.Namespace) -> int:
                 assert cluster.server is not None
                 spec.url = cluster.server.url
                 spec.shard_pids = {p: c.pid for p, c in cluster.children.items()}
-                result = run_load(spec, uvloop.run)
+                result = run_load(spec)
     else:
         spec.find_local_shards = True
-        result = run_load(spec, uvloop.run)
+        result = run_load(spec)
     report = build(result, meta)
     text = table(report)
     print(text)
