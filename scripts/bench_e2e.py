@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -64,6 +65,12 @@ def server_xadd_rate(client: redis.Redis, total: int = 200_000) -> float:
     return total / elapsed
 
 
+def main_thread_cpu(client: redis.Redis) -> float:
+    """The server's main-thread CPU seconds so far (user + system)."""
+    info = client.info("cpu")
+    return float(info["used_cpu_user_main_thread"]) + float(info["used_cpu_sys_main_thread"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -96,6 +103,7 @@ def main() -> None:
                 "SHARD_BATCH_SIZE": str(args.batch_size),
                 "SHARD_LOG_LEVEL": "WARNING",
             }
+            server_cpu = main_thread_cpu(client)
             started = time.perf_counter()
             proc = subprocess.Popen(
                 [
@@ -113,6 +121,9 @@ def main() -> None:
             )
             proc.wait()
             wall = time.perf_counter() - started
+            server_cpu = main_thread_cpu(client) - server_cpu
+            usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+            shard_cpu = usage.ru_utime + usage.ru_stime
             events = f"events:{{{PAIR}}}"
             first = client.xrange(events, count=1)[0][0]
             last = client.xrevrange(events, count=1)[0][0]
@@ -128,6 +139,10 @@ def main() -> None:
                 f"server ceiling: Lua XADD of event-sized entries {ceiling:,.0f} entries/s; "
                 f"the shard writes {(n + trades) / n:.2f} entries per input, so it runs at "
                 f"{rate * (n + trades) / n / ceiling:.0%} of the server's XADD rate"
+            )
+            print(
+                f"cpu per input: shard {shard_cpu / n * 1e6:.1f} us (whole process, incl. start), "
+                f"server main thread {server_cpu / n * 1e6:.1f} us"
             )
             client.close()
         finally:

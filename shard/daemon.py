@@ -40,6 +40,7 @@ from redis.exceptions import BusyLoadingError, ReadOnlyError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from shard import collector
 from shard.config import Config, Keys
 from shard.decode import decode_pairs
 from shard.engine import DIGEST_SCHEME, Engine
@@ -170,6 +171,10 @@ class Shard:
 
     async def run(self, *, install_signals: bool = True) -> None:
         """Recover, then read, apply and commit batches until stopped."""
+        with collector.tuned():
+            await self._run(install_signals)
+
+    async def _run(self, install_signals: bool) -> None:
         loop = asyncio.get_running_loop()
         signals = (signal.SIGTERM, signal.SIGINT) if install_signals else ()
         for sig in signals:
@@ -524,6 +529,7 @@ class Shard:
         self.committed = checkpoint
         self.unconfirmed = []
         self.inputs_since_snapshot = replayed
+        collector.settle()  # the old engine goes, the new one leaves the collector's view
         await store.ensure_group(checkpoint.last_id)
         self.metrics.recoveries.inc()
         book = engine.book
@@ -566,6 +572,7 @@ class Shard:
             return  # already stored at this point (or an older scheme's number: skip one turn)
         await self.store.begin_snapshot(cp.events, old.generation if old else None)
         started = time.perf_counter()
+        collector.freeze_survivors()  # a book grown since the last one joins the frozen heap
         meta = self.snapshotter.start(self.engine, cp)
         self.metrics.snapshot_stall.observe(time.perf_counter() - started)
         if meta is not None:

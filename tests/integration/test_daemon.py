@@ -4,6 +4,7 @@ life cycle, consumers."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import random
 import signal
@@ -15,6 +16,7 @@ import msgspec
 import pytest
 import redis
 
+from shard import collector
 from shard.config import Keys
 from shard.daemon import Shard
 from shard.server import LocalServer
@@ -127,6 +129,33 @@ def test_daemon_publishes_what_replay_prints(
     wanted = [msgspec.to_builtins(e) for e in no_input_id([by_id[i] for i in ids])]
     assert replay_events == wanted
     assert replay_trades == [msgspec.to_builtins(t) for t in no_input_id(trades)]
+
+
+def test_the_book_is_kept_out_of_garbage_collections(
+    server: LocalServer, r: redis.Redis, keys: Keys
+) -> None:
+    """While the daemon runs, its engine (grown from empty, frozen at the first snapshot) is
+    out of the cyclic collector's view and young collections are rare; after it stops,
+    Python's settings are back."""
+    before = gc.get_threshold()
+    publish(r, list(standard_mix(500, seed=3)))
+    shard = Shard(config(server.url, snapshot_every_inputs=200))
+    seen: dict[str, object] = {}
+
+    async def scenario() -> None:
+        task = asyncio.create_task(shard.run(install_signals=False))
+        while shard.inputs_done < 500:
+            await asyncio.sleep(0.01)
+        index = shard.engine.book._index
+        assert len(index) > 0
+        seen["tracked"] = any(o is index for o in gc.get_objects())
+        seen["threshold"] = gc.get_threshold()[0]
+        shard.stop()
+        await task
+
+    asyncio.run(scenario())
+    assert seen == {"tracked": False, "threshold": collector.YOUNG_THRESHOLD}
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0
 
 
 def test_bad_input_gets_one_event_each(server: LocalServer, r: redis.Redis, keys: Keys) -> None:
