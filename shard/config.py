@@ -37,11 +37,12 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     key_prefix: str = ""
     group: str = "shard"
     """Consumer group on ``orders:{P}``; the consumer is named after the pair."""
-    ack: Literal["xack", "setid"] = "xack"
-    """How the commit acknowledges its inputs. ``xack``: read with XREADGROUP, XACK in the
-    commit. ``setid``: read with XREAD from the last input applied, move the group with
-    ``XGROUP SETID ... ENTRIESREAD`` in the commit (no pending entries; Redis 7+; about 2.7 µs
-    less server CPU and 195 fewer AOF bytes per input)."""
+    ack: Literal["xack", "setid"] = "setid"
+    """How the commit acknowledges its inputs. ``setid``: read with XREAD from the last input
+    applied, move the group with ``XGROUP SETID ... ENTRIESREAD`` in the commit (no pending
+    entries; about 2.7 µs less server CPU and 195 fewer AOF bytes per input). It needs Redis
+    7.0+; on an older server the daemon falls back to ``xack`` and logs it. ``xack``: read with
+    XREADGROUP, XACK in the commit."""
     batch_size: int = 1000
     """Most input entries read, applied and committed together."""
     block_ms: int = 1000

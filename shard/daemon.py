@@ -47,7 +47,17 @@ from shard.engine import DIGEST_SCHEME, Engine
 from shard.messages import Input, Invalid, Trade
 from shard.metrics import Metrics
 from shard.snapshotter import Snapshotter
-from shard.store import ZERO_ID, Channel, Checkpoint, Fenced, SnapshotMeta, Store, parse_id, text
+from shard.store import (
+    ZERO_ID,
+    Channel,
+    Checkpoint,
+    Fenced,
+    SnapshotMeta,
+    Store,
+    parse_id,
+    setid_supported,
+    text,
+)
 from shard.wire import event_fields, trade_fields
 
 log = logging.getLogger("shard.daemon")
@@ -313,7 +323,7 @@ class Shard:
 
     async def _send_read(self, count: int) -> None:
         config = self.config
-        if config.ack == "setid":
+        if self.store.ack == "setid":
             # From an explicit position: after the last entry read ahead, else the last applied.
             at = self.read_at
             if at is None:
@@ -439,7 +449,7 @@ class Shard:
         elif not _same(checkpoint, self.committed):
             await self._recover()
             return
-        await store.ensure_group(self.committed.last_id)
+        await store.ensure_group(self.committed.last_id, self.consumer)
         log.info("resynchronised", extra={"fields": {"last_id": self.committed.last_id}})
 
     async def _note_run_id(self) -> None:
@@ -451,6 +461,13 @@ class Shard:
                 extra={"fields": {"run_id": run_id}},
             )
         self.run_id = run_id
+        version = str(info.get("redis_version"))
+        if self.store.ack == "setid" and not setid_supported(version):
+            log.warning(
+                "ack = setid needs Redis 7.0 or newer; acknowledging with XACK instead",
+                extra={"fields": {"redis_version": version}},
+            )
+            self.store.ack = "xack"
 
     async def _renew_lease(self) -> None:
         if self.has_lease and not await self.store.renew_lease(
@@ -530,7 +547,7 @@ class Shard:
         self.unconfirmed = []
         self.inputs_since_snapshot = replayed
         collector.settle()  # the old engine goes, the new one leaves the collector's view
-        await store.ensure_group(checkpoint.last_id)
+        await store.ensure_group(checkpoint.last_id, self.consumer)
         self.metrics.recoveries.inc()
         book = engine.book
         self.metrics.resting_orders.set(len(book))

@@ -165,14 +165,21 @@ class Channel:
             await self.redis.connection_pool.release(conn)
 
 
+def setid_supported(redis_version: str) -> bool:
+    """Whether a server of this ``redis_version`` (INFO) has ``XGROUP SETID ... ENTRIESREAD``:
+    Redis 7.0 and later (Valkey reports a Redis version of 7.2.4)."""
+    major = redis_version.partition(".")[0]
+    return major.isdigit() and int(major) >= 7
+
+
 class Store:
     """The pair's Redis state, through one client."""
 
-    def __init__(self, redis: Redis, keys: Keys, group: str, ack: str = "xack") -> None:
+    def __init__(self, redis: Redis, keys: Keys, group: str, ack: str = "setid") -> None:
         self.redis = redis
         self.keys = keys
         self.group = group
-        self.ack = ack  # see Config.ack
+        self.ack = ack  # see Config.ack; the daemon may fall back to "xack" (setid_supported)
         self._commit = redis.register_script(COMMIT_LUA)
         self._renew = redis.register_script(RENEW_LUA)
         self._release = redis.register_script(RELEASE_LUA)
@@ -239,11 +246,13 @@ class Store:
                 str(status),
             )
 
-    async def ensure_group(self, at: str) -> None:
+    async def ensure_group(self, at: str, consumer: str) -> None:
         """Create the consumer group at ``at`` (and the stream), or move it there.
 
         Moving the group to the checkpoint makes ``>`` deliver exactly the entries after it,
-        whatever was delivered before a crash; those still pending are delivered again.
+        whatever was delivered before a crash; those still pending are delivered again. With
+        ``setid`` the group has no consumer: one left by an ``xack`` run is deleted with its
+        pending entries, which are read again by position.
         """
         try:
             await self.redis.xgroup_create(self.keys.orders, self.group, id=at, mkstream=True)
@@ -251,6 +260,8 @@ class Store:
             if "BUSYGROUP" not in str(exc):
                 raise
             await self.redis.xgroup_setid(self.keys.orders, self.group, id=at)
+        if self.ack == "setid":
+            await self.redis.xgroup_delconsumer(self.keys.orders, self.group, consumer)
 
     # -- snapshots -------------------------------------------------------------------------------
 

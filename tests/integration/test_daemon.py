@@ -131,6 +131,23 @@ def test_daemon_publishes_what_replay_prints(
     assert replay_trades == [msgspec.to_builtins(t) for t in no_input_id(trades)]
 
 
+def test_setid_drops_what_an_xack_run_left_pending(
+    server: LocalServer, r: redis.Redis, keys: Keys
+) -> None:
+    """Switching a pair from ``xack`` to ``setid``: entries the old consumer had read but not
+    committed are applied once, and the group ends with nothing pending."""
+    ids = publish(r, list(standard_mix(300, seed=4)))
+    r.xgroup_create(keys.orders, "shard", id="0")
+    r.xreadgroup("shard", PAIR, {keys.orders: ">"}, count=40)  # read, never acknowledged
+    assert r.xinfo_groups(keys.orders)[0]["pending"] == 40
+    run_until_idle(server.url, ack="setid")
+    entries = [(i.decode(), f) for i, f in r.xrange(keys.orders)]
+    assert read_outputs(r, keys) == expected_outputs(entries)
+    assert [i for i, _ in entries] == ids
+    (group,) = r.xinfo_groups(keys.orders)
+    assert (group["pending"], group["lag"], group["consumers"]) == (0, 0, 0)
+
+
 def test_the_book_is_kept_out_of_garbage_collections(
     server: LocalServer, r: redis.Redis, keys: Keys
 ) -> None:
