@@ -42,9 +42,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shard import collector
 from shard.config import Config, Keys
-from shard.decode import decode_pairs
+from shard.decode import decode_entry
 from shard.engine import DIGEST_SCHEME, Engine
-from shard.messages import Input, Invalid, Trade
+from shard.messages import Input, Trade
 from shard.metrics import Metrics
 from shard.snapshotter import Snapshotter
 from shard.store import (
@@ -62,7 +62,6 @@ from shard.wire import event_fields, trade_fields
 
 log = logging.getLogger("shard.daemon")
 
-OVERSIZE: Final = "oversize"
 REDIS_ERRORS: Final = (
     RedisConnectionError,
     RedisTimeoutError,
@@ -338,15 +337,7 @@ class Shard:
         )  # fmt: skip
 
     def _decode(self, entry_id: str, pairs: list[bytes]) -> Input:
-        size = sum(map(len, pairs))
-        if size > self.config.max_entry_bytes:
-            return Invalid(
-                None,
-                OVERSIZE,
-                f"the entry is {size} bytes, more than the "
-                f"{self.config.max_entry_bytes} allowed (max_entry_bytes)",
-            )
-        return decode_pairs(pairs, int(entry_id[: entry_id.index("-")]))  # the ID's ms
+        return decode_entry(entry_id, pairs, self.config.max_entry_bytes)
 
     def _apply(self, entries: Entries) -> None:
         """Apply a batch to the engine; what it publishes joins ``self.unconfirmed``."""

@@ -270,22 +270,10 @@ flat_values = st.one_of(
     st.integers(0, 2**64).map(lambda n: str(n).encode()),
     st.binary(max_size=6),
 )
-flat_entries = st.dictionaries(
-    st.sampled_from(
-        [
-            b"type",
-            b"order_id",
-            b"timestamp",
-            b"side",
-            b"order_type",
-            b"price",
-            b"quantity",
-            b"other",
-        ]
-    ),
-    flat_values,
-    max_size=8,
+flat_names = st.sampled_from(
+    [b"type", b"order_id", b"timestamp", b"side", b"order_type", b"price", b"quantity", b"other"]
 )
+flat_entries = st.dictionaries(flat_names, flat_values, max_size=8)
 
 
 @settings(max_examples=3000)
@@ -300,3 +288,66 @@ def test_flat_fast_path_agrees_with_validator(fields: dict[bytes, bytes], ts: in
     assert decode_fields(fields, ts) == (fast or slow)
     pairs = [x for kv in fields.items() for x in kv]
     assert decode_pairs(pairs, ts) == decode_fields(fields, ts)
+
+
+def _entry_reference(entry_id: str, pairs: list[bytes], max_bytes: int) -> object:
+    """The daemon's rule spelled out the slow way: measure, then decode with the ID's time."""
+    from shard.decode import decode_pairs
+
+    size = sum(map(len, pairs))
+    if size > max_bytes:
+        return ("oversize", size)
+    return decode_pairs(pairs, int(entry_id.split("-")[0]))
+
+
+@settings(max_examples=3000)
+@given(
+    st.lists(st.tuples(flat_names, flat_values), max_size=9),
+    st.sampled_from([b"", b"x" * 300]),
+    st.sampled_from([0, 1, -1]),
+    st.sampled_from([16, 200, 256, 16_384]),
+)
+def test_decode_entry_measures_and_decodes_like_the_slow_way(
+    items: list[tuple[bytes, bytes]], padding: bytes, where: int, max_bytes: int
+) -> None:
+    """Names may repeat and values may be long; the fast path must never let an oversize entry
+    through, nor decode differently."""
+    from shard.decode import decode_entry
+
+    pairs = [x for kv in items for x in kv]
+    if padding and pairs:
+        pairs[where] += padding  # a name or a value, maybe one a repeated name overrides
+    got = decode_entry("1700000000123-4", pairs, max_bytes)
+    want = _entry_reference("1700000000123-4", pairs, max_bytes)
+    if isinstance(want, tuple):
+        assert isinstance(got, Invalid) and got.reason == "oversize"
+        assert f"is {want[1]} bytes" in got.detail and str(max_bytes) in got.detail
+    else:
+        assert got == want
+
+
+def test_a_repeated_name_cannot_smuggle_an_oversize_entry_through_the_fast_path() -> None:
+    from shard.decode import decode_entry
+
+    pairs = [b"type", b"x" * 20_000, b"type", b"cancel", b"order_id", b"o1"]
+    got = decode_entry("5-0", pairs, 16_384)
+    assert isinstance(got, Invalid) and got.reason == "oversize"
+    assert decode_entry("5-0", pairs[2:], 16_384) == Cancel("o1", 5)
+
+
+def test_the_largest_canonical_entry_fits_the_fast_path_bound() -> None:
+    from shard.decode import FAST_MAX_BYTES, _fast_flat
+
+    fields = {
+        b"type": b"order",
+        b"order_id": b"x" * 64,
+        b"timestamp": b"9" * 18,
+        b"side": b"sell",
+        b"order_type": b"post_only",
+        b"price": b"9" * 18,
+        b"quantity": b"9" * 18,
+    }
+    assert _fast_flat(fields, None) is not None
+    assert sum(len(k) + len(v) for k, v in fields.items()) <= FAST_MAX_BYTES
+    fields[b"order_id"] += b"x"  # one byte more: no longer the fast path's
+    assert _fast_flat(fields, None) is None
