@@ -343,7 +343,7 @@ class Shard:
         """Apply a batch to the engine; what it publishes joins ``self.unconfirmed``."""
         engine = self.engine
         apply = engine.apply
-        decode = self._decode
+        max_bytes = self.config.max_entry_bytes
         committed = self.unconfirmed[-1].target if self.unconfirmed else self.committed
         trades: list[Trade] = []
         events: list[list[str]] = []
@@ -356,7 +356,7 @@ class Shard:
             todo = [(i, e[1]) for i, e in zip(acks, entries, strict=True)]
         reject = self.metrics.reject
         for entry_id, pairs in todo:
-            event = apply(decode(entry_id, pairs), entry_id, trades)
+            event = apply(decode_entry(entry_id, pairs, max_bytes), entry_id, trades)
             if event.status == "rejected":
                 reject(event.reason or "")
             events.append(event_fields(event))
