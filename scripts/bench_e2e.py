@@ -9,8 +9,10 @@
 3. Starts `shard run` and waits until the last event is committed. Throughput is measured on
    the server's clock, from the first to the last events:{BENCH} entry ID, so it excludes
    interpreter start and recovery.
-4. Measures the server's own XADD rate for the same outputs (a Lua loop adding 1,000-entry
-   batches of event-sized entries), the ceiling any client reaches through Lua commits.
+4. Measures the server's own XADD rate for event-sized entries two ways: pipelined from a
+   client (pre-packed with hiredis, 1,000 per round trip) and in a Lua loop (1,000-entry
+   batches, the ceiling of any commit through Lua); prints the shard's output rate as a
+   fraction of each, and the CPU per input of the shard and of the server's main thread.
 
   .venv/bin/python scripts/bench_e2e.py --count 200000 --batch-size 1000
 """
@@ -25,6 +27,7 @@ import sys
 import tempfile
 import time
 
+import hiredis
 import redis
 
 from shard.server import LocalServer
@@ -65,6 +68,32 @@ def server_xadd_rate(client: redis.Redis, total: int = 200_000) -> float:
     return total / elapsed
 
 
+def server_pipelined_xadd_rate(url: str, total: int = 200_000, depth: int = 1000) -> float:
+    """Event-sized XADDs from a client, pre-packed with hiredis and sent ``depth`` at a time on
+    one socket: what the server sustains for plain pipelined XADDs (no Lua, no Python packing
+    in the timed loop)."""
+    client = redis.Redis.from_url(url)
+    key = "bench:pipelined:{x}"
+    client.delete(key)
+    command = hiredis.pack_command(
+        ("XADD", key, "*", "input_id", "1700000000000-1", "order_id", "o123456",
+         "status", "resting", "filled_quantity", "0", "remaining_quantity", "120")
+    )  # fmt: skip
+    conn = client.connection_pool.get_connection()
+    try:
+        start = time.perf_counter()
+        for _ in range(total // depth):
+            conn.send_packed_command([command * depth])
+            for _ in range(depth):
+                conn.read_response()
+        elapsed = time.perf_counter() - start
+    finally:
+        client.connection_pool.release(conn)
+    client.delete(key)
+    client.close()
+    return total / elapsed
+
+
 def main_thread_cpu(client: redis.Redis) -> float:
     """The server's main-thread CPU seconds so far (user + system)."""
     info = client.info("cpu")
@@ -91,6 +120,7 @@ def main() -> None:
             client = redis.Redis.from_url(url)
             client.flushdb()
             ceiling = server_xadd_rate(client)
+            pipelined = server_pipelined_xadd_rate(url)
             t0 = time.perf_counter()
             publish(client, args.count, args.seed)
             print(
@@ -135,10 +165,12 @@ def main() -> None:
                 f"end to end: {n:,} inputs -> {trades:,} trades + {n:,} events in {span:.2f} s "
                 f"of commits = {rate:,.0f} msgs/s (process wall {wall:.2f} s incl. start)"
             )
+            written = rate * (n + trades) / n  # output entries per second
             print(
-                f"server ceiling: Lua XADD of event-sized entries {ceiling:,.0f} entries/s; "
-                f"the shard writes {(n + trades) / n:.2f} entries per input, so it runs at "
-                f"{rate * (n + trades) / n / ceiling:.0%} of the server's XADD rate"
+                f"server XADD rate, event-sized entries: {pipelined:,.0f}/s pipelined from a "
+                f"client (1,000 a round trip), {ceiling:,.0f}/s in a Lua loop; the shard "
+                f"writes {(n + trades) / n:.2f} entries per input, {written:,.0f}/s: "
+                f"{written / pipelined:.0%} and {written / ceiling:.0%} of them"
             )
             print(
                 f"cpu per input: shard {shard_cpu / n * 1e6:.1f} us (whole process, incl. start), "
