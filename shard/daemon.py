@@ -1,9 +1,10 @@
 """The shard daemon: one pair, Redis Streams in and out, exactly-once output through crashes.
 
-Loop: read up to ``batch_size`` entries from ``orders:{P}`` with XREADGROUP (a consumer group,
-the consumer named after the pair), apply them all to the engine, then commit the batch's trades
-and events, the acknowledgements and the new checkpoint in one atomic Lua call (see
-:mod:`shard.store`). Every so often, snapshot the engine and trim the input stream below it.
+Loop: read up to ``batch_size`` entries from ``orders:{P}`` (by position with XREAD, or with
+XREADGROUP when ``ack = "xack"``), apply them all to the engine, then commit the batch's trades
+and events, the acknowledgement (the consumer group moved past the batch, or XACK) and the new
+checkpoint in one atomic Lua call (see :mod:`shard.store`). Every so often, snapshot the engine
+and trim the input stream below it.
 
 Recovery (at start, and whenever Redis no longer holds what this daemon believes): load the latest
 snapshot, re-apply the inputs after it up to the checkpoint without publishing, verify trade and

@@ -13,10 +13,10 @@ Keys (see :class:`shard.config.Keys`):
 The commit is one Lua script: it checks that the checkpoint is still where this daemon believes
 it is (a fence: a second daemon, a lost reply or a Redis rollback all show up here) and that the
 batch starts with the input entry right after it (no gap, whatever the consumer group did), then
-XADDs
-the batch's trades and events, XACKs its input entries and moves the checkpoint, all or
-nothing. The outputs travel as one msgpack argument (Lua numbers are doubles, so every value is a
-string). Every key is in KEYS and carries the pair's hash tag, so it also runs on Redis Cluster.
+XADDs the batch's trades and events, acknowledges its input entries (moves the consumer group
+past them, or XACKs them) and moves the checkpoint, all or nothing. The outputs travel as one
+msgpack argument (Lua numbers are doubles, so every value is a string). Every key is in KEYS and
+carries the pair's hash tag, so it also runs on Redis Cluster.
 """
 
 from __future__ import annotations
