@@ -445,7 +445,7 @@ class Shard:
         elif not _same(checkpoint, self.committed):
             await self._recover()
             return
-        await store.ensure_group(self.committed.last_id, self.consumer)
+        await store.ensure_group(self.committed, self.consumer)
         log.info("resynchronised", extra={"fields": {"last_id": self.committed.last_id}})
 
     async def _note_run_id(self) -> None:
@@ -543,7 +543,7 @@ class Shard:
         self.unconfirmed = []
         self.inputs_since_snapshot = replayed
         collector.settle()  # the old engine goes, the new one leaves the collector's view
-        await store.ensure_group(checkpoint.last_id, self.consumer)
+        await store.ensure_group(checkpoint, self.consumer)
         self.metrics.recoveries.inc()
         book = engine.book
         self.metrics.resting_orders.set(len(book))

@@ -249,20 +249,25 @@ class Store:
                 str(status),
             )
 
-    async def ensure_group(self, at: str, consumer: str) -> None:
-        """Create the consumer group at ``at`` (and the stream), or move it there.
+    async def ensure_group(self, checkpoint: Checkpoint, consumer: str) -> None:
+        """Create the consumer group at the checkpoint (and the stream), or move it there.
 
         Moving the group to the checkpoint makes ``>`` deliver exactly the entries after it,
         whatever was delivered before a crash; those still pending are delivered again. With
-        ``setid`` the group has no consumer: one left by an ``xack`` run is deleted with its
-        pending entries, which are read again by position.
+        ``setid`` the group's entries-read is set too, as each commit does, so its ``lag`` is
+        exact from the start; and the group has no consumer: one left by an ``xack`` run is
+        deleted with its pending entries, which are read again by position.
         """
+        at = checkpoint.last_id
+        read = checkpoint.events if self.ack == "setid" else None
         try:
-            await self.redis.xgroup_create(self.keys.orders, self.group, id=at, mkstream=True)
+            await self.redis.xgroup_create(
+                self.keys.orders, self.group, id=at, mkstream=True, entries_read=read
+            )
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
-            await self.redis.xgroup_setid(self.keys.orders, self.group, id=at)
+            await self.redis.xgroup_setid(self.keys.orders, self.group, id=at, entries_read=read)
         if self.ack == "setid":
             await self.redis.xgroup_delconsumer(self.keys.orders, self.group, consumer)
 

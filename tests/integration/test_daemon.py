@@ -148,6 +148,19 @@ def test_setid_drops_what_an_xack_run_left_pending(
     assert (group["pending"], group["lag"], group["consumers"]) == (0, 0, 0)
 
 
+def test_setid_lag_is_exact_right_after_a_restart(
+    server: LocalServer, r: redis.Redis, keys: Keys
+) -> None:
+    """A restart with nothing new to read still leaves the group's entries-read and lag exact,
+    even when the inputs below the snapshot were trimmed."""
+    publish(r, list(standard_mix(300, seed=6)))
+    run_until_idle(server.url, snapshot_every_inputs=100, batch_size=50)
+    assert r.xlen(keys.orders) < 300  # trimmed below a snapshot
+    run_until_idle(server.url)  # recovers, moves the group, finds nothing
+    (group,) = r.xinfo_groups(keys.orders)
+    assert (group["entries-read"], group["lag"], group["pending"]) == (300, 0, 0)
+
+
 def test_the_book_is_kept_out_of_garbage_collections(
     server: LocalServer, r: redis.Redis, keys: Keys
 ) -> None:
