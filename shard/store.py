@@ -47,16 +47,16 @@ COMMIT_LUA: Final = r"""
 -- ARGV: group, expected last_id, new last_id, trades total, events total, digest,
 --       output maxlen (0: none), msgpack [[trade field/value lists], [event lists], [ack ids]],
 --       first input applied ('' if none), ack mode ('xack' or 'setid')
-local last = redis.call('HGET', KEYS[4], 'last_id') or '0-0'
 local cp = redis.call('HMGET', KEYS[4], 'last_id', 'trades', 'events')
+local last = cp[1] or '0-0'
 if last ~= ARGV[2] then
-  return {'FENCED', cp[1] or '0-0', cp[2] or '0', cp[3] or '0'}
+  return {'FENCED', last, cp[2] or '0', cp[3] or '0'}
 end
 -- No gap: the batch starts with the entry that follows the checkpoint in the input stream.
 if ARGV[9] ~= '' then
   local nxt = redis.call('XRANGE', KEYS[3], '(' .. last, '+', 'COUNT', 1)
   if #nxt == 0 or nxt[1][1] ~= ARGV[9] then
-    return {'GAP', cp[1] or '0-0', cp[2] or '0', cp[3] or '0'}
+    return {'GAP', last, cp[2] or '0', cp[3] or '0'}
   end
 end
 local batch = cmsgpack.unpack(ARGV[8])
