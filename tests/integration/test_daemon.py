@@ -169,12 +169,15 @@ def test_the_book_is_kept_out_of_garbage_collections(
     Python's settings are back."""
     before = gc.get_threshold()
     publish(r, list(standard_mix(500, seed=3)))
-    shard = Shard(config(server.url, snapshot_every_inputs=200))
+    shard = Shard(config(server.url, snapshot_every_inputs=200, batch_size=50))
     seen: dict[str, object] = {}
 
     async def scenario() -> None:
         task = asyncio.create_task(shard.run(install_signals=False))
-        while shard.inputs_done < 500:
+        # The heap is frozen just before a snapshot's fork; once one is stored, that has run.
+        while (
+            shard.inputs_done < 500 or shard._store is None or not await shard.store.snapshot_meta()
+        ):
             await asyncio.sleep(0.01)
         index = shard.engine.book._index
         assert len(index) > 0
