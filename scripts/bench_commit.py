@@ -30,7 +30,7 @@ import redis
 from shard.decode import decode_json
 from shard.engine import Engine
 from shard.messages import Trade
-from shard.server import LocalServer
+from shard.server import LocalServer, main_thread_cpu
 from shard.wire import event_fields, trade_fields
 from shard.workload import standard_mix
 
@@ -81,10 +81,7 @@ def main() -> None:
         keys = ["bench:trades:{x}", "bench:events:{x}"]
 
         def server_cpu() -> float:
-            info: Any = client.info("cpu")
-            return float(info["used_cpu_sys_main_thread"]) + float(
-                info["used_cpu_user_main_thread"]
-            )
+            return main_thread_cpu(client.info("cpu"))  # type: ignore[arg-type]
 
         def run(name: str, commit: Callable[[Batch], None]) -> None:
             client.delete(*keys)

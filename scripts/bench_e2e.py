@@ -30,7 +30,7 @@ import time
 import hiredis
 import redis
 
-from shard.server import LocalServer
+from shard.server import LocalServer, main_thread_cpu
 from shard.workload import standard_mix
 
 PAIR = "BENCH"
@@ -94,12 +94,6 @@ def server_pipelined_xadd_rate(url: str, total: int = 200_000, depth: int = 1000
     return total / elapsed
 
 
-def main_thread_cpu(client: redis.Redis) -> float:
-    """The server's main-thread CPU seconds so far (user + system)."""
-    info = client.info("cpu")
-    return float(info["used_cpu_user_main_thread"]) + float(info["used_cpu_sys_main_thread"])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -133,7 +127,7 @@ def main() -> None:
                 "SHARD_BATCH_SIZE": str(args.batch_size),
                 "SHARD_LOG_LEVEL": "WARNING",
             }
-            server_cpu = main_thread_cpu(client)
+            server_cpu = main_thread_cpu(client.info("cpu"))
             started = time.perf_counter()
             proc = subprocess.Popen(
                 [
@@ -151,7 +145,7 @@ def main() -> None:
             )
             proc.wait()
             wall = time.perf_counter() - started
-            server_cpu = main_thread_cpu(client) - server_cpu
+            server_cpu = main_thread_cpu(client.info("cpu")) - server_cpu
             usage = resource.getrusage(resource.RUSAGE_CHILDREN)
             shard_cpu = usage.ru_utime + usage.ru_stime
             events = f"events:{{{PAIR}}}"

@@ -12,8 +12,15 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
+
+
+def main_thread_cpu(info: Mapping[str, Any]) -> float:
+    """The server's main-thread CPU seconds so far (user + system), from ``INFO cpu``; the
+    benchmarks divide its growth by the inputs."""
+    return float(info["used_cpu_user_main_thread"]) + float(info["used_cpu_sys_main_thread"])
 
 
 def find_server_binary() -> str:
