@@ -35,6 +35,7 @@ class Cluster:
         port: int | None,
         env: dict[str, str] | None = None,
         server_args: list[str] | None = None,
+        floor: bool = False,
     ) -> None:
         for pair in pairs:
             if not PAIR_RE.fullmatch(pair):
@@ -47,13 +48,14 @@ class Cluster:
         self.url = url or (self.server.url if self.server else "")
         self.children: dict[str, subprocess.Popen[bytes]] = {}
         self.env = env or {}
+        self.floor = floor  # run the harness floor (shard.load.relay) in place of the daemons
         self.stop = threading.Event()
 
     def _spawn(self, pair: str) -> subprocess.Popen[bytes]:
         env = {**os.environ, "SHARD_INSTANCE": f"up:{pair}", **self.env}
+        command = ["shard.load.relay"] if self.floor else ["shard", "run"]
         return subprocess.Popen(
-            [sys.executable, "-m", "shard", "run", "--pair", pair, "--redis-url", self.url],
-            env=env,
+            [sys.executable, "-m", *command, "--pair", pair, "--redis-url", self.url], env=env
         )
 
     def run(self) -> int:

@@ -44,6 +44,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="'NAME VALUE'",
         help="with --local: a server setting, e.g. 'appendfsync always' (repeatable)",
     )
+    p.add_argument(
+        "--floor",
+        action="store_true",
+        help="with --local: run the harness floor (shard.load.relay: one event per input, "
+        "nothing else) in place of the shards, to see what the harness costs on its own",
+    )
     prof = p.add_argument_group("schedule (rates are per pair)")
     prof.add_argument(
         "--profile", choices=["constant", "ramp", "spike"], default="constant", help="%(default)s"
@@ -163,7 +169,10 @@ def main(args: argparse.Namespace) -> int:
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "preload_orders": args.preload,
         "server_config": args.server_config,
+        "floor": args.floor,
     }
+    if args.floor and not args.local:
+        raise SystemExit("shard load: --floor needs --local (it replaces the shards it starts)")
     if args.local:
         with tempfile.TemporaryDirectory(prefix="shard-load-") as tmp:
             env = {"SHARD_LOG_LEVEL": os.environ.get("SHARD_LOG_LEVEL", "WARNING")}
@@ -171,7 +180,9 @@ def main(args: argparse.Namespace) -> int:
             for setting in args.server_config:  # 'NAME VALUE' -> --NAME VALUE
                 name, _, value = setting.strip().partition(" ")
                 server_args += (f"--{name}", value.strip())
-            with Cluster(pairs, None, Path(tmp), None, env=env, server_args=server_args) as cluster:
+            with Cluster(
+                pairs, None, Path(tmp), None, env=env, server_args=server_args, floor=args.floor
+            ) as cluster:
                 assert cluster.server is not None
                 spec.url = cluster.server.url
                 spec.shard_pids = {p: c.pid for p, c in cluster.children.items()}

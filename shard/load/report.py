@@ -136,6 +136,11 @@ def table(report: dict[str, Any]) -> str:
         f"shard load: {run['profile']} profile, {len(run['pairs'])} pair(s) "
         f"({', '.join(run['pairs'])}), seed {run['seed']}, server {run['server']}",
     ]
+    if run.get("floor"):
+        lines.append(
+            "  FLOOR         the harness alone: shard.load.relay answered each input in place "
+            "of the shards (its figures are in the shard rows)"
+        )
     if report["preload"]:
         pre = report["preload"]
         lines.append(
@@ -208,6 +213,7 @@ def plot(report: dict[str, Any], path: Path) -> Path:
     fig.suptitle(
         f"shard load: {run['profile']}, {', '.join(run['pairs'])}, "
         f"{report['totals']['completed']:,} inputs, server {run['server']}"
+        + (" (harness floor: no shard)" if run.get("floor") else "")
     )
     for key, style in (("p50", "-"), ("p90", "-"), ("p99", "-"), ("p99.9", "-"), ("max", ":")):
         ys = [max(r["latency_us"][key], 1) / 1000 for r in rows]

@@ -4,8 +4,11 @@ exist and its counts agree with what the streams hold."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import redis
@@ -71,3 +74,52 @@ def test_load_local_with_preload_and_two_pairs(tmp_path: Path) -> None:
     assert [row["offered_rate"] for row in report["steps"]] == [200, 1200, 200, 1200]
     assert report["shard_rss_mb"]["peak"] > 10
     assert "spike profile, 2 pair(s) (AAA, BBB)" in out
+
+
+def test_floor_relay_answers_every_input(tmp_path: Path) -> None:
+    """--floor runs the relay in place of the shards: every input gets one event, no trade."""
+    code, out, err = shard_load(
+        "--local", "--floor", "--preload", "500", "--rate", "300", "--duration", "2",
+        "--out", str(tmp_path), "--quiet",
+    )  # fmt: skip
+    assert code == 0, err
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["run"]["floor"] is True
+    assert report["totals"]["offered"] == report["totals"]["completed"] == 600
+    assert report["totals"]["trades"] == 0  # the standard mix trades; the relay never does
+    assert report["preload"]["orders_per_pair"] == 500
+    assert "FLOOR" in out
+
+
+def test_floor_needs_local(tmp_path: Path) -> None:
+    code, _, err = shard_load("--floor", "--out", str(tmp_path), "--quiet")
+    assert code != 0
+    assert "--floor needs --local" in err
+
+
+def test_relay_answers_from_the_newest_input_and_stops_on_sigterm(
+    server: LocalServer, r: redis.Redis, keys: Keys
+) -> None:
+    before = r.xadd(keys.orders, {"x": "old"})  # there before the relay: not answered
+    env = {**os.environ, "SHARD_KEY_PREFIX": ""}
+    relay = subprocess.Popen(
+        [sys.executable, "-m", "shard.load.relay", "--pair", PAIR, "--redis-url", server.url],
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not r.exists(keys.health):
+            assert time.monotonic() < deadline and relay.poll() is None, "no heartbeat"
+            time.sleep(0.05)
+        ids = [r.xadd(keys.orders, {"n": str(i)}) for i in range(50)]
+        while r.xlen(keys.events) < 50:
+            assert time.monotonic() < deadline, "events missing"
+            time.sleep(0.05)
+        events = r.xrange(keys.events)
+        assert [e[1][b"input_id"] for e in events] == ids
+        assert before not in ids
+        assert {e[1][b"status"] for e in events} == {b"relayed"}
+    finally:
+        relay.send_signal(signal.SIGTERM)
+        assert relay.wait(10) == 0
+    assert not r.exists(keys.health)
