@@ -4,4 +4,5 @@
 - :mod:`shard.load.latency`: HDR histograms of end-to-end latency, overall and per second.
 - :mod:`shard.load.runner`: publishes on schedule and times each input to its event.
 - :mod:`shard.load.report`: the summary, the JSON file and the PNG plot.
+- :mod:`shard.load.relay`: the harness floor, run in place of the shards by ``--floor``.
 """
