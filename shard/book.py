@@ -47,7 +47,7 @@ NO_LIMIT: Final = 1 << 65
 class Level:
     """All resting orders at one price on one side, in FIFO order, with their cached total."""
 
-    __slots__ = ("key", "orders", "owner", "price", "total")
+    __slots__ = ("held", "key", "orders", "owner", "price", "total")
 
     def __init__(self, price: int, key: int, owner: BookSide) -> None:
         self.price = price
@@ -55,6 +55,7 @@ class Level:
         self.owner = owner
         self.orders: dict[str, int] = {}
         self.total = 0
+        self.held = False  # an open Cut still needs these orders as they were when it opened
 
 
 class BookSide:
@@ -101,13 +102,19 @@ class BookSide:
 class OrderBook:
     """Resting orders of one pair and the matching primitives the engine builds order types from."""
 
-    __slots__ = ("_index", "asks", "bids", "next_trade_id")
+    __slots__ = ("_index", "asks", "bids", "cut", "next_trade_id")
 
     def __init__(self) -> None:
         self.bids = BookSide("buy", -1)
         self.asks = BookSide("sell", 1)
         self._index: dict[str, Level] = {}
         self.next_trade_id = 1
+        self.cut: Cut | None = None
+
+    def _keep(self, level: Level) -> None:
+        """Called before the first change of a held level: the open cut copies it first."""
+        assert self.cut is not None, "a held level without an open cut"
+        self.cut.keep(level)
 
     # -- queries ---------------------------------------------------------------------------------
 
@@ -194,6 +201,8 @@ class OrderBook:
         trade_id = self.next_trade_id
         append = trades.append
         while True:
+            if level.held:
+                self._keep(level)
             orders = level.orders
             level_price = level.price
             done: list[str] = []
@@ -252,6 +261,8 @@ class OrderBook:
         """
         book_side = self.bids if side == "buy" else self.asks
         level = book_side.level_for(price)
+        if level.held:
+            self._keep(level)
         level.orders[order_id] = quantity
         level.total += quantity
         book_side.quantity += quantity
@@ -262,6 +273,8 @@ class OrderBook:
         level = self._index.pop(order_id, None)
         if level is None:
             return None
+        if level.held:
+            self._keep(level)
         quantity = level.orders.pop(order_id)
         level.owner.quantity -= quantity
         if level.orders:
@@ -273,6 +286,8 @@ class OrderBook:
     def reduce(self, order_id: str, quantity: int) -> None:
         """Lower a live order's remaining quantity to ``quantity``, keeping its place. O(1)."""
         level = self._index[order_id]
+        if level.held:
+            self._keep(level)
         orders = level.orders
         less = orders[order_id] - quantity
         level.total -= less
@@ -287,6 +302,8 @@ class OrderBook:
         """Append orders in FIFO order to a level (used by snapshot restore). O(n) + O(log L)."""
         book_side = self.side(side)
         level = book_side.level_for(price)
+        if level.held:
+            self._keep(level)
         level.orders.update(zip(order_ids, quantities, strict=True))
         added = sum(quantities)
         level.total += added
@@ -320,3 +337,56 @@ class OrderBook:
         assert seen == len(self._index), "index holds orders that rest nowhere"
         bid, ask = self.best_bid(), self.best_ask()
         assert bid is None or ask is None or bid < ask, f"crossed book: bid {bid} >= ask {ask}"
+
+
+class Cut:
+    """The book's orders as they stood at one instant, read level by level while it moves on.
+
+    Opening a cut records the next trade ID and the levels of both sides (best first) and marks
+    each level *held*. The book hands a held level to :meth:`keep` before it first changes it,
+    which copies the level's orders; :meth:`orders` returns a level's orders as they stood at
+    the cut (the copy, or the live orders of a level still untouched) and releases the level.
+    So a snapshot can be encoded a slice at a time between batches, with no fork and no stall.
+
+    Cost: O(L) to open and to close; O(orders of the level) for a copy, once per level changed
+    before it is read; one attribute test per level the book changes, cut or no cut.
+    """
+
+    __slots__ = ("book", "kept", "next_trade_id", "sides")
+
+    def __init__(self, book: OrderBook) -> None:
+        assert book.cut is None, "one cut at a time"
+        self.book = book
+        self.next_trade_id = book.next_trade_id
+        self.sides = (list(book.bids), list(book.asks))
+        self.kept: dict[Level, tuple[list[str], list[int]]] = {}
+        for levels in self.sides:
+            for level in levels:
+                level.held = True
+        book.cut = self
+
+    def keep(self, level: Level) -> None:
+        """Copy a held level's orders before the book changes them, and release it."""
+        level.held = False
+        orders = level.orders
+        self.kept[level] = (list(orders), list(orders.values()))
+
+    def orders(self, level: Level) -> tuple[list[str], list[int]]:
+        """The order IDs and quantities of ``level`` (one of :attr:`sides`) in FIFO order, as
+        they stood at the cut. Each level is read once: it is released here."""
+        kept = self.kept.pop(level, None)
+        if kept is not None:
+            return kept
+        assert level.held, "a level read twice, or changed without keep()"
+        level.held = False
+        orders = level.orders
+        return list(orders), list(orders.values())
+
+    def close(self) -> None:
+        """Release every level still held and detach from the book. O(L)."""
+        for levels in self.sides:
+            for level in levels:
+                level.held = False
+        self.kept.clear()
+        if self.book.cut is self:
+            self.book.cut = None

@@ -33,11 +33,12 @@ per input here.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from typing import Final
 
 import msgspec
 
-from shard.book import OrderBook
+from shard.book import Cut, OrderBook
 from shard.decode import show
 from shard.messages import (
     AMENDED,
@@ -85,6 +86,12 @@ class EngineState(msgspec.Struct, array_like=True):
 
 _state_encoder = msgspec.msgpack.Encoder()
 _state_decoder = msgspec.msgpack.Decoder(EngineState)
+_NOTHING = msgspec.Raw(b"")
+
+
+def _array_header(n: int) -> bytes:
+    """The msgpack header of an ``n``-element array (msgspec frames it: empty raw elements)."""
+    return _state_encoder.encode([_NOTHING] * n)
 
 
 class Engine:
@@ -220,6 +227,10 @@ class Engine:
         """The engine's whole state as msgpack bytes; :meth:`restore` continues from it."""
         return _state_encoder.encode(self.state())
 
+    def snapshot_writer(self) -> SnapshotWriter:
+        """A :class:`SnapshotWriter` of the state now, for encoding in slices."""
+        return SnapshotWriter(self)
+
     @classmethod
     def restore(cls, data: bytes) -> Engine:
         """An engine that continues exactly like the one :meth:`snapshot` was taken from."""
@@ -249,6 +260,62 @@ class Engine:
             DIGEST_SCHEME
             + hashlib.blake2b(_state_encoder.encode(shape), digest_size=16).hexdigest()
         )
+
+
+class SnapshotWriter:
+    """:meth:`Engine.snapshot` of the state at the moment it was opened, encoded a slice at a
+    time while the engine goes on applying inputs: the concatenation of what :meth:`step`
+    returns is byte for byte that snapshot. It stands on a :class:`~shard.book.Cut`, which copies
+    a level only if the book changes it before it is encoded.
+
+    Cost: O(L) to open; then about 30 ns per order encoded, in slices of ``budget`` orders (at
+    least one level each); the copies of levels changed meanwhile. :meth:`close` (also when
+    abandoned) releases the book. The book may not be replaced while a writer is open.
+    """
+
+    __slots__ = ("_levels", "cut", "done")
+
+    def __init__(self, engine: Engine) -> None:
+        self.cut = Cut(engine.book)
+        self._levels = self._encode()
+        self.done = False
+
+    def _encode(self) -> Iterator[tuple[bytes, int]]:
+        """(bytes, orders in them) in snapshot order: the framing, then each level."""
+        cut = self.cut
+        bids, asks = cut.sides
+        yield (
+            (
+                _array_header(4)
+                + _state_encoder.encode(SNAPSHOT_VERSION)
+                + _state_encoder.encode(cut.next_trade_id)
+                + _array_header(len(bids))
+            ),
+            0,
+        )
+        for levels in (bids, asks):
+            if levels is asks:
+                yield _array_header(len(asks)), 0
+            for level in levels:
+                order_ids, quantities = cut.orders(level)
+                state = LevelState(level.price, order_ids, quantities)
+                yield _state_encoder.encode(state), len(order_ids)
+
+    def step(self, budget: int) -> bytes:
+        """The next bytes: levels until ``budget`` orders are encoded or none is left (then
+        :attr:`done` is set and the book released)."""
+        parts = []
+        for data, orders in self._levels:
+            parts.append(data)
+            budget -= orders
+            if budget <= 0:
+                return b"".join(parts)
+        self.done = True
+        self.close()
+        return b"".join(parts)
+
+    def close(self) -> None:
+        self.cut.close()
 
 
 def _unknown(order_id: str, input_id: str | None) -> Event:
