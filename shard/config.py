@@ -53,7 +53,10 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     snapshot_every_seconds: float = 300.0
     snapshot_chunk_bytes: int = 2**20
     snapshot_in_background: bool = True
-    """Write snapshots from a forked process (see :mod:`shard.snapshotter`), not inline."""
+    """Write snapshots a slice at a time between batches (see :mod:`shard.snapshotter`), not
+    all at once (which stalls matching for the whole encoding and writing)."""
+    snapshot_slice_orders: int = 20_000
+    """Orders a snapshot slice encodes (about 0.6 ms for 20k): the most a batch waits for one."""
     trim_inputs: bool = True
     """After a snapshot, trim ``orders:{P}`` below it (XTRIM MINID), keeping ``keep_inputs_ms``."""
     keep_inputs_ms: int = 0
@@ -84,6 +87,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
             "block_ms",
             "snapshot_every_inputs",
             "snapshot_chunk_bytes",
+            "snapshot_slice_orders",
             "max_entry_bytes",
         ):
             if getattr(self, name) <= 0:

@@ -274,7 +274,7 @@ class Shard:
         again once ensure_group moves the group back to the checkpoint; a commit in doubt is
         settled by the resync that follows. A snapshot being written is abandoned: the
         checkpoint it was taken at may not survive what went wrong."""
-        self._abandon_snapshot()
+        await self._abandon_snapshot()
         self.read_at = None  # the next read starts from what was applied
         for channel in (self._reader, self._writer):
             if channel is not None:
@@ -495,6 +495,7 @@ class Shard:
 
     async def _recover(self) -> None:
         """Rebuild the engine from the snapshot and the input stream up to the checkpoint."""
+        await self._abandon_snapshot()  # it reads the engine this replaces
         store = self.store
         started = time.perf_counter()
         await self._note_run_id()
@@ -574,8 +575,9 @@ class Shard:
         )
 
     async def snapshot(self) -> None:
-        """Start a snapshot at the committed checkpoint (in a forked process unless configured
-        otherwise); :meth:`_snapshot_done` publishes it and trims the inputs below it."""
+        """Start a snapshot at the committed checkpoint (written a slice at a time between
+        batches unless configured otherwise); :meth:`_snapshot_done` publishes it and trims the
+        inputs below it."""
         assert not self.unconfirmed, "snapshots are taken between batches"
         cp = self.committed
         self.inputs_since_snapshot = 0
@@ -586,7 +588,7 @@ class Shard:
         await self.store.begin_snapshot(cp.events, old.generation if old else None)
         started = time.perf_counter()
         collector.freeze_survivors()  # a book grown since the last one joins the frozen heap
-        meta = self.snapshotter.start(self.engine, cp)
+        meta = await self.snapshotter.start(self.engine, cp, self.store.redis)
         self.metrics.snapshot_stall.observe(time.perf_counter() - started)
         if meta is not None:
             await self._snapshot_done(meta)
@@ -615,9 +617,9 @@ class Shard:
                 return
             await self.snapshot()
 
-    def _abandon_snapshot(self) -> None:
+    async def _abandon_snapshot(self) -> None:
         if self.snapshotter.running is not None:
-            self.snapshotter.abandon()
+            await self.snapshotter.abandon()
             log.info("snapshot abandoned")
 
     async def _snapshot_done(self, meta: SnapshotMeta) -> None:

@@ -46,11 +46,11 @@ class Metrics:
         )
         self.snapshots = one(Counter, "shard_snapshots", "Snapshots stored.")
         self.snapshot_failures = one(
-            Counter, "shard_snapshot_failures", "Snapshot processes that failed (the last stays)."
+            Counter, "shard_snapshot_failures", "Snapshots that failed (the last stays)."
         )
         self.snapshot_stall = one(
             Histogram, "shard_snapshot_stall_seconds",
-            "Seconds matching stopped to start a snapshot (the fork; all of it when inline).",
+            "Seconds matching stopped to start a snapshot (opening it; all of it when inline).",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
         )  # fmt: skip
         self.last_snapshot = time.monotonic()

@@ -25,7 +25,6 @@ from typing import Any, Final, cast
 
 import hiredis
 import msgspec
-from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
 from redis.exceptions import NoScriptError, ResponseError
@@ -318,15 +317,3 @@ class Store:
         if old and old.generation != meta.generation:
             stale = [self.keys.snapshot_chunk(old.generation, i) for i in range(old.chunks)]
             await self.redis.delete(*stale)
-
-
-def write_snapshot_chunks(
-    redis: SyncRedis, keys: Keys, generation: int, data: bytes, chunk: int
-) -> int:
-    """Store ``data`` as the chunks of ``generation`` (synchronous: it runs in the snapshot
-    process); how many chunks. The generation is the checkpoint's event count, so two writers
-    of one generation write the same bytes."""
-    chunks = [data[i : i + chunk] for i in range(0, len(data), chunk)] or [b""]
-    for i, part in enumerate(chunks):
-        redis.set(keys.snapshot_chunk(generation, i), part)
-    return len(chunks)

@@ -174,7 +174,7 @@ def test_the_book_is_kept_out_of_garbage_collections(
 
     async def scenario() -> None:
         task = asyncio.create_task(shard.run(install_signals=False))
-        # The heap is frozen just before a snapshot's fork; once one is stored, that has run.
+        # The heap is frozen as a snapshot starts; once one is stored, that has run.
         while (
             shard.inputs_done < 500 or shard._store is None or not await shard.store.snapshot_meta()
         ):

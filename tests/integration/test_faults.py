@@ -105,7 +105,7 @@ def test_redis_restart_mid_stream(tmp_path: Path, keys: Keys, how: str) -> None:
         srv.stop()
 
 
-@pytest.mark.parametrize("background", ["true", "false"], ids=["forked", "inline"])
+@pytest.mark.parametrize("background", ["true", "false"], ids=["sliced", "inline"])
 def test_restart_after_snapshot_and_trim(
     server: LocalServer, r: redis.Redis, keys: Keys, background: str
 ) -> None:
@@ -121,7 +121,7 @@ def test_restart_after_snapshot_and_trim(
     assert code == 0, log
     meta = r.hgetall(keys.snapshot)
     assert int(meta[b"chunks"]) > 3
-    # Inline, snapshots fall exactly every 1,000 inputs; forked, one that falls due while the
+    # Inline, snapshots fall exactly every 1,000 inputs; sliced, one that falls due while the
     # previous one is still being written waits for it, so the last may come a batch or more
     # before the end.
     at = first.index(meta[b"input_id"].decode())

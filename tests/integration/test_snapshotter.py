@@ -1,20 +1,21 @@
-"""Snapshots from a forked process: published when the child succeeds, never when abandoned."""
+"""Snapshots written a slice at a time beside a running engine: published when the task
+succeeds, never when abandoned; the bytes are those of the state at the opening."""
 
 from __future__ import annotations
 
 import asyncio
-import time
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any
 
 import msgspec
-import pytest
 import redis
 from redis.asyncio import Redis
 
-from shard import snapshotter
 from shard.config import Keys
 from shard.decode import decode_json
 from shard.engine import Engine
-from shard.messages import Cancel, Trade
+from shard.messages import Cancel, Order, Trade
 from shard.server import LocalServer
 from shard.snapshotter import Snapshotter
 from shard.store import Checkpoint, SnapshotMeta, Store
@@ -31,44 +32,64 @@ def _engine(n: int) -> Engine:
     return engine
 
 
-def _wait(snap: Snapshotter, timeout: float = 30) -> SnapshotMeta:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def _with_client(url: str, body: Callable[[Redis], Awaitable[Any]]) -> Any:
+    async def main() -> Any:
+        client = Redis.from_url(url)
+        try:
+            return await body(client)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(main())
+
+
+async def _wait(snap: Snapshotter, timeout: float = 30) -> SnapshotMeta:
+    for _ in range(int(timeout / 0.001)):
         meta, failure = snap.poll()
         assert failure is None
         if meta is not None:
             return meta
-        time.sleep(0.01)
-    raise TimeoutError("the snapshot process did not finish")
+        await asyncio.sleep(0.001)
+    raise TimeoutError("the snapshot did not finish")
 
 
-def test_a_forked_snapshot_holds_the_state_at_the_fork(
+def test_a_sliced_snapshot_holds_the_state_at_its_start(
     server: LocalServer, r: redis.Redis, keys: Keys
 ) -> None:
     engine = _engine(20_000)
     cp = Checkpoint("5-0", 0, 20_000, engine.digest())
-    snap = Snapshotter(config(server.url, snapshot_chunk_bytes=50_000), keys)
+    snap = Snapshotter(
+        config(server.url, snapshot_chunk_bytes=50_000, snapshot_slice_orders=500), keys
+    )
     assert snap.background
-    assert snap.start(engine, cp) is None  # running in the background
-    engine.apply(Cancel("r0"), None, [])  # the parent goes on matching meanwhile
-    meta = _wait(snap)
-    assert meta.chunks > 1 and snap.last_seconds > 0
-    assert (meta.input_id, meta.generation, meta.events, meta.digest) == (
-        "5-0", 20_000, 20_000, cp.digest,
-    )  # fmt: skip
+    changed: list[int] = []
 
-    async def publish_and_load() -> bytes:
-        client = Redis.from_url(server.url)
+    async def body(client: Redis) -> bytes:
+        assert await snap.start(engine, cp, client) is None  # running beside us
+        scratch: list[Trade] = []
+        n = 0
+        while snap.running is not None and not snap.running.task.done():
+            # Matching goes on between slices: cancels, trades and new orders.
+            engine.apply(Cancel(f"r{n}"), None, scratch)
+            engine.apply(Order(f"x{n}", "sell", 1, 1, "limit", 0), None, scratch)  # trades
+            n += 1
+            await asyncio.sleep(0)
+        changed.append(n)
+        meta = await _wait(snap)
+        assert meta.chunks > 1 and snap.last_seconds > 0
+        assert (meta.input_id, meta.generation, meta.events, meta.digest) == (
+            "5-0", 20_000, 20_000, cp.digest,
+        )  # fmt: skip
         store = Store(client, keys, "shard")
         await store.publish_snapshot(meta)
         assert await store.snapshot_meta() == meta
-        data = await store.load_snapshot(meta)
-        await client.aclose()
-        return data
+        return await store.load_snapshot(meta)
 
-    restored = Engine.restore(asyncio.run(publish_and_load()))
+    restored = Engine.restore(_with_client(server.url, body))
+    assert changed[0] > 10  # the engine really moved while the snapshot was written
     assert restored.digest() == cp.digest != engine.digest()
-    assert len(restored.book) == 20_000 == len(engine.book) + 1
+    assert restored.snapshot() == _engine(20_000).snapshot()
+    assert engine.book.cut is None  # released
 
 
 def test_an_abandoned_snapshot_is_never_published(
@@ -76,26 +97,42 @@ def test_an_abandoned_snapshot_is_never_published(
 ) -> None:
     engine = _engine(50_000)
     snap = Snapshotter(config(server.url), keys)
-    snap.start(engine, Checkpoint("9-0", 0, 50_000, engine.digest()))
-    snap.abandon()
-    assert snap.running is None
-    assert snap.poll() == (None, None)
+
+    async def body(client: Redis) -> None:
+        await snap.start(engine, Checkpoint("9-0", 0, 50_000, engine.digest()), client)
+        await asyncio.sleep(0)
+        await snap.abandon()
+        assert snap.running is None
+        assert snap.poll() == (None, None)
+
+    _with_client(server.url, body)
     assert not r.exists(keys.snapshot)
+    assert engine.book.cut is None
+    assert engine.snapshot_writer().step(10**9) == engine.snapshot()  # a new one may start
 
 
-def test_a_failed_snapshot_process_is_reported(server: LocalServer, keys: Keys) -> None:
+def test_a_failed_snapshot_is_reported(server: LocalServer, keys: Keys) -> None:
     engine = _engine(100)
-    # Nothing listens on port 1: the child cannot connect and exits non-zero.
-    snap = Snapshotter(config("redis://127.0.0.1:1/0", connect_timeout=1.0), keys)
-    snap.start(engine, Checkpoint("3-0", 0, 100, engine.digest()))
-    deadline = time.monotonic() + 30
-    while True:
-        meta, failure = snap.poll()
-        if failure is not None:
-            break
-        assert meta is None and time.monotonic() < deadline
-        time.sleep(0.01)
-    assert "exited with 1" in failure and "ConnectionError" in failure  # the child's reason
+    snap = Snapshotter(config(server.url), keys)
+
+    async def body(client: Redis) -> str:
+        # Nothing listens on port 1: the snapshot's connection fails.
+        dead = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=1.0)
+        try:
+            await snap.start(engine, Checkpoint("3-0", 0, 100, engine.digest()), dead)
+            for _ in range(30_000):
+                meta, failure = snap.poll()
+                if failure is not None:
+                    return failure
+                assert meta is None
+                await asyncio.sleep(0.001)
+            raise TimeoutError("no failure reported")
+        finally:
+            await dead.aclose()
+
+    failure = _with_client(server.url, body)
+    assert "snapshot failed" in failure and "ConnectionError" in failure
+    assert engine.book.cut is None
 
 
 def test_inline_snapshots_return_their_meta(
@@ -103,9 +140,30 @@ def test_inline_snapshots_return_their_meta(
 ) -> None:
     engine = _engine(1000)
     snap = Snapshotter(config(server.url, snapshot_in_background=False), keys)
-    meta = snap.start(engine, Checkpoint("7-0", 0, 1000, engine.digest()))
+    cp = Checkpoint("7-0", 0, 1000, engine.digest())
+    meta = _with_client(server.url, lambda client: snap.start(engine, cp, client))
     assert meta is not None and meta.bytes > 0 and snap.running is None
-    assert r.exists(keys.snapshot_chunk(1000, 0))
+    assert r.get(keys.snapshot_chunk(1000, 0)) == engine.snapshot()
+
+
+def test_chunks_cut_the_bytes_at_fixed_offsets(
+    server: LocalServer, r: redis.Redis, keys: Keys
+) -> None:
+    """Chunk i holds bytes [i * size, (i + 1) * size): two writers of one generation write the
+    same chunks, whatever their slices."""
+    engine = _engine(5000)
+    data = engine.snapshot()
+    for slice_orders in (1, 700, 10**9):
+        cfg = config(
+            server.url, snapshot_in_background=False, snapshot_chunk_bytes=4096,
+            snapshot_slice_orders=slice_orders,
+        )  # fmt: skip
+        snap = Snapshotter(cfg, keys)
+        cp = Checkpoint("7-0", 0, 5000, engine.digest())
+        meta = _with_client(server.url, partial(snap.start, engine, cp))
+        assert meta.chunks == -(-len(data) // 4096) and meta.bytes == len(data)
+        stored = [r.get(keys.snapshot_chunk(5000, i)) for i in range(meta.chunks)]
+        assert stored == [data[i : i + 4096] for i in range(0, len(data), 4096)]
 
 
 def test_chunks_of_a_generation_never_published_are_deleted(
@@ -127,16 +185,3 @@ def test_chunks_of_a_generation_never_published_are_deleted(
     assert all(r.exists(k) for k in live)
     assert not any(r.exists(k) for k in orphan)
     assert r.get(keys.snapshot_writing) == b"8"
-
-
-def test_a_stuck_snapshot_process_is_killed(
-    server: LocalServer, r: redis.Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    engine = _engine(50_000)
-    snap = Snapshotter(config(server.url), keys)
-    snap.start(engine, Checkpoint("9-0", 0, 50_000, engine.digest()))
-    monkeypatch.setattr(snapshotter, "TIMEOUT", -1.0)
-    meta, failure = snap.poll()
-    assert meta is None and failure is not None and "killed" in failure
-    assert snap.running is None
-    assert not r.exists(keys.snapshot)
