@@ -55,8 +55,9 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     snapshot_in_background: bool = True
     """Write snapshots a slice at a time between batches (see :mod:`shard.snapshotter`), not
     all at once (which stalls matching for the whole encoding and writing)."""
-    snapshot_slice_orders: int = 20_000
-    """Orders a snapshot slice encodes (about 0.6 ms for 20k): the most a batch waits for one."""
+    snapshot_slice_orders: int = 2_000
+    """Orders a snapshot slice encodes (0.1-0.3 ms for 2k, more on a busy machine); a slice
+    runs at most once a millisecond, and is the most a batch waits for the snapshot."""
     trim_inputs: bool = True
     """After a snapshot, trim ``orders:{P}`` below it (XTRIM MINID), keeping ``keep_inputs_ms``."""
     keep_inputs_ms: int = 0

@@ -155,6 +155,7 @@ class Shard:
         self.inputs_since_snapshot = 0
         self.snapshot_time = time.monotonic()
         self.snapshotter = Snapshotter(config, self.keys)
+        self._trimming: asyncio.Task[None] | None = None
         self.read_at: str | None = None
         """With ``ack = "setid"``: the last input entry read (reads are by position)."""
         self.last_health = 0.0
@@ -234,6 +235,7 @@ class Shard:
             log.info(f"stopped {exc}; uncommitted work is redone by the next holder")
         finally:
             await self._reset_channels()
+            await self._finish_trim()
             if self.has_lease:  # hand over at once rather than after the lease expires
                 with contextlib.suppress(*REDIS_ERRORS):
                     await self.store.release_lease(self.holder)
@@ -579,16 +581,11 @@ class Shard:
         batches unless configured otherwise); :meth:`_snapshot_done` publishes it and trims the
         inputs below it."""
         assert not self.unconfirmed, "snapshots are taken between batches"
-        cp = self.committed
         self.inputs_since_snapshot = 0
         self.snapshot_time = time.monotonic()
-        old = await self.store.snapshot_meta()
-        if old and old.generation == cp.events:
-            return  # already stored at this point (or an older scheme's number: skip one turn)
-        await self.store.begin_snapshot(cp.events, old.generation if old else None)
         started = time.perf_counter()
         collector.freeze_survivors()  # a book grown since the last one joins the frozen heap
-        meta = await self.snapshotter.start(self.engine, cp, self.store.redis)
+        meta = await self.snapshotter.start(self.engine, self.committed, self.store)
         self.metrics.snapshot_stall.observe(time.perf_counter() - started)
         if meta is not None:
             await self._snapshot_done(meta)
@@ -623,16 +620,12 @@ class Shard:
             log.info("snapshot abandoned")
 
     async def _snapshot_done(self, meta: SnapshotMeta) -> None:
-        seconds = self.snapshotter.last_seconds
+        """Point the header at the new snapshot, then trim the inputs below it in a task of its
+        own: the trim holds the server for a few ms per 100k entries, and matching need not
+        wait for its reply."""
         await self.store.publish_snapshot(meta)
         self.metrics.last_snapshot = time.monotonic()
         self.metrics.snapshots.inc()
-        trimmed = 0
-        if self.config.trim_inputs:
-            ms = parse_id(meta.input_id)[0]
-            keep = self.config.keep_inputs_ms
-            below = meta.input_id if keep <= 0 else f"{max(0, ms - keep)}-0"
-            trimmed = await self.store.trim_inputs(below)
         log.info(
             "snapshot stored",
             extra={
@@ -640,11 +633,28 @@ class Shard:
                     "input_id": meta.input_id,
                     "bytes": meta.bytes,
                     "chunks": meta.chunks,
-                    "trimmed": trimmed,
-                    "seconds": round(seconds, 3),
+                    "seconds": round(self.snapshotter.last_seconds, 3),
                 }
             },
         )
+        if self.config.trim_inputs and (self._trimming is None or self._trimming.done()):
+            self._trimming = asyncio.get_running_loop().create_task(self._trim(meta.input_id))
+
+    async def _trim(self, snapshot_id: str) -> None:
+        ms = parse_id(snapshot_id)[0]
+        keep = self.config.keep_inputs_ms
+        below = snapshot_id if keep <= 0 else f"{max(0, ms - keep)}-0"
+        try:
+            trimmed = await self.store.trim_inputs(below)
+        except REDIS_ERRORS as exc:  # the next snapshot trims these too
+            log.warning("trimming inputs failed", extra={"fields": {"error": repr(exc)}})
+            return
+        log.info("inputs trimmed", extra={"fields": {"below": below, "trimmed": trimmed}})
+
+    async def _finish_trim(self) -> None:
+        if self._trimming is not None:
+            await asyncio.wait([self._trimming])
+            self._trimming = None
 
     async def _heartbeat(self) -> None:
         now = time.monotonic()

@@ -305,7 +305,7 @@ class Store:
         if before is None or int(before) in (generation, live):
             return
         index = 0
-        while await self.redis.delete(self.keys.snapshot_chunk(int(before), index)):
+        while await self.redis.unlink(self.keys.snapshot_chunk(int(before), index)):
             index += 1  # chunks are written in order: the first missing one ends them
 
     async def publish_snapshot(self, meta: SnapshotMeta) -> None:
@@ -316,4 +316,4 @@ class Store:
         await self.redis.hset(self.keys.snapshot, mapping=header)  # type: ignore[arg-type]
         if old and old.generation != meta.generation:
             stale = [self.keys.snapshot_chunk(old.generation, i) for i in range(old.chunks)]
-            await self.redis.delete(*stale)
+            await self.redis.unlink(*stale)  # freed by a server thread, not its main one

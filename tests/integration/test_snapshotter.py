@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from functools import partial
 from typing import Any
 
 import msgspec
@@ -65,7 +64,9 @@ def test_a_sliced_snapshot_holds_the_state_at_its_start(
     changed: list[int] = []
 
     async def body(client: Redis) -> bytes:
-        assert await snap.start(engine, cp, client) is None  # running beside us
+        assert (
+            await snap.start(engine, cp, Store(client, keys, "shard")) is None
+        )  # running beside us
         scratch: list[Trade] = []
         n = 0
         while snap.running is not None and not snap.running.task.done():
@@ -99,7 +100,9 @@ def test_an_abandoned_snapshot_is_never_published(
     snap = Snapshotter(config(server.url), keys)
 
     async def body(client: Redis) -> None:
-        await snap.start(engine, Checkpoint("9-0", 0, 50_000, engine.digest()), client)
+        await snap.start(
+            engine, Checkpoint("9-0", 0, 50_000, engine.digest()), Store(client, keys, "shard")
+        )
         await asyncio.sleep(0)
         await snap.abandon()
         assert snap.running is None
@@ -119,7 +122,9 @@ def test_a_failed_snapshot_is_reported(server: LocalServer, keys: Keys) -> None:
         # Nothing listens on port 1: the snapshot's connection fails.
         dead = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=1.0)
         try:
-            await snap.start(engine, Checkpoint("3-0", 0, 100, engine.digest()), dead)
+            await snap.start(
+                engine, Checkpoint("3-0", 0, 100, engine.digest()), Store(dead, keys, "shard")
+            )
             for _ in range(30_000):
                 meta, failure = snap.poll()
                 if failure is not None:
@@ -141,7 +146,9 @@ def test_inline_snapshots_return_their_meta(
     engine = _engine(1000)
     snap = Snapshotter(config(server.url, snapshot_in_background=False), keys)
     cp = Checkpoint("7-0", 0, 1000, engine.digest())
-    meta = _with_client(server.url, lambda client: snap.start(engine, cp, client))
+    meta = _with_client(
+        server.url, lambda client: snap.start(engine, cp, Store(client, keys, "shard"))
+    )
     assert meta is not None and meta.bytes > 0 and snap.running is None
     assert r.get(keys.snapshot_chunk(1000, 0)) == engine.snapshot()
 
@@ -160,7 +167,9 @@ def test_chunks_cut_the_bytes_at_fixed_offsets(
         )  # fmt: skip
         snap = Snapshotter(cfg, keys)
         cp = Checkpoint("7-0", 0, 5000, engine.digest())
-        meta = _with_client(server.url, partial(snap.start, engine, cp))
+        meta = _with_client(
+            server.url, lambda c, s=snap, p=cp: s.start(engine, p, Store(c, keys, "shard"))
+        )
         assert meta.chunks == -(-len(data) // 4096) and meta.bytes == len(data)
         stored = [r.get(keys.snapshot_chunk(5000, i)) for i in range(meta.chunks)]
         assert stored == [data[i : i + 4096] for i in range(0, len(data), 4096)]
@@ -185,3 +194,23 @@ def test_chunks_of_a_generation_never_published_are_deleted(
     assert all(r.exists(k) for k in live)
     assert not any(r.exists(k) for k in orphan)
     assert r.get(keys.snapshot_writing) == b"8"
+
+
+def test_a_generation_already_stored_is_not_written_again(
+    server: LocalServer, r: redis.Redis, keys: Keys
+) -> None:
+    engine = _engine(1000)
+    cp = Checkpoint("7-0", 0, 1000, engine.digest())
+    snap = Snapshotter(config(server.url, snapshot_in_background=False), keys)
+
+    async def body(client: Redis) -> SnapshotMeta | None:
+        store = Store(client, keys, "shard")
+        meta = await snap.start(engine, cp, store)
+        assert meta is not None
+        await store.publish_snapshot(meta)
+        r.delete(keys.snapshot_chunk(1000, 0))
+        return await snap.start(engine, cp, store)  # the header already names generation 1000
+
+    assert _with_client(server.url, body) is None
+    assert not r.exists(keys.snapshot_chunk(1000, 0))  # not rewritten
+    assert engine.book.cut is None
