@@ -339,6 +339,14 @@ class OrderBook:
         assert bid is None or ask is None or bid < ask, f"crossed book: bid {bid} >= ask {ask}"
 
 
+def _hold(side: BookSide) -> list[Level]:
+    """The side's levels, best first, each marked held."""
+    levels = [side.levels[key] for key in side.keys]
+    for level in levels:
+        level.held = True
+    return levels
+
+
 class Cut:
     """The book's orders as they stood at one instant, read level by level while it moves on.
 
@@ -358,11 +366,8 @@ class Cut:
         assert book.cut is None, "one cut at a time"
         self.book = book
         self.next_trade_id = book.next_trade_id
-        self.sides = (list(book.bids), list(book.asks))
+        self.sides = (_hold(book.bids), _hold(book.asks))
         self.kept: dict[Level, tuple[list[str], list[int]]] = {}
-        for levels in self.sides:
-            for level in levels:
-                level.held = True
         book.cut = self
 
     def keep(self, level: Level) -> None:

@@ -5,10 +5,11 @@ and 300k more inputs (``docs/benchmarks.md``):
 
 * **Full collections walk the book.** The engine's order index is one dict with an entry per
   resting order; a full (generation 2) collection visits every entry, 10-50 ms at 1M orders,
-  and ran about every 30k inputs. :func:`freeze_survivors` (at each snapshot) and
-  :func:`settle` (after a recovery) move everything alive into the permanent generation
+  and ran about every 30k inputs. :func:`settle` (after a recovery) and
+  :func:`freeze_survivors` move everything alive into the permanent generation
   (:func:`gc.freeze`), which collections skip; the index stays there as it grows. An empty
-  dict is not tracked at all, so a book that starts empty is frozen at its first snapshot.
+  dict is not tracked at all, so the daemon freezes a book that starts empty at its first
+  snapshot with a non-empty book, and not after that (it costs 1-4 ms under load).
   A level that empties is freed by its reference count as before; only objects that die *in a
   cycle* after being frozen wait for the next :func:`settle`, which first unfreezes, so a
   replaced engine is reclaimed then.
@@ -58,6 +59,6 @@ def freeze_survivors() -> None:
     """Collect the garbage not frozen yet, then exempt every survivor from later collections.
 
     Cost: a collection of what was not frozen: the first time after the book grew from empty,
-    a walk over its index (10-25 ms at 1M orders); after that, well under a millisecond."""
+    a walk over its index (10-25 ms at 1M orders); after that, 1-4 ms under load."""
     gc.collect()
     gc.freeze()

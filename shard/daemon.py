@@ -156,6 +156,7 @@ class Shard:
         self.snapshot_time = time.monotonic()
         self.snapshotter = Snapshotter(config, self.keys)
         self._trimming: asyncio.Task[None] | None = None
+        self._index_frozen = False
         self.read_at: str | None = None
         """With ``ack = "setid"``: the last input entry read (reads are by position)."""
         self.last_health = 0.0
@@ -546,6 +547,8 @@ class Shard:
         self.unconfirmed = []
         self.inputs_since_snapshot = replayed
         collector.settle()  # the old engine goes, the new one leaves the collector's view
+        # A non-empty index is a tracked dict, frozen now; an empty one is not tracked yet.
+        self._index_frozen = len(engine.book) > 0
         await store.ensure_group(checkpoint, self.consumer)
         self.metrics.recoveries.inc()
         book = engine.book
@@ -578,17 +581,18 @@ class Shard:
 
     async def snapshot(self) -> None:
         """Start a snapshot at the committed checkpoint (written a slice at a time between
-        batches unless configured otherwise); :meth:`_snapshot_done` publishes it and trims the
-        inputs below it."""
+        batches unless configured otherwise); its task publishes it, and
+        :meth:`_snapshot_done` trims the inputs below it."""
         assert not self.unconfirmed, "snapshots are taken between batches"
         self.inputs_since_snapshot = 0
         self.snapshot_time = time.monotonic()
         started = time.perf_counter()
-        collector.freeze_survivors()  # a book grown since the last one joins the frozen heap
-        meta = await self.snapshotter.start(self.engine, self.committed, self.store)
+        if not self._index_frozen:  # a book grown from empty joins the frozen heap, once
+            collector.freeze_survivors()
+            self._index_frozen = len(self.engine.book) > 0
+        await self.snapshotter.start(self.engine, self.committed, self.store)
         self.metrics.snapshot_stall.observe(time.perf_counter() - started)
-        if meta is not None:
-            await self._snapshot_done(meta)
+        await self._poll_snapshot()  # inline, it has ended already
 
     async def _poll_snapshot(self) -> None:
         if self.snapshotter.running is None:
@@ -620,10 +624,9 @@ class Shard:
             log.info("snapshot abandoned")
 
     async def _snapshot_done(self, meta: SnapshotMeta) -> None:
-        """Point the header at the new snapshot, then trim the inputs below it in a task of its
-        own: the trim holds the server for a few ms per 100k entries, and matching need not
-        wait for its reply."""
-        await self.store.publish_snapshot(meta)
+        """The snapshot task has published ``meta``: trim the inputs below it in a task of its
+        own (the trim holds the server for a few ms per 100k entries, and matching need not
+        wait for its reply)."""
         self.metrics.last_snapshot = time.monotonic()
         self.metrics.snapshots.inc()
         log.info(

@@ -6,9 +6,10 @@ committed checkpoint. A task on the daemon's event loop then encodes it in slice
 and writes each full chunk of a new generation as soon as it is encoded, over its own
 connection, while the daemon goes on matching:
 the book copies a level only when it changes one the writer has not reached yet. The task also
-reads the header and notes the generation it begins (:meth:`Store.begin_snapshot`). When it has
-finished, the daemon points the header at the new generation, then trims the inputs below it
-from another task.
+reads the header and notes the generation it begins (:meth:`Store.begin_snapshot`); once every
+chunk is written it points the header at the new generation (:meth:`Store.publish_snapshot`:
+only ahead of the stored one, never ahead of the checkpoint) and unlinks the old one. The
+daemon then trims the inputs below it from another task.
 
 Costs to the daemon: opening is O(price levels); a batch waits for at most one slice at each
 turn of the event loop; 30-150 ns per order encoded (26 ms for 1M orders on a quiet machine
@@ -22,8 +23,8 @@ Rules:
 - the generation is the checkpoint's event count, so two writers of one generation (a daemon
   killed half-way and its successor) write the same bytes;
 - any Redis error, fence or recovery in the daemon abandons the snapshot (its task is
-  cancelled and its generation is never published): the checkpoint it was taken at may no
-  longer hold;
+  cancelled and, unless it had got that far, its generation is never published): the
+  checkpoint it was taken at may no longer hold. The publish itself is fenced in Redis too;
 - with ``snapshot_in_background = false`` the same slices run back to back, stalling matching.
 
 A snapshot abandoned half-way leaves the chunks it wrote; nothing points at them.
@@ -34,6 +35,9 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from typing import Final
+
+import msgspec
 
 from shard.config import Config, Keys
 from shard.engine import Engine, SnapshotWriter
@@ -86,9 +90,19 @@ async def write_chunks(
     return chunks, size
 
 
+Written = tuple[SnapshotMeta, str] | None
+"""What a snapshot task ends with: its meta and :meth:`Store.publish_snapshot`'s status, or
+None if the header already named its generation."""
+
+REFUSED: Final = {
+    "STALE": "the header already names it or a later one (another writer)",
+    "AHEAD": "the checkpoint in Redis is behind it (Redis lost its last writes?)",
+}
+
+
 @dataclass
 class Running:
-    task: asyncio.Task[tuple[int, int] | None]
+    task: asyncio.Task[Written]
     writer: SnapshotWriter
     checkpoint: Checkpoint
     generation: int
@@ -105,49 +119,45 @@ class Snapshotter:
         self.last_seconds = 0.0  # how long the last finished snapshot took
         self.background = config.snapshot_in_background
 
-    async def start(
-        self, engine: Engine, checkpoint: Checkpoint, store: Store
-    ) -> SnapshotMeta | None:
-        """Begin a snapshot of ``engine`` at ``checkpoint``, written through ``store``'s
-        client. Inline, the meta of the finished snapshot; in the background, None (see
-        :meth:`poll`). Also None when a snapshot of this generation is already stored.
-        The daemon pays for opening the writer only: the header checks and chunks are the
-        task's."""
+    async def start(self, engine: Engine, checkpoint: Checkpoint, store: Store) -> None:
+        """Begin a snapshot of ``engine`` at ``checkpoint``, written and published through
+        ``store``; :meth:`poll` tells when it has ended. The daemon pays for opening the
+        writer only (inline, for all of it: this returns once it has ended)."""
         assert self.running is None, "one snapshot at a time"
         generation = checkpoint.events
-        started = time.perf_counter()
         writer = engine.snapshot_writer()
-        work = self._write(writer, store, generation)
-        if not self.background:
-            written = await work
-            self.last_seconds = time.perf_counter() - started
-            return None if written is None else self._meta(checkpoint, generation, *written)
+        meta = SnapshotMeta(
+            checkpoint.last_id, generation, 0, 0, checkpoint.trades, checkpoint.events,
+            checkpoint.digest,
+        )  # fmt: skip
+        work = self._write(writer, store, meta)
         task = asyncio.get_running_loop().create_task(work, name="snapshot")
-        self.running = Running(task, writer, checkpoint, generation, started)
-        return None
+        self.running = Running(task, writer, checkpoint, generation, time.perf_counter())
+        if not self.background:
+            await asyncio.wait([task])
 
-    async def _write(
-        self, writer: SnapshotWriter, store: Store, generation: int
-    ) -> tuple[int, int] | None:
+    async def _write(self, writer: SnapshotWriter, store: Store, meta: SnapshotMeta) -> Written:
         config = self.config
         channel = Channel(store.redis)
         try:
             old = await store.snapshot_meta()
-            if old and old.generation == generation:
+            if old and old.generation == meta.generation:
                 return None  # already stored at this point (or an older scheme's number)
-            await store.begin_snapshot(generation, old.generation if old else None)
-            return await write_chunks(
-                writer, channel, self.keys, generation, config.snapshot_chunk_bytes,
+            await store.begin_snapshot(meta.generation, old.generation if old else None)
+            chunks, size = await write_chunks(
+                writer, channel, self.keys, meta.generation, config.snapshot_chunk_bytes,
                 config.snapshot_slice_orders, pause=self.background,
             )  # fmt: skip
+            meta = msgspec.structs.replace(meta, chunks=chunks, bytes=size)
+            return meta, await store.publish_snapshot(meta)
         finally:
             writer.close()
             await channel.reset()
 
     def poll(self) -> tuple[SnapshotMeta | None, str | None]:
-        """If the snapshot's task has ended: ``(meta, None)`` on success, ``(None, why)`` on
-        failure; ``(None, None)`` while it runs, when there is none, or when it found this
-        generation already stored. O(1)."""
+        """If the snapshot's task has ended: ``(meta, None)`` once published, ``(None, why)``
+        if it failed or was refused; ``(None, None)`` while it runs, when there is none, or
+        when it found this generation already stored. O(1)."""
         running = self.running
         if running is None or not running.task.done():
             return None, None
@@ -159,7 +169,11 @@ class Snapshotter:
         written = running.task.result()
         if written is None:
             return None, None
-        return self._meta(running.checkpoint, running.generation, *written), None
+        meta, status = written
+        if status != "OK":
+            why = REFUSED.get(status, status)
+            return None, f"snapshot of generation {meta.generation} not published: {why}"
+        return meta, None
 
     async def abandon(self) -> None:
         """Cancel a running snapshot; its generation is never published."""
@@ -174,7 +188,3 @@ class Snapshotter:
 
     def seconds(self) -> float:
         return time.perf_counter() - self.running.started if self.running else 0.0
-
-    @staticmethod
-    def _meta(cp: Checkpoint, generation: int, chunks: int, size: int) -> SnapshotMeta:
-        return SnapshotMeta(cp.last_id, generation, chunks, size, cp.trades, cp.events, cp.digest)

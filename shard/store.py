@@ -90,6 +90,23 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+PUBLISH_LUA: Final = r"""
+-- KEYS: snapshot header, checkpoint
+-- ARGV: generation, then the header's field/value pairs
+-- A snapshot is published only ahead of the one stored, and never ahead of the checkpoint (a
+-- Redis that lost its last writes, or a slower writer, must not move the header wrongly).
+local gen = tonumber(ARGV[1])
+local cur = redis.call('HMGET', KEYS[1], 'generation', 'chunks')
+if cur[1] and tonumber(cur[1]) >= gen then
+  return {'STALE', cur[1], cur[2] or '0'}
+end
+local events = redis.call('HGET', KEYS[2], 'events')
+if not events or tonumber(events) < gen then
+  return {'AHEAD', events or '0', '0'}
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+return {'OK', cur[1] or '', cur[2] or '0'}
+"""
 RELEASE_LUA: Final = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -185,6 +202,7 @@ class Store:
         self._commit = redis.register_script(COMMIT_LUA)
         self._renew = redis.register_script(RENEW_LUA)
         self._release = redis.register_script(RELEASE_LUA)
+        self._publish = redis.register_script(PUBLISH_LUA)
 
     # -- the lease: one active daemon per pair ---------------------------------------------------
 
@@ -308,12 +326,20 @@ class Store:
         while await self.redis.unlink(self.keys.snapshot_chunk(int(before), index)):
             index += 1  # chunks are written in order: the first missing one ends them
 
-    async def publish_snapshot(self, meta: SnapshotMeta) -> None:
-        """Point the header at a generation whose chunks are all written, then delete the
-        previous generation's chunks. A crash at any point leaves a complete snapshot."""
-        old = await self.snapshot_meta()
-        header = {k: str(v) for k, v in msgspec.structs.asdict(meta).items()}
-        await self.redis.hset(self.keys.snapshot, mapping=header)  # type: ignore[arg-type]
-        if old and old.generation != meta.generation:
-            stale = [self.keys.snapshot_chunk(old.generation, i) for i in range(old.chunks)]
-            await self.redis.unlink(*stale)  # freed by a server thread, not its main one
+    async def publish_snapshot(self, meta: SnapshotMeta) -> str:
+        """Point the header at a generation whose chunks are all written, then unlink the
+        previous generation's chunks; a crash at any point leaves a complete snapshot.
+        ``"OK"``, or why nothing changed: ``"STALE"`` (the header already names this
+        generation or a later one) or ``"AHEAD"`` (the checkpoint is behind the snapshot)."""
+        header = [x for k, v in msgspec.structs.asdict(meta).items() for x in (k, str(v))]
+        reply: Any = await self._publish(
+            keys=[self.keys.snapshot, self.keys.checkpoint], args=[meta.generation, *header]
+        )
+        status, old_generation, old_chunks = (text(x) or "" for x in reply)
+        if status == "OK" and old_generation:
+            stale = [
+                self.keys.snapshot_chunk(int(old_generation), i) for i in range(int(old_chunks))
+            ]
+            if stale:
+                await self.redis.unlink(*stale)  # freed by a server thread, not its main one
+        return status

@@ -42,6 +42,22 @@ def _with_client(url: str, body: Callable[[Redis], Awaitable[Any]]) -> Any:
     return asyncio.run(main())
 
 
+def _checkpoint(r: redis.Redis, keys: Keys, events: int) -> None:
+    """The checkpoint a published snapshot may not be ahead of."""
+    r.hset(keys.checkpoint, mapping={"last_id": "1-0", "trades": 0, "events": events})
+
+
+def _inline(url: str, snap: Snapshotter, engine: Engine, cp: Checkpoint, keys: Keys) -> Any:
+    """Run an inline snapshot to its end; what :meth:`Snapshotter.poll` says then."""
+
+    async def body(client: Redis) -> Any:
+        await snap.start(engine, cp, Store(client, keys, "shard"))
+        assert snap.running is not None and snap.running.task.done()
+        return snap.poll()
+
+    return _with_client(url, body)
+
+
 async def _wait(snap: Snapshotter, timeout: float = 30) -> SnapshotMeta:
     for _ in range(int(timeout / 0.001)):
         meta, failure = snap.poll()
@@ -61,12 +77,11 @@ def test_a_sliced_snapshot_holds_the_state_at_its_start(
         config(server.url, snapshot_chunk_bytes=50_000, snapshot_slice_orders=500), keys
     )
     assert snap.background
+    _checkpoint(r, keys, 20_000)
     changed: list[int] = []
 
     async def body(client: Redis) -> bytes:
-        assert (
-            await snap.start(engine, cp, Store(client, keys, "shard")) is None
-        )  # running beside us
+        await snap.start(engine, cp, Store(client, keys, "shard"))  # running beside us
         scratch: list[Trade] = []
         n = 0
         while snap.running is not None and not snap.running.task.done():
@@ -82,8 +97,7 @@ def test_a_sliced_snapshot_holds_the_state_at_its_start(
             "5-0", 20_000, 20_000, cp.digest,
         )  # fmt: skip
         store = Store(client, keys, "shard")
-        await store.publish_snapshot(meta)
-        assert await store.snapshot_meta() == meta
+        assert await store.snapshot_meta() == meta  # published by the task
         return await store.load_snapshot(meta)
 
     restored = Engine.restore(_with_client(server.url, body))
@@ -146,11 +160,11 @@ def test_inline_snapshots_return_their_meta(
     engine = _engine(1000)
     snap = Snapshotter(config(server.url, snapshot_in_background=False), keys)
     cp = Checkpoint("7-0", 0, 1000, engine.digest())
-    meta = _with_client(
-        server.url, lambda client: snap.start(engine, cp, Store(client, keys, "shard"))
-    )
-    assert meta is not None and meta.bytes > 0 and snap.running is None
+    _checkpoint(r, keys, 1000)
+    meta, failure = _inline(server.url, snap, engine, cp, keys)
+    assert failure is None and meta.bytes > 0 and snap.running is None
     assert r.get(keys.snapshot_chunk(1000, 0)) == engine.snapshot()
+    assert r.hget(keys.snapshot, "generation") == b"1000"
 
 
 def test_chunks_cut_the_bytes_at_fixed_offsets(
@@ -160,16 +174,17 @@ def test_chunks_cut_the_bytes_at_fixed_offsets(
     same chunks, whatever their slices."""
     engine = _engine(5000)
     data = engine.snapshot()
+    _checkpoint(r, keys, 5000)
     for slice_orders in (1, 700, 10**9):
+        r.delete(keys.snapshot)
         cfg = config(
             server.url, snapshot_in_background=False, snapshot_chunk_bytes=4096,
             snapshot_slice_orders=slice_orders,
         )  # fmt: skip
         snap = Snapshotter(cfg, keys)
         cp = Checkpoint("7-0", 0, 5000, engine.digest())
-        meta = _with_client(
-            server.url, lambda c, s=snap, p=cp: s.start(engine, p, Store(c, keys, "shard"))
-        )
+        meta, failure = _inline(server.url, snap, engine, cp, keys)
+        assert failure is None
         assert meta.chunks == -(-len(data) // 4096) and meta.bytes == len(data)
         stored = [r.get(keys.snapshot_chunk(5000, i)) for i in range(meta.chunks)]
         assert stored == [data[i : i + 4096] for i in range(0, len(data), 4096)]
@@ -202,15 +217,29 @@ def test_a_generation_already_stored_is_not_written_again(
     engine = _engine(1000)
     cp = Checkpoint("7-0", 0, 1000, engine.digest())
     snap = Snapshotter(config(server.url, snapshot_in_background=False), keys)
-
-    async def body(client: Redis) -> SnapshotMeta | None:
-        store = Store(client, keys, "shard")
-        meta = await snap.start(engine, cp, store)
-        assert meta is not None
-        await store.publish_snapshot(meta)
-        r.delete(keys.snapshot_chunk(1000, 0))
-        return await snap.start(engine, cp, store)  # the header already names generation 1000
-
-    assert _with_client(server.url, body) is None
+    _checkpoint(r, keys, 1000)
+    meta, failure = _inline(server.url, snap, engine, cp, keys)
+    assert failure is None and meta.generation == 1000
+    r.delete(keys.snapshot_chunk(1000, 0))
+    assert _inline(server.url, snap, engine, cp, keys) == (None, None)  # the header names it
     assert not r.exists(keys.snapshot_chunk(1000, 0))  # not rewritten
     assert engine.book.cut is None
+
+
+def test_publishing_is_fenced(server: LocalServer, r: redis.Redis, keys: Keys) -> None:
+    """The header never moves back (a slower writer), nor ahead of the checkpoint (a Redis
+    that lost its last writes); either way the old snapshot and its chunks stay."""
+    engine = _engine(1000)
+    snap = Snapshotter(config(server.url, snapshot_in_background=False), keys)
+    _checkpoint(r, keys, 1500)
+    meta, failure = _inline(server.url, snap, engine, Checkpoint("9-0", 0, 1500, "d"), keys)
+    assert failure is None
+    older = Checkpoint("7-0", 0, 1000, engine.digest())
+    meta, failure = _inline(server.url, snap, engine, older, keys)
+    assert meta is None and "not published" in failure and "another writer" in failure
+    assert r.hget(keys.snapshot, "generation") == b"1500"
+    ahead = Checkpoint("11-0", 0, 2000, engine.digest())  # the checkpoint says 1500
+    meta, failure = _inline(server.url, snap, engine, ahead, keys)
+    assert meta is None and "behind it" in failure
+    assert r.hget(keys.snapshot, "generation") == b"1500"
+    assert r.exists(keys.snapshot_chunk(1500, 0))
