@@ -157,6 +157,7 @@ class Shard:
         self.snapshotter = Snapshotter(config, self.keys)
         self._trimming: asyncio.Task[None] | None = None
         self._index_frozen = False
+        self._beat: asyncio.Task[None] | None = None
         self.read_at: str | None = None
         """With ``ack = "setid"``: the last input entry read (reads are by position)."""
         self.last_health = 0.0
@@ -278,6 +279,7 @@ class Shard:
         settled by the resync that follows. A snapshot being written is abandoned: the
         checkpoint it was taken at may not survive what went wrong."""
         await self._abandon_snapshot()
+        await self._finish_beat()
         self.read_at = None  # the next read starts from what was applied
         for channel in (self._reader, self._writer):
             if channel is not None:
@@ -660,10 +662,32 @@ class Shard:
             self._trimming = None
 
     async def _heartbeat(self) -> None:
+        """Once a second, from the loop: start a task that renews the lease and writes the
+        heartbeat (three round trips that no batch waits for). The previous task's error, a
+        lost lease or a Redis error, is raised here, in the loop; while it is still on its way,
+        no new one starts."""
         now = time.monotonic()
         if now - self.last_health < 1.0:
             return
+        beat, self._beat = self._beat, None
+        if beat is not None:
+            if not beat.done():
+                self._beat = beat
+                return
+            beat.result()
         self.last_health = now
+        self._beat = asyncio.get_running_loop().create_task(
+            self._beat_once(self.committed.last_id, self.inputs_done)
+        )
+
+    async def _finish_beat(self) -> None:
+        beat, self._beat = self._beat, None
+        if beat is not None:
+            await asyncio.wait([beat])
+            if not beat.cancelled():
+                beat.exception()  # retrieved: the daemon is stopping or resynchronising
+
+    async def _beat_once(self, last_id: str, inputs: int) -> None:
         await self._renew_lease()
         redis = self.store.redis
         lag = None
@@ -675,8 +699,8 @@ class Shard:
         doc = {
             "pair": self.config.pair,
             "pid": os.getpid(),
-            "last_id": self.committed.last_id,
-            "inputs": self.inputs_done,
+            "last_id": last_id,
+            "inputs": inputs,
             "lag": lag,
             "time": time.time(),
         }
