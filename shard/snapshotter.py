@@ -4,8 +4,8 @@ At a batch boundary the daemon opens a :class:`~shard.engine.SnapshotWriter` on 
 committed checkpoint. A task on the daemon's event loop then encodes it in slices of
 ``snapshot_slice_orders`` orders (2k by default, 0.1-0.3 ms), one slice a millisecond at most,
 and writes each full chunk of a new generation as soon as it is encoded, over its own
-connection, while the daemon goes on matching:
-the book copies a level only when it changes one the writer has not reached yet. The task also
+connection, while the daemon goes on matching: the book copies a level only when it changes one
+the writer has not reached yet. The task also
 reads the header and notes the generation it begins (:meth:`Store.begin_snapshot`); once every
 chunk is written it points the header at the new generation (:meth:`Store.publish_snapshot`:
 only ahead of the stored one, never ahead of the checkpoint) and unlinks the old one. The
@@ -104,8 +104,6 @@ REFUSED: Final = {
 class Running:
     task: asyncio.Task[Written]
     writer: SnapshotWriter
-    checkpoint: Checkpoint
-    generation: int
     started: float
 
 
@@ -124,15 +122,14 @@ class Snapshotter:
         ``store``; :meth:`poll` tells when it has ended. The daemon pays for opening the
         writer only (inline, for all of it: this returns once it has ended)."""
         assert self.running is None, "one snapshot at a time"
-        generation = checkpoint.events
         writer = engine.snapshot_writer()
         meta = SnapshotMeta(
-            checkpoint.last_id, generation, 0, 0, checkpoint.trades, checkpoint.events,
+            checkpoint.last_id, checkpoint.events, 0, 0, checkpoint.trades, checkpoint.events,
             checkpoint.digest,
         )  # fmt: skip
         work = self._write(writer, store, meta)
         task = asyncio.get_running_loop().create_task(work, name="snapshot")
-        self.running = Running(task, writer, checkpoint, generation, time.perf_counter())
+        self.running = Running(task, writer, time.perf_counter())
         if not self.background:
             await asyncio.wait([task])
 
