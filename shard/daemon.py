@@ -61,6 +61,7 @@ from shard.store import (
     setid_supported,
     text,
 )
+from shard.tasks import wait_out
 from shard.wire import event_fields, trade_fields
 
 log = logging.getLogger("shard.daemon")
@@ -657,9 +658,9 @@ class Shard:
         log.info("inputs trimmed", extra={"fields": {"below": below, "trimmed": trimmed}})
 
     async def _finish_trim(self) -> None:
-        if self._trimming is not None:
-            await asyncio.wait([self._trimming])
-            self._trimming = None
+        trimming, self._trimming = self._trimming, None
+        if trimming is not None:
+            await wait_out(trimming)
 
     async def _heartbeat(self) -> None:
         """Once a second, from the loop: start a task that renews the lease and writes the
@@ -683,9 +684,7 @@ class Shard:
     async def _finish_beat(self) -> None:
         beat, self._beat = self._beat, None
         if beat is not None:
-            await asyncio.wait([beat])
-            if not beat.cancelled():
-                beat.exception()  # retrieved: the daemon is stopping or resynchronising
+            await wait_out(beat)  # the daemon is stopping or resynchronising
 
     async def _beat_once(self, last_id: str, inputs: int) -> None:
         await self._renew_lease()

@@ -42,6 +42,7 @@ import msgspec
 from shard.config import Config, Keys
 from shard.engine import Engine, SnapshotWriter
 from shard.store import Channel, Checkpoint, SnapshotMeta, Store
+from shard.tasks import wait_out
 
 IN_FLIGHT = 2
 """Chunk writes sent ahead of their replies."""
@@ -178,9 +179,7 @@ class Snapshotter:
         if running is None:
             return
         running.task.cancel()
-        await asyncio.wait([running.task])  # its cleanup runs; our own cancellation propagates
-        if not running.task.cancelled():
-            running.task.exception()  # retrieved: it ended on its own just before
+        await wait_out(running.task)  # its cleanup runs (it may have ended on its own just before)
         running.writer.close()
 
     def seconds(self) -> float:
