@@ -279,15 +279,36 @@ flat_entries = st.dictionaries(flat_names, flat_values, max_size=8)
 @settings(max_examples=3000)
 @given(flat_entries, st.sampled_from([None, 0, 17]))
 def test_flat_fast_path_agrees_with_validator(fields: dict[bytes, bytes], ts: int | None) -> None:
-    from shard.decode import _fast_flat, decode_pairs
+    from shard.decode import _fast_pairs, decode_pairs
 
-    fast = _fast_flat(fields, ts)
+    pairs = [x for kv in fields.items() for x in kv]
+    fast = _fast_pairs(pairs, ts)
     slow = validate({k.decode(): v for k, v in fields.items()}, ts)
     if fast is not None:
         assert fast == slow
     assert decode_fields(fields, ts) == (fast or slow)
-    pairs = [x for kv in fields.items() for x in kv]
     assert decode_pairs(pairs, ts) == decode_fields(fields, ts)
+
+
+@pytest.mark.parametrize("name", [b"timestamp", b"price", b"quantity"])
+@pytest.mark.parametrize(
+    "value",
+    [b"0", b"007", b"9" * 18, b"9" * 19, str(2**63 - 1).encode(), str(2**63).encode(),
+     b"-1", b"+1", b" 1", b"1_0", b"1.0", b"\xd9\xa1", b""],
+)  # fmt: skip
+@pytest.mark.parametrize("kind", [b"order", b"amend"])
+def test_integer_bounds_decode_alike_on_both_paths(kind: bytes, name: bytes, value: bytes) -> None:
+    """Each integer field at and past its bounds, in an otherwise canonical entry."""
+    from shard.decode import _fast_pairs, decode_pairs
+
+    fields = {b"type": kind, b"order_id": b"o1", b"timestamp": b"5", b"price": b"100"}
+    fields |= {b"side": b"buy", b"quantity": b"3"} if kind == b"order" else {}
+    fields[name] = value
+    pairs = [x for kv in fields.items() for x in kv]
+    slow = validate({k.decode(): v for k, v in fields.items()}, None)
+    assert decode_pairs(pairs, None) == slow
+    fast = _fast_pairs(pairs, None)
+    assert fast is None or fast == slow
 
 
 def _entry_reference(entry_id: str, pairs: list[bytes], max_bytes: int) -> object:
@@ -336,7 +357,7 @@ def test_a_repeated_name_cannot_smuggle_an_oversize_entry_through_the_fast_path(
 
 
 def test_the_largest_canonical_entry_fits_the_fast_path_bound() -> None:
-    from shard.decode import FAST_MAX_BYTES, _fast_flat
+    from shard.decode import FAST_MAX_BYTES, _fast_pairs
 
     fields = {
         b"type": b"order",
@@ -347,7 +368,22 @@ def test_the_largest_canonical_entry_fits_the_fast_path_bound() -> None:
         b"price": b"9" * 18,
         b"quantity": b"9" * 18,
     }
-    assert _fast_flat(fields, None) is not None
+    assert _fast_pairs([x for kv in fields.items() for x in kv], None) is not None
     assert sum(len(k) + len(v) for k, v in fields.items()) <= FAST_MAX_BYTES
     fields[b"order_id"] += b"x"  # one byte more: no longer the fast path's
-    assert _fast_flat(fields, None) is None
+    assert _fast_pairs([x for kv in fields.items() for x in kv], None) is None
+
+
+def test_only_known_names_are_remembered_as_layouts() -> None:
+    """Hostile field names must not grow the layout cache: only orders of known names (a
+    bounded set) are kept, and an entry with others still decodes the slow way."""
+    from shard.decode import _LAYOUTS, decode_entry
+
+    before = len(_LAYOUTS)
+    for i in range(1000):
+        pairs = [b"type", b"cancel", b"order_id", b"o1", f"x{i}".encode(), b"1"]
+        assert decode_entry("5-0", pairs, 16_384) == Cancel("o1", 5)
+    assert len(_LAYOUTS) == before
+    swapped = [b"order_id", b"o1", b"type", b"cancel", b"timestamp", b"7"]
+    assert decode_entry("5-0", swapped, 16_384) == Cancel("o1", 7)
+    assert tuple(swapped[::2]) in _LAYOUTS
