@@ -5,9 +5,13 @@ Runs the standard mix (--count, --seed) through the engine in 1,000-input batche
 each batch's trades and events to a local server (append-only file on) three ways, and prints
 the server's main-thread CPU and the client's wall time per input:
 
-* ``lua-msgpack``: one EVALSHA per batch, outputs as one msgpack argument (the daemon's way);
-* ``lua-argv``: one EVALSHA per batch, outputs flattened into ARGV;
+* ``lua-rows``: one EVALSHA per batch, outputs as one msgpack argument of rows, each a shape
+  index and its values; the field names are constants in the script (the daemon's way);
+* ``lua-fields``: the same, but each entry as its list of names and values (the daemon's way
+  until 2026-11-22);
 * ``multi``: MULTI, one XADD per output, EXEC, pre-packed with hiredis.
+
+The client's wall time includes building each batch's argument from the engine's outputs.
 
 Only the XADDs are compared (no fence, XACK or checkpoint), so the difference is the calling
 convention.
@@ -21,7 +25,6 @@ import argparse
 import tempfile
 import time
 from collections.abc import Callable
-from typing import Any
 
 import hiredis
 import msgspec
@@ -29,9 +32,10 @@ import redis
 
 from shard.decode import decode_json
 from shard.engine import Engine
-from shard.messages import Trade
+from shard.messages import Event, Trade
 from shard.server import LocalServer, main_thread_cpu
-from shard.wire import event_fields, trade_fields
+from shard.store import EVENT_SHAPES_LUA, TRADE_SHAPES_LUA, XADD_ROWS_LUA
+from shard.wire import Row, add_event, add_trade, event_fields, trade_fields
 from shard.workload import standard_mix
 
 MSGPACK_LUA = """
@@ -40,16 +44,14 @@ for _, fields in ipairs(batch[1]) do redis.call('XADD', KEYS[1], '*', unpack(fie
 for _, fields in ipairs(batch[2]) do redis.call('XADD', KEYS[2], '*', unpack(fields)) end
 return 1
 """
-ARGV_LUA = """
-local i, nt, ne = 3, tonumber(ARGV[1]), tonumber(ARGV[2])
-for k = 1, nt + ne do
-  local n = tonumber(ARGV[i])
-  redis.call('XADD', k <= nt and KEYS[1] or KEYS[2], '*', unpack(ARGV, i + 1, i + n))
-  i = i + n + 1
-end
+ROWS_LUA = f"""
+{XADD_ROWS_LUA}
+local batch = cmsgpack.unpack(ARGV[1])
+xadd_rows(KEYS[1], batch[1], {TRADE_SHAPES_LUA})
+xadd_rows(KEYS[2], batch[2], {EVENT_SHAPES_LUA})
 return 1
 """
-Batch = tuple[list[list[str]], list[list[str]]]
+Batch = tuple[list[Trade], list[Event]]
 
 
 def batches(count: int, seed: int, size: int = 1000) -> list[Batch]:
@@ -59,10 +61,10 @@ def batches(count: int, seed: int, size: int = 1000) -> list[Batch]:
     for start in range(0, count, size):
         trades: list[Trade] = []
         events = [
-            event_fields(engine.apply(m, f"{start + i}-1", trades))
+            engine.apply(m, f"{start + i}-1", trades)
             for i, m in enumerate(messages[start : start + size])
         ]
-        out.append(([trade_fields(t) for t in trades], events))
+        out.append((trades, events))
     return out
 
 
@@ -95,25 +97,29 @@ def main() -> None:
                 "us/input"
             )
 
-        lua = client.register_script(MSGPACK_LUA)
+        fields_script = client.register_script(MSGPACK_LUA)
 
-        def lua_msgpack(b: Batch) -> None:
-            lua(keys=keys, args=[encode(b)])
+        def lua_fields(b: Batch) -> None:
+            tr = [trade_fields(t) for t in b[0]]
+            fields_script(keys=keys, args=[encode((tr, [event_fields(e) for e in b[1]]))])
 
-        flat_lua = client.register_script(ARGV_LUA)
+        rows_script = client.register_script(ROWS_LUA)
 
-        def flat(b: Batch) -> None:
-            argv: list[Any] = [len(b[0]), len(b[1])]
-            for fields in (*b[0], *b[1]):
-                argv += (len(fields), *fields)
-            flat_lua(keys=keys, args=argv)
+        def lua_rows(b: Batch) -> None:
+            trade_rows: Row = []
+            event_rows: Row = []
+            for t in b[0]:
+                add_trade(trade_rows, t)
+            for e in b[1]:
+                add_event(event_rows, e)
+            rows_script(keys=keys, args=[encode((trade_rows, event_rows))])
 
         conn = client.connection_pool.get_connection()
 
         def multi(b: Batch) -> None:
             parts = [hiredis.pack_command(("MULTI",))]
-            parts += [hiredis.pack_command(("XADD", keys[0], "*", *f)) for f in b[0]]
-            parts += [hiredis.pack_command(("XADD", keys[1], "*", *f)) for f in b[1]]
+            parts += [hiredis.pack_command(("XADD", keys[0], "*", *trade_fields(t))) for t in b[0]]
+            parts += [hiredis.pack_command(("XADD", keys[1], "*", *event_fields(e))) for e in b[1]]
             parts.append(hiredis.pack_command(("EXEC",)))
             conn.send_packed_command([b"".join(parts)])
             for _ in parts:
@@ -121,8 +127,8 @@ def main() -> None:
 
         # Interleaved rounds: the first runs on a new server pay its warm-up.
         for _ in range(args.rounds):
-            run("lua-msgpack", lua_msgpack)
-            run("lua-argv", flat)
+            run("lua-rows", lua_rows)
+            run("lua-fields", lua_fields)
             run("multi", multi)
         client.connection_pool.release(conn)
         print(f"# {args.count:,} inputs, seed {args.seed}, {len(work)} batches; {server.url}")

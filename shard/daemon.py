@@ -62,7 +62,7 @@ from shard.store import (
     text,
 )
 from shard.tasks import wait_out
-from shard.wire import event_fields, trade_fields
+from shard.wire import Row, add_event, add_trade
 
 log = logging.getLogger("shard.daemon")
 _fields = itemgetter(1)  # an entry's field list
@@ -99,9 +99,11 @@ class _Pending(msgspec.Struct):
     first: str  # the first input it applied ('' if none)
     expected: Checkpoint
     target: Checkpoint
-    trades: list[list[str]]
-    events: list[list[str]]
+    trades: Row  # see shard.wire.Row
+    events: Row
     acks: list[str]
+    inputs: int  # how many it applied: one event each
+    trade_count: int
 
 
 def connect(config: Config) -> Redis:
@@ -356,7 +358,7 @@ class Shard:
         max_bytes = self.config.max_entry_bytes
         committed = self.unconfirmed[-1].target if self.unconfirmed else self.committed
         trades: list[Trade] = []
-        events: list[list[str]] = []
+        events: Row = []
         acks = [raw_id.decode() for raw_id, _ in entries]
         applied = acks
         todo: Iterable[tuple[str, list[bytes]]] = zip(acks, map(_fields, entries))  # noqa: B905
@@ -370,11 +372,14 @@ class Shard:
             event = apply(decode_entry(entry_id, pairs, max_bytes), entry_id, trades)
             if event.status == "rejected":
                 reject(event.reason or "")
-            events.append(event_fields(event))
+            add_event(events, event)
+        trade_rows: Row = []
+        for trade in trades:
+            add_trade(trade_rows, trade)
         target = Checkpoint(
             applied[-1] if applied else committed.last_id,
             engine.book.next_trade_id - 1,
-            committed.events + len(events),
+            committed.events + len(applied),
             engine.digest(),
         )
         self.unconfirmed.append(
@@ -382,9 +387,11 @@ class Shard:
                 applied[0] if applied else "",
                 committed,
                 target,
-                [trade_fields(t) for t in trades],
+                trade_rows,
                 events,
                 acks,
+                len(applied),
+                len(trades),
             )
         )
 
@@ -415,7 +422,7 @@ class Shard:
         await self._confirm()
 
     def _committed(self, pending: _Pending) -> None:
-        n = len(pending.events)
+        n = pending.inputs
         assert self.unconfirmed[0] is pending, "commits are confirmed in order"
         self.unconfirmed.pop(0)
         self.committed = pending.target
@@ -423,7 +430,7 @@ class Shard:
         self.inputs_since_snapshot += n
         metrics = self.metrics
         metrics.inputs.inc(n)
-        metrics.trades.inc(len(pending.trades))
+        metrics.trades.inc(pending.trade_count)
         metrics.batch_size.observe(len(pending.acks))
         book = self.engine.book
         metrics.resting_orders.set(len(book))
@@ -577,7 +584,7 @@ class Shard:
         if self.snapshotter.running is not None:
             return False
         config = self.config
-        since = self.inputs_since_snapshot + sum(len(p.events) for p in self.unconfirmed)
+        since = self.inputs_since_snapshot + sum(p.inputs for p in self.unconfirmed)
         return since >= config.snapshot_every_inputs or bool(
             since and time.monotonic() - self.snapshot_time >= config.snapshot_every_seconds
         )

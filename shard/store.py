@@ -13,10 +13,11 @@ Keys (see :class:`shard.config.Keys`):
 The commit is one Lua script: it checks that the checkpoint is still where this daemon believes
 it is (a fence: a second daemon, a lost reply or a Redis rollback all show up here) and that the
 batch starts with the input entry right after it (no gap, whatever the consumer group did), then
-XADDs the batch's trades and events, acknowledges its input entries (moves the consumer group
-past them, or XACKs them) and moves the checkpoint, all or nothing. The outputs travel as one
-msgpack argument (Lua numbers are doubles, so every value is a string). Every key is in KEYS and
-carries the pair's hash tag, so it also runs on Redis Cluster.
+acknowledges its input entries (moves the consumer group past them, or XACKs them), XADDs the
+batch's trades and events and moves the checkpoint, all or nothing. The outputs travel as one
+msgpack argument of rows (:data:`shard.wire.Row`: a shape index, then values, every value a
+string since Lua numbers are doubles); the field names are constants in the script. Every key is
+in KEYS and carries the pair's hash tag, so it also runs on Redis Cluster.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from redis.asyncio.connection import Connection
 from redis.exceptions import NoScriptError, ResponseError
 
 from shard.config import Keys
+from shard.wire import EVENT_SHAPES, TRADE_NAMES, Row
 
 StreamId = tuple[int, int]
 ZERO_ID: Final = "0-0"
@@ -41,10 +43,53 @@ def parse_id(entry_id: str) -> StreamId:
     return int(ms), int(seq or 0)
 
 
-COMMIT_LUA: Final = r"""
+def _lua_shapes(shapes: tuple[tuple[str, ...], ...]) -> str:
+    """A Lua table constructor: shape index -> list of field names."""
+    return (
+        "{"
+        + ", ".join(
+            f"[{i}] = {{{', '.join(repr(n) for n in names)}}}" for i, names in enumerate(shapes)
+        )
+        + "}"
+    )
+
+
+def _lua_xadd_rows() -> str:
+    """The Lua function that XADDs a batch's rows (see :data:`shard.wire.Row`) to one stream.
+    One call per entry spelled out for each field count: a generic loop into a reused argument
+    table cost the server about 8% more per input, and a msgpack table per entry with its names
+    about 20% more."""
+    arities = sorted({len(names) for names in (*EVENT_SHAPES, TRADE_NAMES)}, reverse=True)
+    branches = "\n    else".join(
+        f"if k == {k} then\n      call('XADD', key, '*', "
+        + ", ".join(f"nm[{j}], rows[i + {j}]" for j in range(1, k + 1))
+        + ")"
+        for k in arities
+    )
+    return f"""local call = redis.call
+local function xadd_rows(key, rows, shapes)
+  local i, n = 1, #rows
+  while i <= n do
+    local nm = shapes[rows[i]]
+    local k = #nm
+    {branches}
+    else
+      error('bad row shape ' .. tostring(rows[i]))
+    end
+    i = i + k + 1
+  end
+end"""
+
+
+XADD_ROWS_LUA: Final = _lua_xadd_rows()
+TRADE_SHAPES_LUA: Final = _lua_shapes((TRADE_NAMES,))
+EVENT_SHAPES_LUA: Final = _lua_shapes(EVENT_SHAPES)
+
+COMMIT_LUA: Final = (
+    r"""
 -- KEYS: trades, events, orders, checkpoint
 -- ARGV: group, expected last_id, new last_id, trades total, events total, digest,
---       output maxlen (0: none), msgpack [[trade field/value lists], [event lists], [ack ids]],
+--       output maxlen (0: none), msgpack [trade rows, event rows, [ack ids]],
 --       first input applied ('' if none), ack mode ('xack' or 'setid')
 local cp = redis.call('HMGET', KEYS[4], 'last_id', 'trades', 'events')
 local last = cp[1] or '0-0'
@@ -58,17 +103,12 @@ if ARGV[9] ~= '' then
     return {'GAP', last, cp[2] or '0', cp[3] or '0'}
   end
 end
+"""
+    + XADD_ROWS_LUA
+    + """
 local batch = cmsgpack.unpack(ARGV[8])
-local maxlen = tonumber(ARGV[7])
-local function add(key, fields)
-  if maxlen > 0 then
-    redis.call('XADD', key, 'MAXLEN', '~', maxlen, '*', unpack(fields))
-  else
-    redis.call('XADD', key, '*', unpack(fields))
-  end
-end
-for _, fields in ipairs(batch[1]) do add(KEYS[1], fields) end
-for _, fields in ipairs(batch[2]) do add(KEYS[2], fields) end
+-- The acknowledgement first: a script keeps the writes it made before an error, so whatever can
+-- fail (a group deleted under us) must fail before the first XADD.
 if ARGV[10] == 'setid' then
   -- Inputs read with XREAD: the group moves past them (entries-read keeps its lag exact).
   redis.call('XGROUP', 'SETID', KEYS[3], ARGV[1], ARGV[3], 'ENTRIESREAD', ARGV[5])
@@ -78,10 +118,23 @@ else
     redis.call('XACK', KEYS[3], ARGV[1], unpack(acks, i, math.min(i + 999, #acks)))
   end
 end
+xadd_rows(KEYS[1], batch[1], """
+    + TRADE_SHAPES_LUA
+    + """)
+xadd_rows(KEYS[2], batch[2], """
+    + EVENT_SHAPES_LUA
+    + """)
+"""
+    + r"""local maxlen = tonumber(ARGV[7])
+if maxlen > 0 then
+  redis.call('XTRIM', KEYS[1], 'MAXLEN', '~', maxlen)
+  redis.call('XTRIM', KEYS[2], 'MAXLEN', '~', maxlen)
+end
 redis.call('HSET', KEYS[4], 'last_id', ARGV[3], 'trades', ARGV[4], 'events', ARGV[5],
            'digest', ARGV[6])
 return {'OK'}
 """
+)
 
 
 RENEW_LUA: Final = """
@@ -232,8 +285,8 @@ class Store:
         self,
         expected_last: str,
         checkpoint: Checkpoint,
-        trades: list[list[str]],
-        events: list[list[str]],
+        trades: Row,
+        events: Row,
         acks: list[str],
         output_maxlen: int,
         first: str,
