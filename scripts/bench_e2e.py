@@ -12,9 +12,13 @@
 4. Measures the server's own XADD rate for event-sized entries two ways: pipelined from a
    client (pre-packed with hiredis, 1,000 per round trip) and in a Lua loop (1,000-entry
    batches, the ceiling of any commit through Lua); prints the shard's output rate as a
-   fraction of each, and the CPU per input of the shard and of the server's main thread.
+   fraction of each, and the CPU per input of the shard and of the server's main thread (and of
+   that, the commit script's, from INFO commandstats).
+5. With --runs N, repeats all of it on a new server each time and prints the median and range
+   of each figure: the machine's speed moves by up to 2x within minutes, and the Lua XADD rate
+   printed beside shows what each run met.
 
-  .venv/bin/python scripts/bench_e2e.py --count 200000 --batch-size 1000
+  .venv/bin/python scripts/bench_e2e.py --count 300000 --runs 5
 """
 
 from __future__ import annotations
@@ -22,10 +26,12 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from typing import NamedTuple
 
 import hiredis
 import redis
@@ -94,6 +100,83 @@ def server_pipelined_xadd_rate(url: str, total: int = 200_000, depth: int = 1000
     return total / elapsed
 
 
+class Run(NamedTuple):
+    rate: float  # inputs per second, on the server's clock
+    shard_us: float  # shard process CPU per input (whole process, incl. start)
+    server_us: float  # server main-thread CPU per input
+    script_us: float  # of which the commit script (INFO commandstats)
+    lua_xadd: float  # the server's Lua XADD rate in the same run: the machine's state
+
+
+def run_once(args: argparse.Namespace, tmp: str) -> Run:
+    server = None
+    url = args.redis_url
+    if not url:
+        server = LocalServer(tmp, appendfsync="everysec").start()
+        url = server.url
+    try:
+        client = redis.Redis.from_url(url)
+        client.flushdb()
+        ceiling = server_xadd_rate(client)
+        pipelined = server_pipelined_xadd_rate(url)
+        t0 = time.perf_counter()
+        publish(client, args.count, args.seed)
+        print(
+            f"# server {client.info('server').get('redis_version')} on {url}; "
+            f"{os.cpu_count()} cores; published {args.count:,} messages in "
+            f"{time.perf_counter() - t0:.1f} s"
+        )
+        env = {
+            **os.environ,
+            "SHARD_BATCH_SIZE": str(args.batch_size),
+            "SHARD_LOG_LEVEL": "WARNING",
+        }
+        client.config_resetstat()
+        server_cpu = main_thread_cpu(client.info("cpu"))
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.perf_counter()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "shard", "run", "--pair", PAIR, "--redis-url", url,
+             "--exit-when-idle"],
+            env=env,
+        )  # fmt: skip
+        proc.wait()
+        wall = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        server_cpu = main_thread_cpu(client.info("cpu")) - server_cpu
+        script = client.info("commandstats").get("cmdstat_evalsha", {}).get("usec", 0) / 1e6
+        shard_cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+        events = f"events:{{{PAIR}}}"
+        first = client.xrange(events, count=1)[0][0]
+        last = client.xrevrange(events, count=1)[0][0]
+        n = client.xlen(events)
+        span = max(1, ms_of(last) - ms_of(first)) / 1000
+        trades = client.xlen(f"trades:{{{PAIR}}}")
+        rate = (n - 1) / span
+        print(
+            f"end to end: {n:,} inputs -> {trades:,} trades + {n:,} events in {span:.2f} s "
+            f"of commits = {rate:,.0f} msgs/s (process wall {wall:.2f} s incl. start)"
+        )
+        written = rate * (n + trades) / n  # output entries per second
+        print(
+            f"server XADD rate, event-sized entries: {pipelined:,.0f}/s pipelined from a "
+            f"client (1,000 a round trip), {ceiling:,.0f}/s in a Lua loop; the shard "
+            f"writes {(n + trades) / n:.2f} entries per input, {written:,.0f}/s: "
+            f"{written / pipelined:.0%} and {written / ceiling:.0%} of them"
+        )
+        result = Run(rate, shard_cpu / n * 1e6, server_cpu / n * 1e6, script / n * 1e6, ceiling)
+        print(
+            f"cpu per input: shard {result.shard_us:.1f} us (whole process, incl. start), "
+            f"server main thread {result.server_us:.1f} us (commit script "
+            f"{result.script_us:.1f} us)"
+        )
+        client.close()
+        return result
+    finally:
+        if server:
+            server.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -101,79 +184,27 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=200_000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--runs", type=int, default=1, help="repeat, each on a new server")
     parser.add_argument("--redis-url", help="use this server (its db is FLUSHED) instead")
     args = parser.parse_args()
-
-    with tempfile.TemporaryDirectory() as tmp:
-        server = None
-        url = args.redis_url
-        if not url:
-            server = LocalServer(tmp, appendfsync="everysec").start()
-            url = server.url
-        try:
-            client = redis.Redis.from_url(url)
-            client.flushdb()
-            ceiling = server_xadd_rate(client)
-            pipelined = server_pipelined_xadd_rate(url)
-            t0 = time.perf_counter()
-            publish(client, args.count, args.seed)
+    runs = []
+    for _ in range(args.runs):
+        with tempfile.TemporaryDirectory() as tmp:
+            runs.append(run_once(args, tmp))
+    if len(runs) > 1:
+        print(f"# {len(runs)} runs: median (min-max)")
+        for name, unit, fmt in (
+            ("rate", "msgs/s", ",.0f"),
+            ("shard_us", "us shard CPU per input", ".1f"),
+            ("server_us", "us server CPU per input", ".1f"),
+            ("script_us", "us of it in the commit script", ".1f"),
+            ("lua_xadd", "Lua XADDs/s (the machine's state)", ",.0f"),
+        ):
+            values = sorted(getattr(r, name) for r in runs)
             print(
-                f"# server {client.info('server').get('redis_version')} on {url}; "
-                f"{os.cpu_count()} cores; published {args.count:,} messages in "
-                f"{time.perf_counter() - t0:.1f} s"
+                f"{format(statistics.median(values), fmt)} ({format(values[0], fmt)}-"
+                f"{format(values[-1], fmt)}) {unit}"
             )
-            env = {
-                **os.environ,
-                "SHARD_BATCH_SIZE": str(args.batch_size),
-                "SHARD_LOG_LEVEL": "WARNING",
-            }
-            server_cpu = main_thread_cpu(client.info("cpu"))
-            started = time.perf_counter()
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "shard",
-                    "run",
-                    "--pair",
-                    PAIR,
-                    "--redis-url",
-                    url,
-                    "--exit-when-idle",
-                ],
-                env=env,
-            )
-            proc.wait()
-            wall = time.perf_counter() - started
-            server_cpu = main_thread_cpu(client.info("cpu")) - server_cpu
-            usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-            shard_cpu = usage.ru_utime + usage.ru_stime
-            events = f"events:{{{PAIR}}}"
-            first = client.xrange(events, count=1)[0][0]
-            last = client.xrevrange(events, count=1)[0][0]
-            n = client.xlen(events)
-            span = max(1, ms_of(last) - ms_of(first)) / 1000
-            trades = client.xlen(f"trades:{{{PAIR}}}")
-            rate = (n - 1) / span
-            print(
-                f"end to end: {n:,} inputs -> {trades:,} trades + {n:,} events in {span:.2f} s "
-                f"of commits = {rate:,.0f} msgs/s (process wall {wall:.2f} s incl. start)"
-            )
-            written = rate * (n + trades) / n  # output entries per second
-            print(
-                f"server XADD rate, event-sized entries: {pipelined:,.0f}/s pipelined from a "
-                f"client (1,000 a round trip), {ceiling:,.0f}/s in a Lua loop; the shard "
-                f"writes {(n + trades) / n:.2f} entries per input, {written:,.0f}/s: "
-                f"{written / pipelined:.0%} and {written / ceiling:.0%} of them"
-            )
-            print(
-                f"cpu per input: shard {shard_cpu / n * 1e6:.1f} us (whole process, incl. start), "
-                f"server main thread {server_cpu / n * 1e6:.1f} us"
-            )
-            client.close()
-        finally:
-            if server:
-                server.stop()
 
 
 if __name__ == "__main__":
