@@ -1,0 +1,159 @@
+#!/usr/bin/env python3
+"""Instructions per input on each side of the daemon, counted under valgrind: figures that do
+not move with the machine's load, for comparing two commits.
+
+Wall-clock and CPU-time figures on this shared machine move by 25% between runs, more than most
+changes. Valgrind's cachegrind counts the instructions a process executes (``--cache-sim=no``:
+no cache model, about 30x slower), which is the same on every run of the same code and input.
+
+* ``shard``: the daemon's CPU work on a batch, without I/O: ``Shard._apply`` (decode, match,
+  build the output rows) and ``Store.commit_args`` (pack the commit), over --count inputs of the
+  standard mix (shard/workload.py, --seed) in 1,000-input batches, as raw entries like XREAD
+  returns. A second run that only builds the inputs is subtracted.
+* ``server``: the server's work to run the commit script (``COMMIT_LUA``, fence and
+  ``XGROUP SETID`` included, append-only file on) for the same batches, sent from a client
+  outside valgrind, after the inputs were added to ``orders:{P}`` (the script checks that
+  each batch follows on). A server that gets the inputs but no commit is subtracted.
+
+  .venv/bin/python scripts/bench_instructions.py --count 20000
+  PYTHONPATH=/tmp/other-commit .venv/bin/python scripts/bench_instructions.py   # to compare
+
+Needs ``valgrind`` on PATH (Debian: ``apt-get install valgrind``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+import redis
+from redis.asyncio import Redis as AsyncRedis
+
+from shard.config import Config, Keys
+from shard.daemon import Shard
+from shard.server import find_server_binary, free_port
+from shard.store import COMMIT_LUA, Store
+from shard.workload import standard_mix
+
+PAIR = "BENCH"
+BATCH = 1000
+
+
+def raw_entries(count: int, seed: int) -> list[tuple[bytes, list[bytes]]]:
+    """The standard mix as XREAD returns it: (entry ID, [name, value, ...]) in bytes."""
+    out = []
+    for i, msg in enumerate(standard_mix(count, seed)):
+        pairs = [x for k, v in msg.items() for x in (k.encode(), str(v).encode())]
+        out.append((f"1700000000000-{i + 1}".encode(), pairs))
+    return out
+
+
+def commits(count: int, seed: int) -> list[list[Any]]:
+    """Each batch's commit command, as the daemon builds it (also the shard side's work)."""
+    shard = Shard(Config(pair=PAIR))
+    store = Store(AsyncRedis(), Keys(PAIR), "shard")  # builds commands only: never connects
+    entries = raw_entries(count, seed)
+    out = []
+    for start in range(0, count, BATCH):
+        shard._apply(entries[start : start + BATCH])
+        p = shard.unconfirmed.pop()
+        out.append(
+            store.commit_args(p.expected.last_id, p.target, p.trades, p.events, p.acks, 0, p.first)
+        )
+        shard.committed = p.target
+    return out
+
+
+def instructions(command: list[str], env: dict[str, str] | None = None) -> int:
+    """Run ``command`` under cachegrind; its instruction count."""
+    with tempfile.TemporaryDirectory() as tmp:
+        done = subprocess.run(
+            ["valgrind", "--tool=cachegrind", "--cache-sim=no",
+             f"--cachegrind-out-file={tmp}/out", *command],
+            capture_output=True, text=True, env=env, check=True,
+        )  # fmt: skip
+    found = re.search(r"I\s+refs:\s+([\d,]+)", done.stderr)
+    if not found:
+        raise RuntimeError(f"no instruction count from valgrind: {done.stderr[-500:]}")
+    return int(found.group(1).replace(",", ""))
+
+
+def shard_side(count: int, seed: int) -> float:
+    me = [sys.executable, __file__, "--count", str(count), "--seed", str(seed)]
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    base = instructions([*me, "--inner", "inputs"], env)
+    work = instructions([*me, "--inner", "work"], env)
+    return (work - base) / count
+
+
+def server_run(entries: list[tuple[bytes, list[bytes]]], batches: list[list[Any]]) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        port = free_port()
+        out = f"{tmp}/out"
+        proc = subprocess.Popen(
+            ["valgrind", "--tool=cachegrind", "--cache-sim=no", f"--cachegrind-out-file={out}",
+             find_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", tmp,
+             "--save", "", "--appendonly", "yes", "--appendfsync", "everysec"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        client = redis.Redis(port=port)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        keys = Keys(PAIR)
+        pipe = client.pipeline(transaction=False)
+        for entry_id, pairs in entries:  # the inputs: the commit checks the batch follows on
+            pipe.execute_command("XADD", keys.orders, entry_id, *pairs)
+        pipe.execute()
+        client.xgroup_create(keys.orders, "shard", id="0")
+        client.script_load(COMMIT_LUA)
+        for args in batches:
+            reply = client.execute_command(*args)
+            assert reply[0] == b"OK", reply
+        client.shutdown(nosave=True)
+        _, err = proc.communicate()
+    found = re.search(r"I\s+refs:\s+([\d,]+)", err)
+    if not found:
+        raise RuntimeError(f"no instruction count from valgrind: {err[-500:]}")
+    return int(found.group(1).replace(",", ""))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--count", type=int, default=20_000)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--inner", choices=("inputs", "work"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.inner == "inputs":
+        raw_entries(args.count, args.seed)
+        return
+    if args.inner == "work":
+        commits(args.count, args.seed)
+        return
+    if not shutil.which("valgrind"):
+        sys.exit("valgrind is not on PATH (Debian: apt-get install valgrind)")
+    print(f"# {args.count:,} inputs of the standard mix, seed {args.seed}, {BATCH}-input batches")
+    print(f"shard:  {shard_side(args.count, args.seed):,.0f} instructions per input")
+    entries = raw_entries(args.count, args.seed)
+    batches = commits(args.count, args.seed)
+    server = (server_run(entries, batches) - server_run(entries, [])) / args.count
+    print(f"server: {server:,.0f} instructions per input (commit script, AOF on)")
+
+
+if __name__ == "__main__":
+    main()
