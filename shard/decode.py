@@ -32,7 +32,7 @@ input the fast path accepts (a property test holds them to it).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Final
+from typing import Annotated, Final
 
 import msgspec
 
@@ -188,11 +188,18 @@ def _layout(pairs: list[bytes]) -> Layout | None:
     return layout
 
 
+_natural = msgspec.json.Decoder(Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]).decode
+_positive = msgspec.json.Decoder(Annotated[int, msgspec.Meta(gt=0, le=INT64_MAX)]).decode
+"""Digits to an int64 in C: half the instructions of ``int(bytes)``. Callers check isdigit()
+first (JSON would allow surrounding spaces); JSON refuses leading zeros, which then take the
+validator's path."""
+
+
 def _fast_flat(pairs: list[bytes], layout: Layout, default_timestamp: int | None) -> Input | None:
     """The common, canonical flat entry decoded without the validator; None when unsure.
 
     Only accepts what :func:`validate` accepts identically (a property test holds it to that):
-    integers of at most 18 ASCII digits (always within int64), an ASCII order ID."""
+    integers in ASCII digits without leading zeros, within int64; an ASCII order ID."""
     kinds, at_type, at_id, at_ts, at_qty, at_price, at_side, at_order_type = layout
     kind = pairs[at_type]
     if kind not in kinds:
@@ -202,25 +209,27 @@ def _fast_flat(pairs: list[bytes], layout: Layout, default_timestamp: int | None
         return None
     order_id = raw.decode()
     timestamp = default_timestamp
-    if at_ts:
-        raw = pairs[at_ts]
-        if not raw.isdigit() or len(raw) > 18:
-            return None
-        timestamp = int(raw)
-    if timestamp is None:
-        return None
-    if kind == b"cancel":
-        return Cancel(order_id, timestamp)
     quantity = price = None
-    if at_qty:
-        raw = pairs[at_qty]
-        if not raw.isdigit() or len(raw) > 18 or not (quantity := int(raw)):
+    try:
+        if at_ts:
+            raw = pairs[at_ts]
+            timestamp = _natural(raw) if raw.isdigit() else None
+        if timestamp is None:
             return None
-    if at_price:
-        raw = pairs[at_price]
-        if not raw.isdigit() or len(raw) > 18:
-            return None
-        price = int(raw)
+        if kind == b"cancel":
+            return Cancel(order_id, timestamp)
+        if at_qty:
+            raw = pairs[at_qty]
+            if not raw.isdigit():
+                return None
+            quantity = _positive(raw)
+        if at_price:
+            raw = pairs[at_price]
+            if not raw.isdigit():
+                return None
+            price = _natural(raw)
+    except msgspec.DecodeError:  # ValidationError too: out of range, or zero quantity
+        return None
     if kind == b"amend":
         if quantity is None and price is None:
             return None
@@ -241,8 +250,8 @@ def _fast_pairs(pairs: list[bytes], default_timestamp: int | None) -> Input | No
 
 
 FAST_MAX_BYTES: Final = 256
-"""The largest entry :func:`_fast_flat` can accept: 48 bytes of field names and 136 of values
-(a 64-byte order ID, three 18-digit integers, the longest type, side and order type)."""
+"""The largest entry :func:`_fast_flat` can accept: 48 bytes of field names and 139 of values
+(a 64-byte order ID, three 19-digit integers, the longest type, side and order type)."""
 
 
 def decode_entry(entry_id: str, pairs: list[bytes], max_bytes: int) -> Input:

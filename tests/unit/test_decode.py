@@ -362,11 +362,11 @@ def test_the_largest_canonical_entry_fits_the_fast_path_bound() -> None:
     fields = {
         b"type": b"order",
         b"order_id": b"x" * 64,
-        b"timestamp": b"9" * 18,
+        b"timestamp": str(2**63 - 1).encode(),
         b"side": b"sell",
         b"order_type": b"post_only",
-        b"price": b"9" * 18,
-        b"quantity": b"9" * 18,
+        b"price": str(2**63 - 1).encode(),
+        b"quantity": str(2**63 - 1).encode(),
     }
     assert _fast_pairs([x for kv in fields.items() for x in kv], None) is not None
     assert sum(len(k) + len(v) for k, v in fields.items()) <= FAST_MAX_BYTES
