@@ -131,6 +131,31 @@ def test_daemon_publishes_what_replay_prints(
     assert replay_trades == [msgspec.to_builtins(t) for t in no_input_id(trades)]
 
 
+def test_a_backlog_is_read_ahead_without_block(
+    server: LocalServer, r: redis.Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a full batch the next read goes out without BLOCK (and is received before the
+    commit); after a short one, with BLOCK; and --exit-when-idle only trusts an empty read
+    that blocked."""
+    from shard.store import Channel
+
+    publish(r, list(standard_mix(95, seed=3)))
+    reads: list[tuple[object, ...]] = []
+    send = Channel.send
+
+    async def recording(self: Channel, *args: object) -> None:
+        if args[0] == "XREAD":
+            reads.append(args)
+        await send(self, *args)
+
+    monkeypatch.setattr(Channel, "send", recording)
+    run_until_idle(server.url, batch_size=10)
+    # 9 full batches, one of 5, then an empty read that blocked.
+    assert ["BLOCK" in args for args in reads] == [True] + [False] * 9 + [True]
+    entries = [(i.decode(), f) for i, f in r.xrange(keys.orders)]
+    assert read_outputs(r, keys) == expected_outputs(entries)
+
+
 def test_setid_drops_what_an_xack_run_left_pending(
     server: LocalServer, r: redis.Redis, keys: Keys
 ) -> None:
