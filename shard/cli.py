@@ -217,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--exit-when-idle",
         action="store_true",
-        help="stop when a read finds no input (tests, batch jobs)",
+        help="stop when a read finds no input for block_ms (tests, batch jobs)",
     )
     run.set_defaults(handler=_run)
 
