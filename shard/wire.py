@@ -36,8 +36,9 @@ remaining_quantity, 8 cancelled_quantity, 16 reason and detail (``input_id`` and
 are always there)."""
 
 Row = list[int | str]
-"""Output entries as the commit sends them: for each entry its shape (0 for a trade, else an
-:data:`EVENT_SHAPES` index), then its values in field order; the names stay on the server."""
+"""Output entries as the commit sends them, one list per stream: for each entry its shape (an
+:data:`EVENT_SHAPES` index for an event; always 0 for a trade), then its values in field order.
+The names stay on the server, in the commit script."""
 
 
 def add_trade(rows: Row, t: Trade) -> None:
