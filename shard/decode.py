@@ -175,15 +175,16 @@ def _new_layout(names: tuple[bytes, ...]) -> Layout | None:
 
 def _layout(pairs: list[bytes]) -> Layout | None:
     """The layout of a flat ``[name, value, ...]`` list whose names are all distinct, known
-    fields (else None). Cost: one dict lookup on the names; there are fewer than 14,000 orders of
-    known names, and only those are remembered, so hostile names cannot grow the cache."""
+    fields (else None). Cost: one dict lookup on the names. Only orders of distinct known names
+    are remembered, fewer than 14,000, so hostile names (unknown or repeated) cannot grow the
+    cache."""
     if len(pairs) & 1:
         return None
     names = tuple(pairs[::2])
     layout = _LAYOUTS.get(names, _UNSEEN)
     if layout is _UNSEEN:
         layout = _new_layout(names)
-        if _NAMES.issuperset(names):
+        if len(names) <= len(_NAMES) and _NAMES.issuperset(names) and len(set(names)) == len(names):
             _LAYOUTS[names] = layout
     return layout
 

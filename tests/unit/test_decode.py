@@ -379,10 +379,13 @@ def test_only_known_names_are_remembered_as_layouts() -> None:
     bounded set) are kept, and an entry with others still decodes the slow way."""
     from shard.decode import _LAYOUTS, decode_entry
 
-    before = len(_LAYOUTS)
+    assert decode_entry("5-0", [b"type", b"cancel", b"order_id", b"o1"], 16_384) == Cancel("o1", 5)
+    before = len(_LAYOUTS)  # that order of names is remembered; the slow path below meets it
     for i in range(1000):
         pairs = [b"type", b"cancel", b"order_id", b"o1", f"x{i}".encode(), b"1"]
         assert decode_entry("5-0", pairs, 16_384) == Cancel("o1", 5)
+        repeated = [b"type", b"cancel", b"order_id", b"o1"] + [b"type", b"cancel"] * (i + 1)
+        assert decode_entry("5-0", repeated, 16_384) == Cancel("o1", 5)
     assert len(_LAYOUTS) == before
     swapped = [b"order_id", b"o1", b"type", b"cancel", b"timestamp", b"7"]
     assert decode_entry("5-0", swapped, 16_384) == Cancel("o1", 7)
