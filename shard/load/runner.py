@@ -218,10 +218,12 @@ class PairLoad:
                 await asyncio.sleep(min(0.01, max(0.001, schedule.due_at(i) - now)))
                 continue
             behind = now - schedule.due_at(i)
-            # Stamped before the write: a send that blocks (the server not reading) counts.
+            # Stamped before the write: a send that blocks (the server not reading) counts. The
+            # stamps are stored before it too: while it blocks, the reader tasks may already see
+            # these messages' replies and events (an unset stamp read as 0 was an hour).
             stamp = clock()
-            await conn.send_packed_command(commands[i:due], check_health=False)
             sent_at[i:due] = array("d", [stamp]) * (due - i)
+            await conn.send_packed_command(commands[i:due], check_health=False)
             commands[i:due] = [b""] * (due - i)  # sent: let the memory go
             run.note_sent(stamp, due - i, behind)
             self.sent = i = due

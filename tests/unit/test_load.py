@@ -190,3 +190,30 @@ def test_report_counts_add_up_and_files_are_written(tmp_path: Path) -> None:
 def test_run_tags_differ_between_runs() -> None:
     assert run_tag(1_700_000_000.0) != run_tag(1_700_000_000.1)
     assert run_tag(1_700_000_000.0).startswith("L")
+
+
+def test_messages_are_stamped_before_their_send_can_block() -> None:
+    """While a send waits for the server, the readers may already complete its messages: their
+    send times must be set by then (an unset one, 0, was read as an hour of latency)."""
+    import asyncio
+
+    from shard.load.runner import LoadRun, LoadSpec, PairLoad, clock
+
+    spec = LoadSpec(pairs=["P"], schedule=constant(20_000, 0.05), url="", progress=None)
+    run = LoadRun(spec)
+    pair = PairLoad(run, "P", 0)
+    unstamped: list[int] = []
+
+    class BlockingConnection:
+        async def send_packed_command(self, commands: list[bytes], check_health: bool) -> None:
+            start = pair.sent
+            unstamped.extend(k for k in range(start, start + len(commands)) if not pair.sent_at[k])
+            await asyncio.sleep(0.002)  # the server is not reading
+
+    async def go() -> None:
+        run.t0 = clock()
+        await pair.send_loop(BlockingConnection())  # type: ignore[arg-type]
+
+    asyncio.run(go())
+    assert pair.sent == spec.schedule.total == 1000
+    assert unstamped == []
