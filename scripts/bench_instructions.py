@@ -13,7 +13,9 @@ no cache model, about 30x slower), which is the same on every run of the same co
 * ``server``: the server's work to run the commit script (``COMMIT_LUA``, fence and
   ``XGROUP SETID`` included, append-only file on) for the same batches, sent from a client
   outside valgrind, after the inputs were added to ``orders:{P}`` (the script checks that
-  each batch follows on). A server that gets the inputs but no commit is subtracted.
+  each batch follows on). A server that gets the inputs but no commit is subtracted. Then,
+  from a third server, what reading the inputs back costs (``XREAD``, 1,000 a call, as the
+  daemon reads a backlog).
 
   .venv/bin/python scripts/bench_instructions.py --count 20000
   PYTHONPATH=/tmp/other-commit .venv/bin/python scripts/bench_instructions.py   # to compare
@@ -71,6 +73,14 @@ def commits(count: int, seed: int) -> list[list[Any]]:
     return out
 
 
+def counted(stderr: str) -> int:
+    """The instruction count in valgrind's report."""
+    found = re.search(r"I\s+refs:\s+([\d,]+)", stderr)
+    if not found:
+        raise RuntimeError(f"no instruction count from valgrind: {stderr[-500:]}")
+    return int(found.group(1).replace(",", ""))
+
+
 def instructions(command: list[str], env: dict[str, str] | None = None) -> int:
     """Run ``command`` under cachegrind; its instruction count."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -79,10 +89,7 @@ def instructions(command: list[str], env: dict[str, str] | None = None) -> int:
              f"--cachegrind-out-file={tmp}/out", *command],
             capture_output=True, text=True, env=env, check=True,
         )  # fmt: skip
-    found = re.search(r"I\s+refs:\s+([\d,]+)", done.stderr)
-    if not found:
-        raise RuntimeError(f"no instruction count from valgrind: {done.stderr[-500:]}")
-    return int(found.group(1).replace(",", ""))
+    return counted(done.stderr)
 
 
 def shard_side(count: int, seed: int) -> float:
@@ -93,7 +100,11 @@ def shard_side(count: int, seed: int) -> float:
     return (work - base) / count
 
 
-def server_run(entries: list[tuple[bytes, list[bytes]]], batches: list[list[Any]]) -> int:
+def server_run(
+    entries: list[tuple[bytes, list[bytes]]], batches: list[list[Any]], reads: bool = False
+) -> int:
+    """A server under cachegrind that gets the inputs, then ``batches`` (commits), then, with
+    ``reads``, XREADs of all the inputs as the daemon makes them; its instruction count."""
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
         out = f"{tmp}/out"
@@ -123,12 +134,15 @@ def server_run(entries: list[tuple[bytes, list[bytes]]], batches: list[list[Any]
         for args in batches:
             reply = client.execute_command(*args)
             assert reply[0] == b"OK", reply
+        at = "0-0"
+        while reads:
+            got: Any = client.execute_command("XREAD", "COUNT", BATCH, "STREAMS", keys.orders, at)
+            if not got:
+                break
+            at = got[0][1][-1][0]
         client.shutdown(nosave=True)
         _, err = proc.communicate()
-    found = re.search(r"I\s+refs:\s+([\d,]+)", err)
-    if not found:
-        raise RuntimeError(f"no instruction count from valgrind: {err[-500:]}")
-    return int(found.group(1).replace(",", ""))
+    return counted(err)
 
 
 def main() -> None:
@@ -151,8 +165,12 @@ def main() -> None:
     print(f"shard:  {shard_side(args.count, args.seed):,.0f} instructions per input")
     entries = raw_entries(args.count, args.seed)
     batches = commits(args.count, args.seed)
-    server = (server_run(entries, batches) - server_run(entries, [])) / args.count
-    print(f"server: {server:,.0f} instructions per input (commit script, AOF on)")
+    base = server_run(entries, [])
+    committed = server_run(entries, batches)
+    read = server_run(entries, batches, reads=True)
+    n = args.count
+    print(f"server: {(committed - base) / n:,.0f} instructions per input (commit script, AOF on)")
+    print(f"server: {(read - committed) / n:,.0f} more to read the inputs (XREAD, {BATCH} a call)")
 
 
 if __name__ == "__main__":
