@@ -114,33 +114,40 @@ def server_run(
              "--save", "", "--appendonly", "yes", "--appendfsync", "everysec"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
-        client = redis.Redis(port=port)
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-        keys = Keys(PAIR)
-        pipe = client.pipeline(transaction=False)
-        for entry_id, pairs in entries:  # the inputs: the commit checks the batch follows on
-            pipe.execute_command("XADD", keys.orders, entry_id, *pairs)
-        pipe.execute()
-        client.xgroup_create(keys.orders, "shard", id="0")
-        client.script_load(COMMIT_LUA)
-        for args in batches:
-            reply = client.execute_command(*args)
-            assert reply[0] == b"OK", reply
-        at = "0-0"
-        while reads:
-            got: Any = client.execute_command("XREAD", "COUNT", BATCH, "STREAMS", keys.orders, at)
-            if not got:
-                break
-            at = got[0][1][-1][0]
-        client.shutdown(nosave=True)
+        try:
+            client = redis.Redis(port=port)
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    client.ping()
+                    break
+                except redis.ConnectionError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.1)
+            keys = Keys(PAIR)
+            pipe = client.pipeline(transaction=False)
+            for entry_id, pairs in entries:  # the inputs: the commit checks the batch follows on
+                pipe.execute_command("XADD", keys.orders, entry_id, *pairs)
+            pipe.execute()
+            client.xgroup_create(keys.orders, "shard", id="0")
+            client.script_load(COMMIT_LUA)
+            for args in batches:
+                reply = client.execute_command(*args)
+                assert reply[0] == b"OK", reply
+            at = "0-0"
+            while reads:
+                got: Any = client.execute_command(
+                    "XREAD", "COUNT", BATCH, "STREAMS", keys.orders, at
+                )
+                if not got:
+                    break
+                at = got[0][1][-1][0]
+            client.shutdown(nosave=True)
+        except BaseException:
+            proc.kill()  # not left running (30x slower) when the run fails
+            proc.wait()
+            raise
         _, err = proc.communicate()
     return counted(err)
 
