@@ -15,14 +15,8 @@ import msgspec
 
 from shard.messages import Event, Trade
 
-TRADE_NAMES: Final = (
-    "trade_id", "taker_order_id", "maker_order_id", "price", "quantity", "timestamp",
-    "taker_side", "input_id",
-)  # fmt: skip
-EVENT_NAMES: Final = (
-    "input_id", "order_id", "status", "filled_quantity", "remaining_quantity",
-    "cancelled_quantity", "reason", "detail",
-)  # fmt: skip
+TRADE_NAMES: Final[tuple[str, ...]] = Trade.__struct_fields__  # the entry's fields, in order
+EVENT_NAMES: Final[tuple[str, ...]] = Event.__struct_fields__
 _SHAPE_BITS: Final = {
     "order_id": 1, "filled_quantity": 2, "remaining_quantity": 4, "cancelled_quantity": 8,
     "reason": 16, "detail": 16,
