@@ -58,10 +58,18 @@ def test_sigkill_at_random_points(
     rng = random.Random(7)
     kills = 0
     progress = []
-    while r.xlen(keys.events) < len(messages) and kills < 60:
+    while (done := r.xlen(keys.events)) < len(messages) and kills < 60:
         proc = start_daemon(server.url, env=env)
         try:
-            time.sleep(rng.uniform(0.3, 0.9))
+            # A third of the kills land at a random instant from launch (start-up, recovery);
+            # the rest once a random amount of new output is committed, then a little later
+            # (mid-batch, mid-commit, mid-snapshot). Counting output rather than seconds keeps
+            # the kills spread over the stream however fast the server is.
+            if rng.random() < 0.3:
+                time.sleep(rng.uniform(0.0, 0.5))
+            else:
+                wait_events(r, keys, min(done + rng.randint(1, 12_000), len(messages)))
+                time.sleep(rng.uniform(0.0, 0.02))
         finally:
             stop_daemon(proc, signal.SIGKILL)
         kills += 1
