@@ -69,7 +69,7 @@ def _health(args: argparse.Namespace) -> int:
     import redis
 
     from shard.config import Keys
-    from shard.daemon import connect
+    from shard.transport import connect
 
     config = _config(args)
     client = connect(config)

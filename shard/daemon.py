@@ -38,10 +38,7 @@ from typing import Any, Final, cast
 import msgspec
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
-from redis.exceptions import BusyLoadingError, ReadOnlyError
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.backoff import ExponentialWithJitterBackoff
 
 from shard import collector
 from shard.config import Config, Keys
@@ -52,7 +49,6 @@ from shard.metrics import Metrics
 from shard.snapshotter import Snapshotter
 from shard.store import (
     ZERO_ID,
-    Channel,
     Checkpoint,
     Fenced,
     SnapshotMeta,
@@ -62,19 +58,12 @@ from shard.store import (
     text,
 )
 from shard.tasks import wait_out
+from shard.transport import REDIS_ERRORS, Channel, connect
 from shard.wire import Row, add_event, add_trade
 
 log = logging.getLogger("shard.daemon")
 _fields = itemgetter(1)  # an entry's field list
 
-REDIS_ERRORS: Final = (
-    RedisConnectionError,
-    RedisTimeoutError,
-    BusyLoadingError,
-    ReadOnlyError,
-    ConnectionError,
-    OSError,
-)
 REPLAY_PAGE: Final = 5000
 
 Entries = list[tuple[bytes, list[bytes]]]
@@ -104,29 +93,6 @@ class _Pending(msgspec.Struct):
     acks: list[str]
     inputs: int  # how many it applied: one event each
     trade_count: int
-
-
-def connect(config: Config) -> Redis:
-    """A client for the daemon. Connection-level retries are off on purpose: a silently
-    re-sent XREADGROUP could skip entries; the daemon resynchronises instead."""
-    client = Redis.from_url(
-        config.redis_url,
-        socket_timeout=config.socket_timeout,
-        socket_connect_timeout=config.connect_timeout,
-        socket_keepalive=True,
-        retry=Retry(NoBackoff(), 0),
-        client_name=f"shard:{config.pair}",
-        protocol=2,  # the raw stream replies below are read in their RESP2 shape
-    )
-    # Stream replies stay raw ([id, [name, value, ...]]): the decoder reads the flat list, which
-    # saves building a dict per entry in redis-py.
-    for command in ("XRANGE",):
-        client.set_response_callback(command, _raw)
-    return client
-
-
-def _raw(response: Any, **options: Any) -> Any:
-    return response
 
 
 class Shard:

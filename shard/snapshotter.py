@@ -41,8 +41,9 @@ import msgspec
 
 from shard.config import Config, Keys
 from shard.engine import Engine, SnapshotWriter
-from shard.store import Channel, Checkpoint, SnapshotMeta, Store
+from shard.store import Checkpoint, SnapshotMeta, Store
 from shard.tasks import wait_out
+from shard.transport import Channel
 
 IN_FLIGHT = 2
 """Chunk writes sent ahead of their replies."""

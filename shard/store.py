@@ -22,15 +22,14 @@ in KEYS and carries the pair's hash tag, so it also runs on Redis Cluster.
 
 from __future__ import annotations
 
-from typing import Any, Final, cast
+from typing import Any, Final
 
-import hiredis
 import msgspec
 from redis.asyncio import Redis
-from redis.asyncio.connection import Connection
 from redis.exceptions import NoScriptError, ResponseError
 
 from shard.config import Keys
+from shard.transport import Channel
 from shard.wire import EVENT_SHAPES, TRADE_NAMES, Row
 
 StreamId = tuple[int, int]
@@ -203,38 +202,6 @@ def text(value: object) -> str | None:
     if isinstance(value, bytes):
         return value.decode()
     return None if value is None else str(value)
-
-
-class Channel:
-    """One dedicated connection used as a pipe: :meth:`send` puts a command on the wire now,
-    :meth:`recv` reads the oldest reply later, so Redis works while Python does. Replies are
-    raw RESP2 (no redis-py response callbacks). After an error, :meth:`reset` drops the
-    connection and whatever was in flight."""
-
-    def __init__(self, redis: Redis) -> None:
-        self.redis = redis
-        self.conn: Connection | None = None
-        self.in_flight = 0
-
-    async def send(self, *args: Any) -> None:
-        if self.conn is None:
-            pool = self.redis.connection_pool
-            self.conn = cast(Connection, await pool.get_connection())  # type: ignore[no-untyped-call]
-        # hiredis packs in C: 1 us for a read against redis-py's 7 (its asyncio client packs in
-        # Python); the connection's own health check is the reader's and writer's traffic.
-        await self.conn.send_packed_command(hiredis.pack_command(args), check_health=False)
-        self.in_flight += 1
-
-    async def recv(self) -> Any:
-        assert self.conn is not None and self.in_flight > 0, "recv without a send"
-        self.in_flight -= 1
-        return await self.conn.read_response()
-
-    async def reset(self) -> None:
-        conn, self.conn, self.in_flight = self.conn, None, 0
-        if conn is not None:
-            await conn.disconnect()
-            await self.redis.connection_pool.release(conn)
 
 
 def setid_supported(redis_version: str) -> bool:

@@ -13,7 +13,8 @@ from redis.exceptions import ResponseError
 from shard.config import Keys
 from shard.messages import Event, Trade
 from shard.server import LocalServer
-from shard.store import Channel, Checkpoint, Fenced, Store
+from shard.store import Checkpoint, Fenced, Store
+from shard.transport import Channel
 from shard.wire import Row, add_event, add_trade, event_fields, trade_fields
 
 

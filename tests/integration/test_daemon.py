@@ -137,7 +137,7 @@ def test_a_backlog_is_read_ahead_without_block(
     """After a full batch the next read goes out without BLOCK (and is received before the
     commit); after a short one, with BLOCK; and --exit-when-idle only trusts an empty read
     that blocked."""
-    from shard.store import Channel
+    from shard.transport import Channel
 
     publish(r, list(standard_mix(95, seed=3)))
     reads: list[tuple[object, ...]] = []
