@@ -10,7 +10,13 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import BusyLoadingError, ReadOnlyError
+from redis.exceptions import (
+    BusyLoadingError,
+    NoPermissionError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -24,6 +30,93 @@ REDIS_ERRORS: Final = (
     ConnectionError,
     OSError,
 )
+"""The connection is gone or the server cannot serve yet: reconnect and resynchronise."""
+
+WAITED_OUT: Final = frozenset(
+    {
+        "OOM",  # over maxmemory: a commit is refused before it runs (see shard.store)
+        "BUSY",  # another script is running too long
+        "LOADING",
+        "READONLY",
+        "MASTERDOWN",
+        "NOREPLICAS",
+        "TRYAGAIN",
+        "CLUSTERDOWN",
+        "MOVED",
+        "ASK",
+        "UNBLOCKED",  # a blocked read of a master demoted to a replica
+        "NOPERM",  # an ACL that lacks a command or a key: an operator fixes it
+        "NOGROUP",  # the consumer group was deleted: the resync creates it again
+        "WRONGTYPE",  # a key replaced by another type: an operator fixes it
+    }
+)
+"""Error replies that say "not now" rather than "your command is wrong": the daemon waits them
+out with backoff (one log line per kind, a metric) instead of stopping. Any other error reply is
+a bug in the daemon, and stops it loudly."""
+
+RETRIED: Final = (*REDIS_ERRORS, ResponseError)
+"""What an ``except`` around Redis calls catches; :func:`waited_out` then sorts it."""
+
+
+def error_code(exc: BaseException) -> str | None:
+    """The code of a Redis error reply (``OOM``, ``NOGROUP``, ``ERR`` ...), else None. redis-py
+    strips the code from the message of the classes it maps (``OutOfMemoryError``) and keeps it
+    in ``status_code`` from version 8 on; older versions leave only the class."""
+    if not isinstance(exc, ResponseError):
+        return None
+    code = getattr(exc, "status_code", None)
+    if code:
+        return str(code)
+    for cls, name in _CODES:
+        if isinstance(exc, cls):
+            return name
+    word = str(exc).split(" ", 1)[0]
+    return word if word.isalpha() and word.isupper() else "ERR"
+
+
+_CODES: Final = (
+    (OutOfMemoryError, "OOM"),
+    (NoPermissionError, "NOPERM"),
+    (ReadOnlyError, "READONLY"),
+)
+
+
+def waited_out(exc: BaseException) -> bool:
+    """Whether the daemon waits ``exc`` out (reconnect or back off, then resynchronise)."""
+    return isinstance(exc, REDIS_ERRORS) or error_code(exc) in WAITED_OUT
+
+
+def describe(exc: BaseException) -> str:
+    """An error for a log line: its class and its message (redis-py 8's ``repr()`` is only a
+    category such as ``network:ConnectionError``, which hides a refused connection, a failed
+    certificate check and a DNS failure alike)."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class Outage:
+    """Which trouble with Redis the daemon is waiting out, so that each kind is logged once
+    when it starts and once when it ends, not at every retry."""
+
+    def __init__(self) -> None:
+        self.kind: str | None = None
+        self.since = 0.0
+
+    def begin(self, kind: str, now: float) -> bool:
+        """Note ``kind`` at ``now``; True if it was not the kind already being waited out."""
+        if kind == self.kind:
+            return False
+        if self.kind is None:
+            self.since = now
+        self.kind = kind
+        return True
+
+    def end(self, now: float) -> float | None:
+        """The outage is over: how long it lasted, or None if there was none."""
+        if self.kind is None:
+            return None
+        self.kind = None
+        return now - self.since
 
 
 def connect(config: Config) -> Redis:
