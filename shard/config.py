@@ -8,17 +8,26 @@ Precedence, lowest first:
    (``SHARD_BATCH_SIZE=500``, ``SHARD_KEY_PREFIX=staging:``);
 4. command-line flags (``--pair``, ``--redis-url``).
 
-A wrong value stops the daemon at start with a message naming the field and the value.
+A wrong value stops the daemon at start with one sentence naming the field and the value (a
+URL's password replaced by ``***``). ``redis_url`` is parsed the way redis-py will parse it, so a
+port, host, database or IPv6 bracket that redis-py would reject, or silently replace with its
+default, is refused here. It may carry no query parameters: redis-py lets them override any
+connection option the daemon sets (``?protocol=3`` breaks the raw replies, ``?socket_timeout=``
+slips past the ``block_ms`` check), and every option a user may change has a key of its own.
+The one exception is ``?db=N`` on a ``unix://`` URL, whose path is the socket's.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
+import ssl
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final, Literal
+from urllib.parse import SplitResult, parse_qsl, urlsplit
 
 import msgspec
 
@@ -34,6 +43,16 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 
     pair: str = ""
     redis_url: str = "redis://127.0.0.1:6379/0"
+    tls_ca_file: str = ""
+    """PEM file of the CA that signed the server's certificate, trusted besides the system's
+    store (rediss:// only). Empty: the system's store alone (or ``SSL_CERT_FILE``)."""
+    tls_cert_file: str = ""
+    """PEM client certificate for a server with ``tls-auth-clients``; needs ``tls_key_file``."""
+    tls_key_file: str = ""
+    """The client certificate's unencrypted PEM private key (may be the same file)."""
+    tls_check_hostname: bool = True
+    """Whether the server's certificate must name the URL's host. False still verifies the
+    certificate against the CA: for a certificate made for another name than the one dialled."""
     key_prefix: str = ""
     group: str = "shard"
     """Consumer group on ``orders:{P}``; the consumer is named after the pair."""
@@ -100,15 +119,164 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
             )
         if self.lease_ttl <= 2:
             raise ConfigError(f"lease_ttl must be > 2 seconds, got {self.lease_ttl!r}")
-        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+        _check_url(self.redis_url)
+        _check_tls(self)
+
+    def tls_options(self) -> dict[str, Any]:
+        """The redis-py client arguments of the TLS keys: none unless ``redis_url`` is
+        rediss://. The certificate is always verified (there is no key to turn that off)."""
+        if not self.redis_url.startswith("rediss://"):
+            return {}
+        return {
+            "ssl_ca_certs": self.tls_ca_file or None,
+            "ssl_certfile": self.tls_cert_file or None,
+            "ssl_keyfile": self.tls_key_file or None,
+            "ssl_check_hostname": self.tls_check_hostname,
+            "ssl_cert_reqs": "required",
+        }
+
+
+SCHEMES: Final = ("redis://", "rediss://", "unix://")
+HOST_RE: Final = re.compile(r"[A-Za-z0-9._-]{1,253}")
+DB_PATH_RE: Final = re.compile(r"/?|/[0-9]{1,9}")
+
+# What to use instead of the redis-py URL query parameters people reach for.
+QUERY_INSTEAD: Final = {
+    "socket_timeout": "the config key socket_timeout",
+    "socket_connect_timeout": "the config key connect_timeout",
+    "ssl_ca_certs": "the config key tls_ca_file",
+    "ssl_certfile": "the config key tls_cert_file",
+    "ssl_keyfile": "the config key tls_key_file",
+    "ssl_check_hostname": "the config key tls_check_hostname",
+    "db": "the URL's path (redis://host:port/N)",
+    "password": "user:password@ before the host",
+    "username": "user:password@ before the host",
+}
+
+
+def _check_url(url: str) -> None:
+    """Refuse what redis-py would reject with a traceback or silently replace by a default."""
+    shown = repr(_redact(url))
+    if not url.startswith(SCHEMES):
+        raise ConfigError(f"redis_url must be redis://, rediss:// or unix://, got {shown}")
+    if "#" in url:
+        raise ConfigError(
+            f"redis_url must not contain '#' (write it as %23 in a password), got {shown}"
+        )
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        raise ConfigError(
+            f"redis_url has a bad host (an IPv6 address goes in [ ]: redis://[::1]:6379/0), "
+            f"got {shown}"
+        ) from None
+    unix = parts.scheme == "unix"
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if unix and name == "db":
+            if not re.fullmatch(r"[0-9]{1,9}", value):
+                raise ConfigError(f"redis_url's db must be a number >= 0, got {shown}")
+            continue
+        instead = QUERY_INSTEAD.get(name, "the config keys (the daemon sets its own options)")
+        raise ConfigError(
+            f"redis_url must not carry the query parameter {name!r}: use {instead} instead"
+        )
+    if unix:
+        if parts.netloc.rpartition("@")[2]:
+            raise ConfigError(f"redis_url: a unix:// URL names no host (unix:///path), got {shown}")
+        if not parts.path:
+            raise ConfigError(f"redis_url names no socket path (unix:///path), got {shown}")
+        return
+    _check_host(parts, shown)
+    if not DB_PATH_RE.fullmatch(parts.path):
+        raise ConfigError(f"redis_url's path must be a database number (/0, /1, ...), got {shown}")
+
+
+def _check_host(parts: SplitResult, shown: str) -> None:
+    host = parts.hostname or ""
+    if "[" in parts.netloc:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            host = ""
+    elif not HOST_RE.fullmatch(host):
+        host = ""
+    if not host:
+        raise ConfigError(
+            f"redis_url's host must be a name, an IPv4 address or an [IPv6] address, got {shown}"
+        )
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:
+        raise ConfigError(f"redis_url's port must be a number from 1 to 65535, got {shown}")
+
+
+TLS_FILES: Final = ("tls_ca_file", "tls_cert_file", "tls_key_file")
+
+
+def _check_tls(config: Config) -> None:
+    """TLS keys only with rediss://, certificate and key together, and files that load: a file
+    that does not would otherwise fail every connection, and be retried as a network error."""
+    given = [name for name in TLS_FILES if getattr(config, name)]
+    if not config.tls_check_hostname:
+        given.append("tls_check_hostname")
+    if given and not config.redis_url.startswith("rediss://"):
+        raise ConfigError(
+            f"{given[0]} applies to a rediss:// redis_url only, got {_redact(config.redis_url)!r}"
+        )
+    cert, key = config.tls_cert_file, config.tls_key_file
+    if bool(cert) != bool(key):
+        have, need = (
+            ("tls_cert_file", "tls_key_file") if cert else ("tls_key_file", "tls_cert_file")
+        )
+        raise ConfigError(f"{have} needs {need} as well (a client certificate and its key)")
+    for name in TLS_FILES:
+        path = getattr(config, name)
+        if path and not (os.path.isfile(path) and os.access(path, os.R_OK)):
+            raise ConfigError(f"{name} must be a readable file, got {path!r}")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if config.tls_ca_file:
+        try:
+            context.load_verify_locations(cafile=config.tls_ca_file)
+        except ssl.SSLError:
             raise ConfigError(
-                f"redis_url must be redis://, rediss:// or unix://, got {_redact(self.redis_url)!r}"
-            )
+                f"tls_ca_file holds no PEM certificate, got {config.tls_ca_file!r}"
+            ) from None
+    if cert:
+        _check_cert_and_key(context, cert, key)
+
+
+def _check_cert_and_key(context: ssl.SSLContext, cert: str, key: str) -> None:
+    asked = []
+
+    def password() -> bytes:
+        asked.append(True)  # an encrypted key: OpenSSL would otherwise prompt on the terminal
+        return b""
+
+    try:
+        context.load_cert_chain(cert, key, password=password)
+    except ssl.SSLError:
+        pass
+    else:
+        return
+    if asked:
+        raise ConfigError(f"tls_key_file must be an unencrypted key, got an encrypted {key!r}")
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=cert)
+    except ssl.SSLError:
+        raise ConfigError(f"tls_cert_file holds no PEM certificate, got {cert!r}") from None
+    raise ConfigError(
+        f"tls_key_file is not the PEM private key of tls_cert_file {cert!r}, got {key!r}"
+    )
 
 
 def _redact(url: str) -> str:
-    """A URL with any password replaced, for messages and logs."""
-    return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
+    """A URL with any password replaced, for messages and logs. Everything between the user
+    name's ``:`` and the last ``@`` goes, so an unescaped ``@``, ``/`` or ``#`` in a password
+    does not leak the rest of it; so does a ``password=`` query value."""
+    url = re.sub(r"(://[^:@]*:).*@", r"\1***@", url)
+    return re.sub(r"([?&]password=)[^&]*", r"\1***", url)
 
 
 ENV_NAMES: Final = {"pair": "SHARD_PAIR", "redis_url": "REDIS_URL"}
