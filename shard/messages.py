@@ -6,8 +6,10 @@ the reason code and a sentence for its ``rejected`` event; decoding never raises
 :mod:`shard.decode`).
 
 Outputs are :class:`Trade` (``trades:{P}``) and :class:`Event` (``events:{P}``, exactly one per
-input). Every output field has a default so that fields which do not apply to an outcome are left
-out of the encoded form (``omit_defaults``); they are built positionally on the hot path.
+input), built positionally on the hot path. Encoded with ``omit_defaults``, an output leaves out
+only what does not apply to it, which is exactly a field whose default is ``None``: every field
+of a trade but ``input_id`` has no default and is always there, and an event's value of 0 (a
+price, a timestamp, a ``filled_quantity``) is never mistaken for absent.
 
 All prices are integers (price x 10^8), all quantities integers, timestamps integer milliseconds.
 """
@@ -79,16 +81,18 @@ Input = Order | Cancel | Amend | Invalid
 class Trade(msgspec.Struct, omit_defaults=True, gc=False):
     """One execution: ``quantity`` at the maker's ``price``, stamped with the taker's timestamp.
 
-    ``input_id`` is the stream ID of the taker's input entry (absent in ``shard replay``).
+    Every field is required, so each one is encoded even when it is 0 (a price of 0 is a valid
+    limit price, a timestamp of 0 a valid time); only ``input_id``, the stream ID of the taker's
+    input entry, has a default, ``None``, and is left out where there is none (``shard replay``).
     """
 
-    trade_id: int = 0
-    taker_order_id: str = ""
-    maker_order_id: str = ""
-    price: int = 0
-    quantity: int = 0
-    timestamp: int = 0
-    taker_side: str = ""
+    trade_id: int
+    taker_order_id: str
+    maker_order_id: str
+    price: int
+    quantity: int
+    timestamp: int
+    taker_side: str
     input_id: str | None = None
 
 
@@ -107,7 +111,9 @@ class Event(msgspec.Struct, omit_defaults=True, gc=False):
     ``filled_quantity`` is what this input traded; ``remaining_quantity`` what rests in the book
     afterwards; ``cancelled_quantity`` what this input took out of the book or did not let rest
     (a cancel, or the unfilled rest of a market/ioc/fok order). ``reason``/``detail`` explain a
-    rejection or a cancelled remainder.
+    rejection or a cancelled remainder. A field that does not apply is ``None`` and left out of
+    the encoded form; one that applies is an ``int`` or a ``str`` and always encoded, 0 included.
+    ``status`` has a default only so that the optional fields can follow it; it is always set.
     """
 
     input_id: str | None = None

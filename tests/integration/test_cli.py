@@ -177,3 +177,25 @@ def test_trades_follow_stops_on_sigterm(server: LocalServer, r: redis.Redis, key
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0
     assert json.loads(out.splitlines()[0])["trade_id"] == 1
+
+
+def test_trades_print_price_and_timestamp_zero(
+    server: LocalServer, r: redis.Redis, keys: Keys
+) -> None:
+    """0 is a valid price and a valid timestamp: `shard trades` prints them, as every field."""
+    ids = publish(
+        r,
+        [
+            {"type": "order", "order_id": "m", "side": "buy", "price": 0, "quantity": 3,
+             "timestamp": 0},
+            {"type": "order", "order_id": "t", "side": "sell", "price": 0, "quantity": 1,
+             "timestamp": 0},
+        ],
+    )  # fmt: skip
+    code, log = finish_daemon(start_daemon(server.url, "--exit-when-idle"))
+    assert code == 0, log
+    out = cli("trades", "--pair", PAIR, "--redis-url", server.url).stdout
+    assert [json.loads(x) for x in out.splitlines()] == [
+        {"trade_id": 1, "taker_order_id": "t", "maker_order_id": "m", "price": 0, "quantity": 1,
+         "timestamp": 0, "taker_side": "sell", "input_id": ids[1]}
+    ]  # fmt: skip
