@@ -50,6 +50,7 @@ from shard.snapshotter import Snapshotter
 from shard.store import (
     ZERO_ID,
     Checkpoint,
+    CommitRefused,
     Fenced,
     SnapshotMeta,
     Store,
@@ -58,13 +59,32 @@ from shard.store import (
     text,
 )
 from shard.tasks import wait_out
-from shard.transport import REDIS_ERRORS, Channel, connect
-from shard.wire import Row, add_event, add_trade
+from shard.transport import (
+    RETRIED,
+    Channel,
+    Outage,
+    connect,
+    describe,
+    error_code,
+    waited_out,
+)
+from shard.wire import Row, add_event, add_trade, event_fields, trade_fields, trade_from_fields
 
 log = logging.getLogger("shard.daemon")
 _fields = itemgetter(1)  # an entry's field list
 
 REPLAY_PAGE: Final = 5000
+LEASE_WARN_EVERY: Final = 60.0
+"""Seconds between two warnings that the lease key has no expiry."""
+_REFUSED: Final = {
+    "wrong_type": "the key is not a stream: nothing is published until it is renamed or deleted",
+    "ids_exhausted": "the stream's last ID has the largest millisecond part, so XADD * may run "
+    "out of IDs: an entry was forged with the largest ID (XDEL it, then XSETID the stream back "
+    "to its last real entry)",
+    "no_group": "the consumer group is gone: it is created again at the checkpoint",
+    "bad_rows": "the batch's rows do not match their shapes (a bug)",
+}
+"""Why a commit was refused with nothing written, for the log (see :class:`CommitRefused`)."""
 
 Entries = list[tuple[bytes, list[bytes]]]
 """Stream entries as raw RESP2 replies: (id, [name, value, name, value, ...])."""
@@ -125,6 +145,7 @@ class Shard:
         self.snapshot_time = time.monotonic()
         self.snapshotter = Snapshotter(config, self.keys)
         self._trimming: asyncio.Task[None] | None = None
+        self._trim_below = ZERO_ID
         self._index_frozen = False
         self._beat: asyncio.Task[None] | None = None
         self.read_at: str | None = None
@@ -140,11 +161,15 @@ class Shard:
         self._reader: Channel | None = None
         self._writer: Channel | None = None
         self._store: Store | None = None
+        self._backoff = ExponentialWithJitterBackoff(cap=config.reconnect_max_delay, base=0.05)
         self._resync_retry = Retry(
-            ExponentialWithJitterBackoff(cap=config.reconnect_max_delay, base=0.05),
+            self._backoff,
             retries=-1,
-            supported_errors=REDIS_ERRORS,  # type: ignore[arg-type]  # OSError too, on purpose
+            supported_errors=RETRIED,  # type: ignore[arg-type]  # OSError too, on purpose
         )
+        self.outage = Outage()
+        self._failures = 0
+        """Refusals and errors in the loop since the last commit: the backoff before a resync."""
 
     # -- life cycle ------------------------------------------------------------------------------
 
@@ -202,14 +227,21 @@ class Shard:
                     log.warning("lease lost to another daemon; standing by")
                     self.has_lease = False
                     repair = self._take_over
-                except REDIS_ERRORS as exc:
+                except CommitRefused as refused:
+                    if refused.why == "bad_rows":
+                        raise
                     await self._reset_channels()
-                    log.warning(
-                        "redis error; resynchronising", extra={"fields": {"error": repr(exc)}}
-                    )
+                    await self._wait_out(refused.why, _REFUSED.get(refused.why, ""), refused.key)
+                    repair = self._resync  # re-sends the batch only if the checkpoint allows
+                except RETRIED as exc:
+                    if not waited_out(exc):
+                        raise
+                    await self._reset_channels()
+                    kind = error_code(exc) or "connection"
+                    await self._wait_out(kind, describe(exc))
                     repair = self._resync
             if repair is None:
-                with contextlib.suppress(*REDIS_ERRORS):
+                with contextlib.suppress(*RETRIED):
                     await self._finish_snapshot()
         except _Stopping as exc:
             log.info(f"stopped {exc}; uncommitted work is redone by the next holder")
@@ -217,7 +249,7 @@ class Shard:
             await self._reset_channels()
             await self._finish_trim()
             if self.has_lease:  # hand over at once rather than after the lease expires
-                with contextlib.suppress(*REDIS_ERRORS):
+                with contextlib.suppress(*RETRIED):
                     await self.store.release_lease(self.holder)
             for sig in signals:
                 loop.remove_signal_handler(sig)
@@ -228,13 +260,46 @@ class Shard:
         )
 
     async def _with_retry(self, action: Any) -> None:
+        """Run a repair until it succeeds, backing off while Redis cannot serve it (errors it
+        does not wait out, and a stop, end the attempts)."""
+
         async def fail(error: Exception) -> None:
+            if not waited_out(error):
+                raise error
             self.metrics.reconnects.inc()
-            log.warning("redis unavailable; retrying", extra={"fields": {"error": repr(error)}})
+            self._note_outage(error_code(error) or "connection", describe(error))
             if self.stopping:
                 raise _Stopping("while Redis was unavailable") from error
 
         await self._resync_retry.call_with_retry(action, fail)
+
+    def _note_outage(self, kind: str, why: str, key: str = "") -> None:
+        """Log a kind of trouble with Redis once, when it starts (later retries at debug)."""
+        fields = {"kind": kind, "why": why, **({"key": key} if key else {})}
+        if self.outage.begin(kind, time.monotonic()):
+            self.metrics.redis_waits(kind)
+            self.metrics.waiting.set(1)
+            log.warning("waiting for redis; retrying with backoff", extra={"fields": fields})
+        else:
+            log.debug("still waiting for redis", extra={"fields": fields})
+
+    async def _wait_out(self, kind: str, why: str, key: str = "") -> None:
+        """After a refusal or an error in the loop: note it, keep the lease, and back off
+        before the resync (the wait grows with each failure until a batch commits)."""
+        self._note_outage(kind, why, key)
+        self._failures += 1
+        if self.has_lease:
+            with contextlib.suppress(*RETRIED):
+                await self.store.renew_lease(self.holder, int(self.config.lease_ttl * 1000))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), self._backoff.compute(self._failures))
+
+    def _resumed(self) -> None:
+        lasted = self.outage.end(time.monotonic())
+        self._failures = 0
+        if lasted is not None:
+            self.metrics.waiting.set(0)
+            log.info("redis serves the daemon again", extra={"fields": {"after": round(lasted, 3)}})
 
     @property
     def store(self) -> Store:
@@ -262,7 +327,7 @@ class Shard:
         self._ahead, self._backlog = None, False
         for channel in (self._reader, self._writer):
             if channel is not None:
-                with contextlib.suppress(*REDIS_ERRORS):
+                with contextlib.suppress(*RETRIED):
                     await channel.reset()
 
     # -- the loop --------------------------------------------------------------------------------
@@ -399,7 +464,14 @@ class Shard:
             return
         pending = self.unconfirmed[0]
         try:
-            await self.store.finish_commit(self.writer, self._commit_args)
+            recreated = await self.store.finish_commit(self.writer, self._commit_args)
+            for key in recreated:
+                self.metrics.outputs_recreated.inc()
+                log.warning(
+                    "an output stream was deleted; its earlier entries are gone, and it goes on "
+                    "from the checkpoint (trade_id is not reused)",
+                    extra={"fields": {"key": key, "last_id": pending.expected.last_id}},
+                )
         except Fenced as fenced:
             if fenced.why != "FENCED" or not _same(fenced.checkpoint, pending.target):
                 raise
@@ -414,6 +486,8 @@ class Shard:
     def _committed(self, pending: _Pending) -> None:
         n = pending.inputs
         assert self.unconfirmed[0] is pending, "commits are confirmed in order"
+        if self._failures or self.outage.kind is not None:
+            self._resumed()
         self.unconfirmed.pop(0)
         self.committed = pending.target
         self.inputs_done += n
@@ -433,23 +507,31 @@ class Shard:
         store = self.store
         await self._note_run_id()
         checkpoint = await store.checkpoint()
-        if len(self.unconfirmed) > 1:
+        if len(self.unconfirmed) > 1 or checkpoint is None:
             await self._recover()  # two batches in doubt: rebuild rather than untangle
             return
         if self.unconfirmed:
             pending = self.unconfirmed[0]
             if _same(checkpoint, pending.target):
                 self._committed(pending)
-            elif _same(checkpoint, pending.expected):
-                await self._commit(pending)  # the batch never landed: send it again as it was
-            else:
+            elif not _same(checkpoint, pending.expected):
                 await self._recover()
                 return
         elif not _same(checkpoint, self.committed):
             await self._recover()
             return
-        await store.ensure_group(self.committed, self.consumer)
+        await self._ensure_group()
+        if self.unconfirmed:  # the batch never landed: send it again as it was
+            await self._commit(self.unconfirmed[0])
         log.info("resynchronised", extra={"fields": {"last_id": self.committed.last_id}})
+
+    async def _ensure_group(self) -> None:
+        """Put the consumer group at the committed checkpoint, creating it if it is gone."""
+        if await self.store.ensure_group(self.committed, self.consumer) and self.committed.events:
+            log.warning(
+                "the consumer group was missing; created again at the checkpoint",
+                extra={"fields": {"group": self.config.group, "at": self.committed.last_id}},
+            )
 
     async def _note_run_id(self) -> None:
         info = await self.store.redis.info("server")
@@ -480,6 +562,7 @@ class Shard:
         net should two ever overlap."""
         ttl = int(self.config.lease_ttl * 1000)
         announced = False
+        warned_at = -LEASE_WARN_EVERY
         while (holder := await self.store.acquire_lease(self.holder, ttl)) is not None:
             if not announced:
                 log.info(
@@ -487,6 +570,14 @@ class Shard:
                     extra={"fields": {"holder": holder, "me": self.holder}},
                 )
                 announced = True
+            now = time.monotonic()
+            if now - warned_at >= LEASE_WARN_EVERY and await self.store.lease_ttl_ms() == -1:
+                warned_at = now
+                log.warning(
+                    "the lease key has no expiry, so no daemon will ever take the pair over: "
+                    "a daemon never sets one like that; delete the key if its holder is gone",
+                    extra={"fields": {"key": self.keys.lease, "holder": holder}},
+                )
             if self.stopping:
                 raise _Stopping("as a standby")
             with contextlib.suppress(TimeoutError):
@@ -506,41 +597,24 @@ class Shard:
         # end: if this fails half-way and a resync runs instead, it still sees the batches in
         # doubt and does not take the old engine for a consistent one.
         checkpoint = await store.checkpoint()
+        if checkpoint is None:
+            checkpoint = await self._rebuild_checkpoint()
         meta = await store.snapshot_meta()
-        if meta is not None:
-            engine = Engine.restore(await store.load_snapshot(meta))
-            at, events = meta.input_id, meta.events
-            if meta.digest.startswith(DIGEST_SCHEME) and engine.digest() != meta.digest:
-                raise RecoveryError(f"snapshot at {at} does not match its own digest")
-        else:
-            engine, at, events = Engine(), ZERO_ID, 0
+        engine, at, events = await self._load_snapshot(meta)
         if parse_id(at) > parse_id(checkpoint.last_id):
-            raise RecoveryError(f"snapshot at {at} is ahead of the checkpoint {checkpoint.last_id}")
-        replayed = 0
-        scratch: list[Trade] = []
-        start = f"({at}"
-        while parse_id(at) < parse_id(checkpoint.last_id):
-            page = cast(
-                Entries,
-                await store.redis.xrange(
-                    self.keys.orders, min=start, max=checkpoint.last_id, count=REPLAY_PAGE
-                ),
+            raise RecoveryError(
+                f"the snapshot at {at} is ahead of the checkpoint {checkpoint.last_id}: the "
+                f"checkpoint was moved back, or the snapshot comes from another pair or run; "
+                f"restore {self.keys.checkpoint} from the backup the snapshot came with"
             )
-            if not page:
-                break
-            for raw_id, fields in page:
-                at = raw_id.decode()
-                engine.apply(self._decode(at, fields), at, scratch)
-                scratch.clear()
-                events += 1
-                replayed += 1
-            start = f"({at}"
-            await self._renew_lease()  # a long replay must not let a standby take over
+        at, events, replayed = await self._replay(engine, at, events, checkpoint.last_id)
         found = Checkpoint(at, engine.book.next_trade_id - 1, events, engine.digest())
         if not _same(found, checkpoint, digest=checkpoint.digest.startswith(DIGEST_SCHEME)):
             raise RecoveryError(
                 f"replay does not reproduce the checkpoint: expected {checkpoint}, got {found}; "
-                "input entries after the snapshot are missing or the engine changed behaviour"
+                f"input entries after the snapshot are missing from {self.keys.orders} (trimmed "
+                "or deleted) or the engine changed behaviour. Restore the input stream, or the "
+                "snapshot and checkpoint that go with what is left of it"
             )
         self.engine = engine
         self.committed = checkpoint
@@ -567,6 +641,101 @@ class Shard:
                 }
             },
         )
+
+    async def _load_snapshot(self, meta: SnapshotMeta | None) -> tuple[Engine, str, int]:
+        """The engine of the stored snapshot, the last input it covers and its event count (an
+        empty engine at ``0-0`` without one)."""
+        if meta is None:
+            return Engine(), ZERO_ID, 0
+        engine = Engine.restore(await self.store.load_snapshot(meta))
+        if meta.digest.startswith(DIGEST_SCHEME) and engine.digest() != meta.digest:
+            raise RecoveryError(f"snapshot at {meta.input_id} does not match its own digest")
+        return engine, meta.input_id, meta.events
+
+    async def _replay(
+        self, engine: Engine, at: str, events: int, until: str, last: list[Any] | None = None
+    ) -> tuple[str, int, int]:
+        """Apply the inputs after ``at`` up to ``until`` to ``engine`` without publishing; the
+        last input applied, the event count then, and how many were replayed. ``last``, if
+        given, receives the last event and the last trade the replay produced."""
+        replayed = 0
+        scratch: list[Trade] = []
+        start = f"({at}"
+        while parse_id(at) < parse_id(until):
+            page = cast(
+                Entries,
+                await self.store.redis.xrange(
+                    self.keys.orders, min=start, max=until, count=REPLAY_PAGE
+                ),
+            )
+            if not page:
+                break
+            for raw_id, fields in page:
+                at = raw_id.decode()
+                event = engine.apply(self._decode(at, fields), at, scratch)
+                if last is not None:
+                    last[:] = [event, scratch[-1] if scratch else (last[1] if last else None)]
+                scratch.clear()
+                events += 1
+                replayed += 1
+            start = f"({at}"
+            await self._renew_lease()  # a long replay must not let a standby take over
+        return at, events, replayed
+
+    async def _rebuild_checkpoint(self) -> Checkpoint:
+        """There is no checkpoint. A new pair starts from the beginning of the input, but a pair
+        whose checkpoint was deleted must not publish its outputs again: the checkpoint is
+        rebuilt from the outputs (the last event names the last input committed) and verified
+        by replaying the inputs up to there (the last event and the last trade must come out
+        the same), or recovery stops with what to repair."""
+        store, keys = self.store, self.keys
+        last_event = await store.last_entry(keys.events)
+        last_trade = await store.last_entry(keys.trades)
+        meta = await store.snapshot_meta()
+        if last_event is None:
+            published = await store.entries_added(keys.events)
+            if last_trade is None and meta is None and not published:
+                log.info("no checkpoint and no outputs: a new pair, from the first input")
+                return Checkpoint()
+            raise RecoveryError(
+                f"{keys.checkpoint} is missing and {keys.events} is empty although this pair "
+                f"has published ({published} events ever added"
+                f"{', trades in ' + keys.trades if last_trade else ''}"
+                f"{', a snapshot' if meta else ''}): where its outputs stop cannot be known. "
+                f"Restore {keys.checkpoint} from a backup; or, to start the pair over, delete "
+                f"{keys.trades}, {keys.events} and {keys.prefix}shard:{{{keys.pair}}}:* "
+                "(consumers will then see trade_id 1 again)"
+            )
+        until = last_event[1].get("input_id", "")
+        if meta is not None and parse_id(meta.input_id) > parse_id(until):
+            meta = None  # a snapshot ahead of the outputs cannot be the one they went with
+        engine, at, events = await self._load_snapshot(meta)
+        last: list[Any] = []
+        at, events, _ = await self._replay(engine, at, events, until, last)
+        trades = engine.book.next_trade_id - 1
+        if (
+            at != until
+            or not last
+            or event_fields(last[0]) != _fields_list(last_event[1])
+            or (last_trade is not None and not _same_trade(last_trade[1], trades, last[1]))
+        ):
+            raise RecoveryError(
+                f"{keys.checkpoint} is missing, and replaying {keys.orders} up to the last "
+                f"event's input {until!r} does not reproduce the last event and trade stored "
+                "(inputs trimmed or deleted, or entries forged in the outputs). Restore "
+                f"{keys.checkpoint} from a backup"
+            )
+        checkpoint = Checkpoint(until, trades, events, engine.digest())
+        if not await store.write_rebuilt_checkpoint(checkpoint):
+            stored = await store.checkpoint()  # another daemon rebuilt it first
+            if stored is None:
+                raise RecoveryError(f"{keys.checkpoint} appeared and vanished during recovery")
+            return stored
+        log.warning(
+            "the checkpoint was missing; rebuilt from the outputs and verified by replay",
+            extra={"fields": {"last_id": until, "trades": trades, "events": events}},
+        )
+        return checkpoint
 
     # -- snapshots and health --------------------------------------------------------------------
 
@@ -640,19 +809,40 @@ class Shard:
                 }
             },
         )
-        if self.config.trim_inputs and (self._trimming is None or self._trimming.done()):
-            self._trimming = asyncio.get_running_loop().create_task(self._trim(meta.input_id))
+        if self.config.trim_inputs:
+            self._trim_below = self._trim_point(meta.input_id)
+            if self._trimming is None or self._trimming.done():
+                self._trimming = asyncio.get_running_loop().create_task(self._trim())
 
-    async def _trim(self, snapshot_id: str) -> None:
+    def _trim_point(self, snapshot_id: str) -> str:
         ms = parse_id(snapshot_id)[0]
         keep = self.config.keep_inputs_ms
-        below = snapshot_id if keep <= 0 else f"{max(0, ms - keep)}-0"
-        try:
-            trimmed = await self.store.trim_inputs(below)
-        except REDIS_ERRORS as exc:  # the next snapshot trims these too
-            log.warning("trimming inputs failed", extra={"fields": {"error": repr(exc)}})
-            return
-        log.info("inputs trimmed", extra={"fields": {"below": below, "trimmed": trimmed}})
+        return snapshot_id if keep <= 0 else f"{max(0, ms - keep)}-0"
+
+    async def _trim(self) -> None:
+        """Trim the inputs below :attr:`_trim_below` (a newer snapshot may move it meanwhile). A
+        refused trim (an ACL without XTRIM, Redis out of memory, ...) is logged once, counted
+        and retried with backoff: left alone, the input stream would grow without bound."""
+        failures = 0
+        while True:
+            below = self._trim_below
+            try:
+                trimmed = await self.store.trim_inputs(below)
+            except RETRIED as exc:
+                failures += 1
+                self.metrics.trim_failures.inc()
+                (log.warning if failures == 1 else log.debug)(
+                    "trimming inputs failed; retrying with backoff",
+                    extra={"fields": {"below": below, "error": describe(exc)}},
+                )
+                if self.stopping:
+                    return  # the next snapshot's trim covers these
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), self._backoff.compute(failures))
+                continue
+            log.info("inputs trimmed", extra={"fields": {"below": below, "trimmed": trimmed}})
+            if below == self._trim_below:
+                return
 
     async def _finish_trim(self) -> None:
         trimming, self._trimming = self._trimming, None
@@ -673,6 +863,8 @@ class Shard:
                 self._beat = beat
                 return
             beat.result()
+            if self.outage.kind is not None:
+                self._resumed()
         self.last_health = now
         self._beat = asyncio.get_running_loop().create_task(
             self._beat_once(self.committed.last_id, self.inputs_done)
@@ -703,6 +895,20 @@ class Shard:
         await redis.set(self.keys.health, json.dumps(doc), px=int(self.config.health_ttl * 1000))
 
 
-def _same(a: Checkpoint, b: Checkpoint, *, digest: bool = False) -> bool:
+def _fields_list(fields: dict[str, str]) -> list[str]:
+    return [x for pair in fields.items() for x in pair]
+
+
+def _same_trade(stored: dict[str, str], trades: int, replayed: Trade | None) -> bool:
+    """Whether the last stored trade is the replay's last: the same ``trade_id`` as the count,
+    and the same fields when the replay made it (else the snapshot covers it)."""
+    if trade_from_fields(stored).trade_id != trades:
+        return False
+    return replayed is None or trade_fields(replayed) == _fields_list(stored)
+
+
+def _same(a: Checkpoint | None, b: Checkpoint, *, digest: bool = False) -> bool:
+    if a is None:
+        return False
     same = (a.last_id, a.trades, a.events) == (b.last_id, b.trades, b.events)
     return same and (not digest or a.digest == b.digest)

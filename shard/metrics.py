@@ -44,6 +44,23 @@ class Metrics:
         self.reconnects = one(
             Counter, "shard_reconnects", "Failed attempts while Redis was unavailable."
         )
+        self._waits = Counter(
+            "shard_redis_waits",
+            "Times the daemon began waiting out Redis, by kind (OOM, NOGROUP, connection, ...).",
+            ["pair", "kind"],
+            registry=r,
+        )
+        self.waiting = one(
+            Gauge, "shard_waiting_for_redis", "1 while the daemon waits for Redis to serve it."
+        )
+        self.trim_failures = one(
+            Counter, "shard_trim_failures", "Input trims Redis refused (each is retried)."
+        )
+        self.outputs_recreated = one(
+            Counter,
+            "shard_outputs_recreated",
+            "Output streams found deleted (after entries were published) and created again.",
+        )
         self.snapshots = one(Counter, "shard_snapshots", "Snapshots stored.")
         self.snapshot_failures = one(
             Counter, "shard_snapshot_failures", "Snapshots that failed (the last stays)."
@@ -65,6 +82,10 @@ class Metrics:
         if child is None:
             child = self._reject_children[reason] = self._rejects.labels(self._pair, reason)
         child.inc()
+
+    def redis_waits(self, kind: str) -> None:
+        """Count the start of one wait for Redis, of this kind."""
+        self._waits.labels(self._pair, kind).inc()
 
     def serve(self, port: int, host: str) -> None:
         """Serve ``/metrics`` from a daemon thread (prometheus_client's own server)."""

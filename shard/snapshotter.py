@@ -43,7 +43,7 @@ from shard.config import Config, Keys
 from shard.engine import Engine, SnapshotWriter
 from shard.store import Checkpoint, SnapshotMeta, Store
 from shard.tasks import wait_out
-from shard.transport import Channel
+from shard.transport import Channel, describe
 
 IN_FLIGHT = 2
 """Chunk writes sent ahead of their replies."""
@@ -164,7 +164,7 @@ class Snapshotter:
         self.last_seconds = time.perf_counter() - running.started
         error = running.task.exception()
         if error is not None:
-            return None, f"snapshot failed: {error!r}"[:500]
+            return None, f"snapshot failed: {describe(error)}"[:500]
         written = running.task.result()
         if written is None:
             return None, None

@@ -54,10 +54,10 @@ def _lua_shapes(shapes: tuple[tuple[str, ...], ...]) -> str:
 
 
 def _lua_xadd_rows() -> str:
-    """The Lua function that XADDs a batch's rows (see :data:`shard.wire.Row`) to one stream.
-    One call per entry spelled out for each field count: a generic loop into a reused argument
-    table cost the server about 8% more per input, and a msgpack table per entry with its names
-    about 20% more."""
+    """The Lua functions that check a batch's rows (see :data:`shard.wire.Row`) and XADD them to
+    one stream. One call per entry spelled out for each field count: a generic loop into a
+    reused argument table cost the server about 8% more per input, and a msgpack table per entry
+    with its names about 20% more."""
     arities = sorted({len(names) for names in (*EVENT_SHAPES, TRADE_NAMES)}, reverse=True)
     branches = "\n    else".join(
         f"if k == {k} then\n      call('XADD', key, '*', "
@@ -66,14 +66,23 @@ def _lua_xadd_rows() -> str:
         for k in arities
     )
     return f"""local call = redis.call
+local function rows_ok(rows, shapes)
+  local i, n = 1, #rows
+  while i <= n do
+    local nm = shapes[rows[i]]
+    if nm == nil or i + #nm > n then
+      return false
+    end
+    i = i + #nm + 1
+  end
+  return true
+end
 local function xadd_rows(key, rows, shapes)
   local i, n = 1, #rows
   while i <= n do
     local nm = shapes[rows[i]]
     local k = #nm
     {branches}
-    else
-      error('bad row shape ' .. tostring(rows[i]))
     end
     i = i + k + 1
   end
@@ -83,13 +92,21 @@ end"""
 XADD_ROWS_LUA: Final = _lua_xadd_rows()
 TRADE_SHAPES_LUA: Final = _lua_shapes((TRADE_NAMES,))
 EVENT_SHAPES_LUA: Final = _lua_shapes(EVENT_SHAPES)
+LAST_ID_MS: Final = str(2**64 - 1)
+"""A stream whose last ID has this millisecond part may run out of IDs for ``XADD *``."""
 
 COMMIT_LUA: Final = (
-    r"""
+    # The shebang declares a script that may write and is not allowed to when Redis is over
+    # maxmemory: such a script is refused before it runs. Without it, Redis checks the limit
+    # only at the first command that adds memory, after the acknowledgement has been written.
+    "#!lua\n"
+    + r"""
 -- KEYS: trades, events, orders, checkpoint
 -- ARGV: group, expected last_id, new last_id, trades total, events total, digest,
 --       output maxlen (0: none), msgpack [trade rows, event rows, [ack ids]],
 --       first input applied ('' if none), ack mode ('xack' or 'setid')
+-- Redis keeps the writes of a script that fails, so everything that can fail is checked
+-- before the first write: the fence, the gap, the rows, the output streams, the group.
 local cp = redis.call('HMGET', KEYS[4], 'last_id', 'trades', 'events')
 local last = cp[1] or '0-0'
 if last ~= ARGV[2] then
@@ -105,24 +122,82 @@ end
 """
     + XADD_ROWS_LUA
     + """
+local trade_shapes = """
+    + TRADE_SHAPES_LUA
+    + """
+local event_shapes = """
+    + EVENT_SHAPES_LUA
+    + """
 local batch = cmsgpack.unpack(ARGV[8])
--- The acknowledgement first: a script keeps the writes it made before an error, so whatever can
--- fail (a group deleted under us) must fail before the first XADD.
+if not rows_ok(batch[1], trade_shapes) or not rows_ok(batch[2], event_shapes) then
+  return {'REFUSED', 'bad_rows', ''}
+end
+-- An output stream takes the batch unless it is another type or out of IDs. A stream that is
+-- gone although entries were published to it was deleted: it is created again, and said so.
+local notes = {}
+local function check(key, rows, published)
+  if #rows == 0 then
+    return nil
+  end
+  local kind = redis.call('TYPE', key)['ok']
+  if kind == 'none' then
+    if tonumber(published or '0') > 0 then
+      notes[#notes + 1] = key
+    end
+    return nil
+  end
+  if kind ~= 'stream' then
+    return 'wrong_type'
+  end
+  local info = redis.call('XINFO', 'STREAM', key)
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then
+      if string.sub(info[i + 1], 1, """
+    + str(len(LAST_ID_MS) + 1)
+    + """) == '"""
+    + LAST_ID_MS
+    + """-' then
+        return 'ids_exhausted'
+      end
+      break
+    end
+  end
+  return nil
+end
+local why = check(KEYS[1], batch[1], cp[2])
+if why then
+  return {'REFUSED', why, KEYS[1]}
+end
+why = check(KEYS[2], batch[2], cp[3])
+if why then
+  return {'REFUSED', why, KEYS[2]}
+end
 if ARGV[10] == 'setid' then
-  -- Inputs read with XREAD: the group moves past them (entries-read keeps its lag exact).
+  -- Inputs read with XREAD: the group moves past them (entries-read keeps its lag exact). The
+  -- first write: a missing group fails it, and nothing is written.
   redis.call('XGROUP', 'SETID', KEYS[3], ARGV[1], ARGV[3], 'ENTRIESREAD', ARGV[5])
 else
+  local groups = redis.pcall('XINFO', 'GROUPS', KEYS[3])
+  local found = false
+  if groups.err == nil then
+    for _, g in ipairs(groups) do
+      for j = 1, #g, 2 do
+        if g[j] == 'name' and g[j + 1] == ARGV[1] then
+          found = true
+        end
+      end
+    end
+  end
+  if not found then
+    return {'REFUSED', 'no_group', KEYS[3]}
+  end
   local acks = batch[3]
   for i = 1, #acks, 1000 do
     redis.call('XACK', KEYS[3], ARGV[1], unpack(acks, i, math.min(i + 999, #acks)))
   end
 end
-xadd_rows(KEYS[1], batch[1], """
-    + TRADE_SHAPES_LUA
-    + """)
-xadd_rows(KEYS[2], batch[2], """
-    + EVENT_SHAPES_LUA
-    + """)
+xadd_rows(KEYS[1], batch[1], trade_shapes)
+xadd_rows(KEYS[2], batch[2], event_shapes)
 """
     + r"""local maxlen = tonumber(ARGV[7])
 if maxlen > 0 then
@@ -131,9 +206,18 @@ if maxlen > 0 then
 end
 redis.call('HSET', KEYS[4], 'last_id', ARGV[3], 'trades', ARGV[4], 'events', ARGV[5],
            'digest', ARGV[6])
-return {'OK'}
+return {'OK', unpack(notes)}
 """
 )
+
+REBUILD_LUA: Final = """
+-- KEYS: checkpoint. ARGV: its field/value pairs. Written only where there is none.
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return 0
+end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""
 
 
 RENEW_LUA: Final = """
@@ -194,6 +278,18 @@ class Fenced(Exception):
         self.why = why
 
 
+class CommitRefused(Exception):
+    """The commit script wrote nothing because Redis cannot take this batch as it stands:
+    ``why`` is ``wrong_type`` (``key`` holds another type), ``ids_exhausted`` (``key``'s last ID
+    leaves no room for ``XADD *``), ``no_group`` (the consumer group is gone) or ``bad_rows`` (a
+    bug: the rows do not match their shapes). Waited out: an operator or a resync repairs it."""
+
+    def __init__(self, why: str, key: str) -> None:
+        super().__init__(f"commit refused ({why}){f': {key}' if key else ''}")
+        self.why = why
+        self.key = key
+
+
 _batch_encoder = msgspec.msgpack.Encoder()
 
 
@@ -220,6 +316,7 @@ class Store:
         self.group = group
         self.ack = ack  # see Config.ack; the daemon may fall back to "xack" (setid_supported)
         self._commit = redis.register_script(COMMIT_LUA)
+        self._rebuild = redis.register_script(REBUILD_LUA)
         self._renew = redis.register_script(RENEW_LUA)
         self._release = redis.register_script(RELEASE_LUA)
         self._publish = redis.register_script(PUBLISH_LUA)
@@ -235,18 +332,29 @@ class Store:
         current = await self.redis.get(self.keys.lease)
         return text(current) or "(expired just now)"
 
+    async def lease_ttl_ms(self) -> int:
+        """The lease key's PTTL: -1 if it has no expiry, -2 if it is gone."""
+        return int(await self.redis.pttl(self.keys.lease))
+
     async def renew_lease(self, holder: str, ttl_ms: int) -> bool:
         return bool(await self._renew(keys=[self.keys.lease], args=[holder, ttl_ms]))
 
     async def release_lease(self, holder: str) -> None:
         await self._release(keys=[self.keys.lease], args=[holder])
 
-    async def checkpoint(self) -> Checkpoint:
+    async def checkpoint(self) -> Checkpoint | None:
+        """The stored checkpoint, or None if there is none (a new pair, or a deleted key: a hash
+        without ``last_id`` counts as none)."""
         raw = await self.redis.hgetall(self.keys.checkpoint)
-        if not raw:
-            return Checkpoint()
         fields = {text(k): text(v) for k, v in raw.items()}
+        if not fields.get("last_id"):
+            return None
         return msgspec.convert(fields, Checkpoint, strict=False)
+
+    async def write_rebuilt_checkpoint(self, checkpoint: Checkpoint) -> bool:
+        """Store a checkpoint rebuilt from the outputs, only if there is still none."""
+        fields = [x for k, v in msgspec.structs.asdict(checkpoint).items() for x in (k, str(v))]
+        return bool(await self._rebuild(keys=[self.keys.checkpoint], args=fields))
 
     def commit_args(
         self,
@@ -269,9 +377,12 @@ class Store:
             first, self.ack,
         ]  # fmt: skip
 
-    async def finish_commit(self, channel: Channel, args: list[Any]) -> None:
+    async def finish_commit(self, channel: Channel, args: list[Any]) -> list[str]:
         """Read the reply of a commit sent on ``channel``; raise :class:`Fenced` if the
-        checkpoint had moved. A server that lost the script (restart) gets it again."""
+        checkpoint had moved, :class:`CommitRefused` if Redis could not take the batch (nothing
+        was written either way). A server that lost the script (restart) gets it again. Returns
+        the output streams the commit had to create again although entries had been published
+        to them (someone deleted them)."""
         try:
             reply = await channel.recv()
         except NoScriptError:
@@ -279,15 +390,19 @@ class Store:
             await channel.send(*args)
             reply = await channel.recv()
         status = text(reply[0])
-        if status != "OK":
-            last, trades_total, events_total = (text(x) for x in reply[1:4])
-            raise Fenced(
-                Checkpoint(last or ZERO_ID, int(trades_total or 0), int(events_total or 0)),
-                str(status),
-            )
+        if status == "OK":
+            return [str(text(key)) for key in reply[1:]]
+        if status == "REFUSED":
+            raise CommitRefused(str(text(reply[1])), str(text(reply[2])))
+        last, trades_total, events_total = (text(x) for x in reply[1:4])
+        raise Fenced(
+            Checkpoint(last or ZERO_ID, int(trades_total or 0), int(events_total or 0)),
+            str(status),
+        )
 
-    async def ensure_group(self, checkpoint: Checkpoint, consumer: str) -> None:
-        """Create the consumer group at the checkpoint (and the stream), or move it there.
+    async def ensure_group(self, checkpoint: Checkpoint, consumer: str) -> bool:
+        """Create the consumer group at the checkpoint (and the stream), or move it there;
+        True if it had to be created.
 
         Moving the group to the checkpoint makes ``>`` deliver exactly the entries after it,
         whatever was delivered before a crash; those still pending are delivered again. With
@@ -297,6 +412,7 @@ class Store:
         """
         at = checkpoint.last_id
         read = checkpoint.events if self.ack == "setid" else None
+        created = True
         try:
             await self.redis.xgroup_create(
                 self.keys.orders, self.group, id=at, mkstream=True, entries_read=read
@@ -304,9 +420,26 @@ class Store:
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+            created = False
             await self.redis.xgroup_setid(self.keys.orders, self.group, id=at, entries_read=read)
         if self.ack == "setid":
             await self.redis.xgroup_delconsumer(self.keys.orders, self.group, consumer)
+        return created
+
+    async def last_entry(self, key: str) -> tuple[str, dict[str, str]] | None:
+        """The last entry of stream ``key`` (ID and fields as text), or None if it has none."""
+        reply: Any = await self.redis.xrevrange(key, count=1)
+        if not reply:
+            return None
+        entry_id, fields = reply[0]
+        return str(text(entry_id)), {str(text(k)): str(text(v)) for k, v in fields.items()}
+
+    async def entries_added(self, key: str) -> int:
+        """How many entries were ever added to stream ``key`` (trimmed ones too); 0 if none."""
+        if await self.redis.exists(key) == 0:
+            return 0
+        info: Any = await self.redis.xinfo_stream(key)
+        return int(info.get("entries-added", info.get("length", 0)))
 
     # -- snapshots -------------------------------------------------------------------------------
 

@@ -106,7 +106,7 @@ def test_redis_restart_mid_stream(tmp_path: Path, keys: Keys, how: str) -> None:
         wait_events(client, keys, len(messages), timeout=120)
         code, log = stop_daemon(proc)
         assert code == 0, log
-        assert '"msg":"redis error; resynchronising"' in log
+        assert '"msg":"waiting for redis; retrying with backoff"' in log
         assert_exactly_once(client, keys, entries_of(client, ids, messages))
         client.close()
     finally:
@@ -257,4 +257,4 @@ def test_connections_killed_under_the_daemon(
     assert code == 0, log
     assert_exactly_once(r, keys, entries_of(r, ids, messages))
     assert kills >= 10
-    assert '"msg":"redis error; resynchronising"' in log
+    assert '"msg":"waiting for redis; retrying with backoff"' in log
