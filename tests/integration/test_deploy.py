@@ -1,21 +1,29 @@
-"""The Docker files, checked without a Docker engine: hadolint, structure, and every compose
-shard service run natively with its exact command line and environment."""
+"""The Docker files and the dependency lock, checked without a Docker engine: hadolint,
+structure, the lock against pyproject.toml, and every compose shard service run natively with
+its exact command line and environment."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import tomllib
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 import yaml
+from packaging.markers import Marker
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 from shard.server import LocalServer, free_port
 
@@ -57,12 +65,77 @@ def test_dockerfile_structure() -> None:
     assert "HEALTHCHECK" in text and '"shard", "health"' in text
     user = [x for x in lines if x.startswith("USER ")]
     assert user and user[-1] not in ("USER root", "USER 0")
-    # Dependencies are installed in a layer before the source is copied (cache).
+    # The dependencies come from the runtime lock, hash-checked, in a layer of their own before
+    # the source is copied (cache); the package after it, without dependencies.
     first_source = next(i for i, x in enumerate(lines) if x.startswith("COPY shard"))
-    first_install = next(i for i, x in enumerate(lines) if "pip install ." in x)
-    assert lines.index("COPY pyproject.toml README.md ./") < first_install < first_source
+    installs = [i for i, x in enumerate(lines) if "pip install" in x]
+    assert lines.index("COPY requirements.txt ./") < installs[0] < first_source
+    assert "--require-hashes -r requirements.txt" in lines[installs[0]]
+    assert installs[1:] and all(i > first_source for i in installs[1:])
+    assert all("--no-deps" in lines[i] for i in installs[1:])
     ignored = (REPO / ".dockerignore").read_text().split()
-    assert ".git" in ignored and ".venv" in ignored
+    assert ".git" in ignored and ".venv" in ignored and ".venv-latest" in ignored
+    assert "requirements.txt" not in ignored
+
+
+def pins(lock: str) -> dict[str, list[tuple[Version, Marker | None, int]]]:
+    """A lock's pins: name -> (version, environment marker, number of hashes) per line."""
+    found: dict[str, list[tuple[Version, Marker | None, int]]] = {}
+    for block in re.split(r"\n(?=[A-Za-z0-9])", (REPO / lock).read_text()):
+        if block.startswith("#") or not block.strip():
+            continue
+        requirement = Requirement(block.split(" \\\n", 1)[0])
+        (spec,) = requirement.specifier
+        assert spec.operator == "==", f"{lock}: {block.splitlines()[0]} is not a pin"
+        entry = (Version(spec.version), requirement.marker, block.count("--hash=sha256:"))
+        found.setdefault(canonicalize_name(requirement.name), []).append(entry)
+    return found
+
+
+def test_lock_matches_pyproject() -> None:
+    """Every requirement of pyproject.toml is pinned inside its range, with hashes, in the dev
+    lock, and the runtime lock pins the runtime ones at the dev lock's versions: a range changed
+    without `scripts/lock` fails here."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    dev, runtime = pins("requirements-dev.txt"), pins("requirements.txt")
+    for lock, found in (("requirements-dev.txt", dev), ("requirements.txt", runtime)):
+        for name, entries in found.items():
+            assert all(hashes for _, _, hashes in entries), f"{lock}: {name} has no hash"
+    wanted = [(x, "dev") for x in project["optional-dependencies"]["dev"]]
+    wanted += [(x, "runtime") for x in project["dependencies"]]
+    for text, part in wanted:
+        requirement = Requirement(text)
+        name = canonicalize_name(requirement.name)
+        locks = [dev] if part == "dev" else [dev, runtime]
+        for found in locks:
+            assert name in found, f"{name} is not in the lock: run scripts/lock"
+            for version, _, _ in found[name]:
+                assert requirement.specifier.contains(version, prereleases=True), (
+                    f"the lock pins {name} {version}, outside {requirement}: run scripts/lock"
+                )
+    for name, entries in runtime.items():
+        assert dev.get(name) == entries, f"{name}: requirements.txt and requirements-dev.txt differ"
+
+
+def test_venv_has_the_locked_versions() -> None:
+    """The interpreter running the tests has what the dev lock pins for it (scripts/venv.sh
+    syncs .venv); on SHARD_DEPS=latest it has the newest releases instead."""
+    if os.environ.get("SHARD_DEPS") == "latest":
+        pytest.skip("SHARD_DEPS=latest tests the newest releases, not the lock")
+    wrong = []
+    for name, entries in pins("requirements-dev.txt").items():
+        for version, marker, _ in entries:
+            if marker is None or marker.evaluate():
+                try:
+                    installed = Version(metadata.version(name))
+                except metadata.PackageNotFoundError:
+                    installed = None
+                if installed != version:
+                    wrong.append(f"{name} {installed} (the lock: {version})")
+    assert not wrong, (
+        "not the lock's versions (rm .venv/shard-lock.sha256; scripts/test syncs .venv): "
+        + ", ".join(wrong)
+    )
 
 
 def test_compose_structure() -> None:
