@@ -12,26 +12,38 @@ its value:
 =================== ====================================================================
 reason              when
 =================== ====================================================================
-``malformed``       not a JSON object, not UTF-8, no field the shard knows, data + fields
+``malformed``       not UTF-8, not JSON (``NaN`` and ``Infinity`` are not), not a JSON
+                    object, a name given twice, no field the shard knows, data + fields
 ``missing_field``   a required field is absent (``type``, ``order_id``, ``side``, ...)
 ``unknown_type``    ``type`` is not ``order``, ``cancel`` or ``amend``
 ``invalid_field``   a value breaks its rule, or a known field that does not apply to the type
 =================== ====================================================================
 
 Rules: integers are decimal ASCII digits (JSON integers in the JSON form) that fit a signed
-64-bit integer, no sign, spaces, exponent or fraction; ``quantity`` > 0; ``price`` >= 0,
+64-bit integer, with no sign (not even ``-0``), spaces, exponent or fraction; leading zeros are
+accepted in the flat form (``007`` is 7; JSON forbids them). ``quantity`` > 0; ``price`` >= 0,
 required except for ``market``, where it must be absent; ``timestamp`` >= 0, defaulting to the
 stream entry's millisecond time (``default_timestamp``); ``order_id`` 1-64 bytes of UTF-8. A JSON
-``null`` counts as absent. Unknown field names are ignored.
+``null`` counts as absent. Unknown field names are ignored, but no name, known or not, may
+appear twice in an entry or in any JSON object of a message (a reader that keeps the first
+would see another message than one that keeps the last). A JSON number in a known field that
+is no int64 (``1e400``, 5,000 digits, ``-0``) or a ``NaN``/``Infinity`` there is refused as
+that field's ``invalid_field``; elsewhere a number is ignored with its field, but ``NaN`` and
+``Infinity`` make the message ``malformed``.
 
-Cost: the JSON form first tries msgspec's typed decoder (one C call); only input it refuses goes
-through :func:`validate`, the hand-written rules that explain the refusal. The two agree on every
-input the fast path accepts (a property test holds them to it).
+Cost: the JSON form first tries msgspec's typed decoder (one C call) and two guards it needs,
+a count of the colons and a look for ``-0`` (see :func:`_fast_ok`); only input they do not take
+goes through :func:`_slow_json` (the standard library's parser, with hooks that keep repeated
+names and number literals) and :func:`validate`, the hand-written rules that explain the
+refusal. The flat form is decoded from a cached layout of its names (:func:`_fast_flat`) when
+they are distinct and known, and through :func:`validate` otherwise. The fast paths agree with
+the slow ones on every input (property tests hold them to it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Final
 
 import msgspec
@@ -64,12 +76,15 @@ APPLIES: Final = {
     "amend": frozenset(("type", "order_id", "timestamp", "price", "quantity")),
 }
 SHOWN_CHARS: Final = 40
+SHOWN_NAMES: Final = 8
+"""At most this many field names are listed in a detail, each at most SHOWN_CHARS long."""
 
 _typed = msgspec.json.Decoder(Order | Cancel | Amend)
-_untyped = msgspec.json.Decoder()
 # What msgspec raises on hostile JSON: bad syntax or types (DecodeError and its ValidationError),
 # invalid UTF-8 inside a string, and nesting deeper than the interpreter's recursion limit.
 _JSON_ERRORS: Final = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+# Names shown bare in a detail; any other name is quoted.
+_BARE_NAMES: Final = KNOWN_FIELDS | {"data"}
 
 
 class _Bad(Exception):
@@ -80,14 +95,42 @@ class _Bad(Exception):
         self.detail = detail
 
 
+class _Literal:
+    """A JSON number the shard cannot take as an int64 (a fraction, an exponent, ``-0``, more
+    than 20 characters), or a ``NaN``/``Infinity`` constant, kept as written for the detail."""
+
+    __slots__ = ("constant", "text")
+
+    def __init__(self, text: str, constant: bool = False) -> None:
+        self.text = text
+        self.constant = constant
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def _as_written(value: object) -> msgspec.Raw:
+    if isinstance(value, _Literal):
+        return msgspec.Raw(value.text.encode())
+    raise TypeError(type(value).__name__)
+
+
+_encode_shown = msgspec.json.Encoder(enc_hook=_as_written).encode
+
+
 def show(value: object) -> str:
     """A value as a short, printable literal for a ``detail`` sentence."""
     if isinstance(value, bytes | bytearray):
         text = repr(bytes(value))
     elif isinstance(value, str):
         text = repr(value)
+    elif _jsonable(value):
+        try:
+            text = _encode_shown(value).decode()
+        except (TypeError, ValueError):  # a lone surrogate in a string, say
+            text = repr(value)
     else:
-        text = msgspec.json.encode(value).decode() if _jsonable(value) else repr(value)
+        text = repr(value)
     return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 3] + "..."
 
 
@@ -95,41 +138,177 @@ def _jsonable(value: object) -> bool:
     return value is None or isinstance(value, bool | int | float | list | dict)
 
 
+def _show_name(name: str | bytes) -> str:
+    """A field name for a detail: a known one bare, any other quoted (bytes that are not UTF-8,
+    or a name read from them with surrogateescape, as bytes)."""
+    if isinstance(name, bytes):
+        try:
+            name = name.decode()
+        except UnicodeDecodeError:
+            return show(name)
+    elif not name.isascii():
+        try:
+            name.encode()
+        except UnicodeEncodeError:
+            try:
+                return show(name.encode("utf-8", "surrogateescape"))
+            except UnicodeEncodeError:  # a lone surrogate from a JSON escape
+                return show(name)
+    return name if name in _BARE_NAMES else show(name)
+
+
+def _first_repeat(names: Sequence[str | bytes]) -> tuple[str | bytes, int]:
+    """The first name that appears again, and how often it appears. O(names)."""
+    seen: set[str | bytes] = set()
+    for name in names:
+        if name in seen:
+            return name, names.count(name)
+        seen.add(name)
+    raise AssertionError("no name repeats")
+
+
+def _repeated(name: str | bytes, count: int) -> str:
+    times = "twice" if count == 2 else f"{count} times"
+    return f"field {_show_name(name)} appears {times}; send each field once"
+
+
 # -- JSON form -------------------------------------------------------------------------------------
 
 
 def decode_json(data: bytes | str, default_timestamp: int | None = None) -> Input:
-    """Decode one message in the JSON form (a ``data`` field, or a line of ``shard replay``)."""
+    """Decode one message in the JSON form (a ``data`` field, or a line of ``shard replay``).
+
+    Cost: msgspec's typed decoder plus :func:`_fast_ok` for a canonical message; any other goes
+    through :func:`_slow_json`, several times slower."""
     try:
         msg: Order | Cancel | Amend = _typed.decode(data)
     except _JSON_ERRORS:
         pass
     else:
-        if _fast_ok(msg):
+        if _fast_ok(msg, data):
             if msg.timestamp == NO_TIMESTAMP:
                 if default_timestamp is None:
                     return _missing_timestamp(msg.order_id)
                 msg.timestamp = default_timestamp
             return msg
-    try:
-        obj = _untyped.decode(data)
-    except _JSON_ERRORS as exc:
-        return Invalid(None, MALFORMED, f"the message is not valid JSON ({exc}): {show(data)}")
-    if not isinstance(obj, dict):
-        return Invalid(None, MALFORMED, f"the message must be a JSON object, got {show(obj)}")
-    return validate(obj, default_timestamp)
+    return _slow_json(data, default_timestamp)
 
 
-def _fast_ok(msg: Order | Cancel | Amend) -> bool:
-    """The cross-field rules the typed decoder cannot express (plus UTF-8 byte length)."""
+def _fast_ok(msg: Order | Cancel | Amend, data: bytes | str) -> bool:
+    """Whether the typed decoder's answer stands: the cross-field rules it cannot express, the
+    UTF-8 length of a non-ASCII order ID, and two guards against what it reads too kindly.
+
+    * A repeated name (the typed decoder keeps the last value). Each name in a JSON object is
+      followed by a colon, so a message with no more colons than the fields its struct proves
+      present names none twice, however its names are escaped. A colon inside a value, an
+      explicit null or an explicit ``"order_type": "limit"`` sends the message the slow way,
+      which is slower, never wrong.
+    * ``-0``, which it reads as 0: only a field that decoded to 0 can have been written so.
+
+    Cost: a few comparisons and one count of the colons (a C loop over the message)."""
     oid = msg.order_id
     if not oid.isascii() and len(oid.encode()) > MAX_ORDER_ID_BYTES:
         return False
+    timestamp = msg.timestamp
     if type(msg) is Order:
-        return (msg.price is None) == (msg.order_type == "market")
-    if type(msg) is Amend:
-        return msg.quantity is not None or msg.price is not None
-    return True
+        price = msg.price
+        order_type = msg.order_type
+        if (price is None) != (order_type == "market"):
+            return False
+        shown = 4 + (price is not None) + (order_type != "limit") + (timestamp != NO_TIMESTAMP)
+        zero = price == 0 or timestamp == 0
+    elif type(msg) is Amend:
+        price = msg.price
+        if msg.quantity is None and price is None:
+            return False
+        shown = 2 + (msg.quantity is not None) + (price is not None) + (timestamp != NO_TIMESTAMP)
+        zero = price == 0 or timestamp == 0
+    else:
+        shown = 2 + (timestamp != NO_TIMESTAMP)
+        zero = timestamp == 0
+    if isinstance(data, str):
+        return data.count(":") <= shown and not (zero and "-0" in data)
+    return data.count(b":") <= shown and not (zero and b"-0" in data)
+
+
+def _json_int(text: str) -> int | _Literal:
+    """A JSON integer as an int; kept as written when it is ``-0`` or longer than int64's 20
+    characters (``int()`` of thousands of digits is slow, and refused past 4,300)."""
+    if len(text) > 20 or text == "-0":
+        return _Literal(text)
+    return int(text)
+
+
+def _slow_json(data: bytes | str, default_timestamp: int | None) -> Input:
+    """The JSON form the careful way: strict UTF-8, the standard library's parser with hooks
+    that see every member of every object (for repeated names) and keep a number the shard
+    cannot take as written (so :func:`validate` can name its field), then :func:`validate`.
+
+    Cost: the parser and its hooks in Python, a few microseconds for a short message."""
+    if isinstance(data, str):
+        text = data
+    else:
+        try:
+            text = data.decode()
+        except UnicodeDecodeError as exc:
+            return Invalid(
+                None, MALFORMED, f"the message is not valid UTF-8 (at byte {exc.start}): "
+                f"{show(data)}",
+            )  # fmt: skip
+    repeats: list[tuple[dict[str, object], str | bytes, int]] = []
+    constants: list[_Literal] = []
+
+    def members(pairs: list[tuple[str, object]]) -> dict[str, object]:
+        obj = dict(pairs)
+        if len(obj) < len(pairs):
+            repeats.append((obj, *_first_repeat([name for name, _ in pairs])))
+        return obj
+
+    def constant(name: str) -> _Literal:
+        literal = _Literal(name, constant=True)
+        constants.append(literal)
+        return literal
+
+    try:
+        obj = json.loads(
+            text,
+            object_pairs_hook=members,
+            parse_constant=constant,
+            parse_int=_json_int,
+            parse_float=_Literal,
+        )
+    except RecursionError:
+        return Invalid(None, MALFORMED, f"the message is nested too deeply: {show(text)}")
+    except ValueError as exc:  # json.JSONDecodeError
+        at = f" (at character {exc.pos})" if isinstance(exc, json.JSONDecodeError) else ""
+        return Invalid(None, MALFORMED, f"the message is not valid JSON{at}: {show(text)}")
+    if not isinstance(obj, dict):
+        if constants:
+            return _not_a_number(None, constants[0])
+        return Invalid(None, MALFORMED, f"the message must be a JSON object, got {show(obj)}")
+    order_id = _readable_id(obj.get("order_id"))
+    for where, name, count in repeats:
+        if where is obj:
+            return Invalid(None if name == "order_id" else order_id, MALFORMED,
+                           _repeated(name, count))  # fmt: skip
+    if repeats:
+        return Invalid(
+            order_id,
+            MALFORMED,
+            f"a nested object names {_show_name(repeats[0][1])} more than once; "
+            "send each name once",
+        )
+    if constants:  # NaN or Infinity: validate() names a known field holding one; elsewhere, refuse
+        known = [value for name, value in obj.items() if name in KNOWN_FIELDS]
+        stray = next((c for c in constants if not any(c is value for value in known)), None)
+        if stray is not None:
+            return _not_a_number(order_id, stray)
+    return validate(obj, default_timestamp)
+
+
+def _not_a_number(order_id: str | None, constant: _Literal) -> Invalid:
+    detail = f"the message is not valid JSON: {constant.text} is not a JSON number"
+    return Invalid(order_id, MALFORMED, detail)
 
 
 def _missing_timestamp(order_id: str | None) -> Invalid:
@@ -281,16 +460,28 @@ def decode_entry(entry_id: str, pairs: list[bytes], max_bytes: int) -> Input:
             OVERSIZE,
             f"the entry is {size} bytes, more than the {max_bytes} allowed (max_entry_bytes)",
         )
+    if len(fields) < len(pairs) >> 1:
+        return _repeated_flat(pairs, fields)
     return decode_fields(fields, default)
 
 
 def decode_pairs(pairs: list[bytes], default_timestamp: int | None) -> Input:
     """Decode a stream entry given as a flat ``[name, value, name, value, ...]`` list (a raw
-    XREADGROUP reply); a duplicated name keeps its last value."""
+    XREADGROUP reply); a name given twice makes it ``malformed``."""
     it = iter(pairs)
     # No strict=: as a keyword it costs 180 ns an entry, and an odd last name is dropped anyway.
     fields = dict(zip(it, it))  # noqa: B905
+    if len(fields) < len(pairs) >> 1:
+        return _repeated_flat(pairs, fields)
     return decode_fields(fields, default_timestamp)
+
+
+def _repeated_flat(pairs: list[bytes], fields: Mapping[bytes, bytes]) -> Invalid:
+    """The refusal of a flat entry that names a field twice (any name: an auditor may keep
+    either value)."""
+    name, count = _first_repeat(pairs[0 : len(pairs) - 1 : 2])
+    order_id = None if name == b"order_id" else _readable_id(fields.get(b"order_id"))
+    return Invalid(order_id, MALFORMED, _repeated(name, count))
 
 
 def decode_fields(
@@ -304,13 +495,9 @@ def decode_fields(
             return fast
     named: dict[str, object] = {}
     for key, value in fields.items():
-        if isinstance(key, bytes):
-            try:
-                name = key.decode()
-            except UnicodeDecodeError:
-                continue  # a field name we cannot read is not one we know
-        else:
-            name = key
+        # A name that is not UTF-8 is not one we know; surrogateescape keeps it apart from
+        # every other name and lets a detail show its bytes.
+        name = key.decode("utf-8", "surrogateescape") if isinstance(key, bytes) else key
         named[name] = value
     data = named.pop("data", None)
     if data is not None:
@@ -345,8 +532,11 @@ def validate(fields: Mapping[str, object], default_timestamp: int | None) -> Inp
 def _validate(fields: Mapping[str, object], default_timestamp: int | None) -> Input:
     present = {name for name, value in fields.items() if value is not None}
     if not KNOWN_FIELDS.intersection(present):
-        names = ", ".join(sorted(repr(n) for n in fields)) or "none"
-        raise _Bad(MALFORMED, f"the entry has no field the shard knows (fields: {names})")
+        names = sorted(map(_show_name, fields))
+        listed = ", ".join(names[:SHOWN_NAMES]) or "none"
+        if len(names) > SHOWN_NAMES:
+            listed += f" and {len(names) - SHOWN_NAMES} more"
+        raise _Bad(MALFORMED, f"the entry has no field the shard knows (fields: {listed})")
     kind = _text(fields, "type", required=True)
     applies = APPLIES.get(kind)  # type: ignore[arg-type]
     if applies is None:
@@ -395,8 +585,13 @@ def _readable_id(value: object) -> str | None:
             value = value.decode()
         except UnicodeDecodeError:
             return None
-    if isinstance(value, str) and 0 < len(value.encode()) <= MAX_ORDER_ID_BYTES:
-        return value
+    if isinstance(value, str):
+        try:
+            size = len(value.encode())
+        except UnicodeEncodeError:  # a lone surrogate
+            return None
+        if 0 < size <= MAX_ORDER_ID_BYTES:
+            return value
     return None
 
 
@@ -412,6 +607,13 @@ def _text(fields: Mapping[str, object], name: str, *, required: bool) -> str | N
         except UnicodeDecodeError:
             raise _Bad(INVALID_FIELD, f"{name} is not valid UTF-8: {show(value)}") from None
     if isinstance(value, str):
+        if not value.isascii():
+            try:
+                value.encode()
+            except UnicodeEncodeError:  # a lone surrogate, from a JSON escape such as \ud800
+                raise _Bad(
+                    INVALID_FIELD, f"{name} is not valid UTF-8 (a lone surrogate): {show(value)}"
+                ) from None
         return value
     raise _Bad(INVALID_FIELD, f"{name} must be a string, got {show(value)}")
 
@@ -431,7 +633,8 @@ def _order_id(fields: Mapping[str, object]) -> str:
 
 
 def _integer(fields: Mapping[str, object], name: str, *, minimum: int) -> int | None:
-    """An optional non-negative integer field: JSON integer or decimal ASCII digits."""
+    """An optional non-negative integer field: a JSON integer, or decimal ASCII digits without
+    a sign (leading zeros are read: ``007`` is 7)."""
     value = fields.get(name)
     if value is None:
         return None
@@ -439,12 +642,19 @@ def _integer(fields: Mapping[str, object], name: str, *, minimum: int) -> int | 
         number = value
     elif isinstance(value, bytes | str):
         text = value.decode("ascii", "replace") if isinstance(value, bytes) else value
-        digits = text[1:] if text.startswith("-") else text
-        if not (digits.isascii() and digits.isdigit()):
+        if text.startswith(("-", "+")):
+            raise _Bad(INVALID_FIELD, f"{name} must be written without a sign, got {show(value)}")
+        if not (text.isascii() and text.isdigit()):
             raise _Bad(INVALID_FIELD, f"{name} must be a decimal integer, got {show(value)}")
-        if len(digits.lstrip("0")) > 19:  # past int64 whatever the digits; int() would be slow
+        if len(text.lstrip("0")) > 19:  # past int64 whatever the digits; int() would be slow
             raise _Bad(INVALID_FIELD, f"{name} does not fit a signed 64-bit integer: {show(value)}")
         number = int(text)
+    elif isinstance(value, _Literal):  # a JSON number as written: -0, a fraction, 5,000 digits
+        if value.text == "-0":
+            raise _Bad(INVALID_FIELD, f"{name} must be written without a sign, got -0")
+        if value.text.lstrip("-").isdigit():
+            raise _Bad(INVALID_FIELD, f"{name} does not fit a signed 64-bit integer: {show(value)}")
+        raise _Bad(INVALID_FIELD, f"{name} must be an integer, got {show(value)}")
     else:
         raise _Bad(INVALID_FIELD, f"{name} must be an integer, got {show(value)}")
     if not -INT64_MAX - 1 <= number <= INT64_MAX:
