@@ -267,10 +267,20 @@ def build_parser() -> argparse.ArgumentParser:
         "up",
         help="local cluster: an embedded Redis-compatible server and one daemon per pair",
     )
+    from shard.up import DEFAULT_PORT
+
     up.add_argument("--pairs", default="BTC-USDT", help="comma-separated pairs")
-    up.add_argument("--redis-url", help="use this server instead of starting one (env REDIS_URL)")
+    up.add_argument(
+        "--redis-url",
+        help="use this server instead of starting one (env REDIS_URL; a password is safer there)",
+    )
     up.add_argument("--data-dir", default=".shard-data", help="server files (append-only file)")
-    up.add_argument("--port", type=int, default=6390, help="port of the embedded server")
+    up.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        help="port of the embedded server (default %(default)s, where the other commands look)",
+    )
     up.set_defaults(handler=_up)
 
     from shard.load.main import add_arguments

@@ -6,24 +6,56 @@ in ``--data-dir``; then one ``shard run`` child process per pair. A child that e
 is restarted after a short pause. Ctrl-C (or SIGTERM) stops the daemons first (each commits the
 batch in hand), then the server (SHUTDOWN, so the append-only file is complete). The next
 ``shard up`` with the same data directory resumes with the books intact.
+
+The server listens by default on the port of the configuration's default ``redis_url``
+(6379), where ``shard publish``, ``trades``, ``health`` and ``load`` look when given no URL. A
+port already in use is refused before anything starts, with one sentence saying what to do.
+
+The URL, which may hold a password, reaches the children in their environment (``REDIS_URL``,
+readable only by this user), never on their command lines (``ps`` shows those to every local
+user), and is printed with its password masked.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import Final
+from urllib.parse import urlsplit
 
-from shard.config import PAIR_RE
+import msgspec
+
+from shard.config import PAIR_RE, Config, ConfigError, _redact, load
 from shard.server import LocalServer
 
 DEFAULT_PAIRS = "BTC-USDT"
-DEFAULT_PORT = 6390
+DEFAULT_URL: Final[str] = next(
+    f.default for f in msgspec.structs.fields(Config) if f.name == "redis_url"
+)
+DEFAULT_PORT: Final = urlsplit(DEFAULT_URL).port or 6379
+"""The embedded server's port: the one every other command reaches without a URL."""
 RESTART_PAUSE = 2.0
+
+
+def port_in_use(port: int) -> bool:
+    """Whether 127.0.0.1:``port`` cannot be listened on (another server has it)."""
+    with socket.socket() as s:
+        # As redis-server does: connections in TIME_WAIT do not count as the port in use.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return True
+            raise
+    return False
 
 
 class Cluster:
@@ -52,11 +84,11 @@ class Cluster:
         self.stop = threading.Event()
 
     def _spawn(self, pair: str) -> subprocess.Popen[bytes]:
-        env = {**os.environ, "SHARD_INSTANCE": f"up:{pair}", **self.env}
+        """One daemon (or floor relay) for ``pair``; the URL goes in its environment, which only
+        this user can read, not on its command line, which every local user can."""
+        env = {**os.environ, "SHARD_INSTANCE": f"up:{pair}", **self.env, "REDIS_URL": self.url}
         command = ["shard.load.relay"] if self.floor else ["shard", "run"]
-        return subprocess.Popen(
-            [sys.executable, "-m", *command, "--pair", pair, "--redis-url", self.url], env=env
-        )
+        return subprocess.Popen([sys.executable, "-m", *command, "--pair", pair], env=env)
 
     def run(self) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -83,32 +115,56 @@ class Cluster:
         return 0
 
     def start(self) -> Cluster:
-        """Start the server (unless a URL was given) and one daemon per pair."""
+        """Start the server (unless a URL was given) and one daemon per pair. A server port
+        already in use stops it before anything starts (SystemExit with one sentence)."""
         if self.server:
+            port = self.server.port
+            if port_in_use(port):
+                url = f"redis://127.0.0.1:{port}/0"
+                raise SystemExit(
+                    f"shard up: 127.0.0.1:{port} is already in use: if another `shard up` has "
+                    f"it, use that one as it is; if it is a Redis server, run `shard up "
+                    f"--redis-url {url}` to use it, or `shard up --port N` to start one beside "
+                    f"it and give `--redis-url redis://127.0.0.1:N/0` to the other commands"
+                )
             self.server.start()
         for pair in self.pairs:
             self.children[pair] = self._spawn(pair)
         return self
 
     def _banner(self) -> None:
-        lines = [f"shard up: {len(self.pairs)} shard(s) on {self.url}"]
+        """Where things are and what to try, on stderr; the URL's password masked."""
+        shown = _redact(self.url)
+        lines = [f"shard up: {len(self.pairs)} shard(s) on {shown}"]
         if self.server:
             lines.append(f"  server: {self.server.binary} (data in {self.server.data_dir})")
         for pair in self.pairs:
             lines.append(f"  {pair}: publish to orders:{{{pair}}}, trades on trades:{{{pair}}}")
         first = self.pairs[0]
+        # The other commands need no URL when theirs (the environment, else the default) is ours.
+        try:
+            theirs = load(pair=first).redis_url
+        except ConfigError:
+            theirs = DEFAULT_URL
+        reach = "" if theirs == self.url else f" --redis-url {shown}"
         lines += [
             "try:",
             f'  echo \'{{"type": "order", "order_id": "b1", "side": "buy", '
-            f'"price": 100, "quantity": 5}}\' | shard publish --pair {first} --redis-url '
-            f"{self.url}",
-            f"  shard trades --pair {first} --redis-url {self.url} --follow",
-            "Ctrl-C stops everything cleanly.",
+            f'"price": 100, "quantity": 5}}\' | shard publish --pair {first}{reach}',
+            f"  shard trades --pair {first}{reach} --follow",
         ]
+        if reach and shown != self.url:
+            lines.append(
+                "  (*** is the password: give the URL in REDIS_URL, not on a command line)"
+            )
+        lines.append("Ctrl-C stops everything cleanly.")
         print("\n".join(lines), file=sys.stderr, flush=True)
 
     def shutdown(self) -> None:
-        """SIGTERM every daemon (each commits the batch in hand), then stop the server."""
+        """SIGTERM every daemon (each commits the batch in hand), then stop the server. Quiet
+        when nothing was started (a refused port)."""
+        if not self.children and not (self.server and self.server.process):
+            return
         for child in self.children.values():
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
