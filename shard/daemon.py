@@ -28,6 +28,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import time
@@ -74,6 +75,7 @@ log = logging.getLogger("shard.daemon")
 _fields = itemgetter(1)  # an entry's field list
 
 REPLAY_PAGE: Final = 5000
+STREAM_ID: Final = re.compile(r"\d{1,20}-\d{1,20}")
 LEASE_WARN_EVERY: Final = 60.0
 """Seconds between two warnings that the lease key has no expiry."""
 _REFUSED: Final = {
@@ -623,7 +625,7 @@ class Shard:
         collector.settle()  # the old engine goes, the new one leaves the collector's view
         # A non-empty index is a tracked dict, frozen now; an empty one is not tracked yet.
         self._index_frozen = len(engine.book) > 0
-        await store.ensure_group(checkpoint, self.consumer)
+        await self._ensure_group()
         self.metrics.recoveries.inc()
         book = engine.book
         self.metrics.resting_orders.set(len(book))
@@ -707,6 +709,12 @@ class Shard:
                 "(consumers will then see trade_id 1 again)"
             )
         until = last_event[1].get("input_id", "")
+        if not STREAM_ID.fullmatch(until):
+            raise RecoveryError(
+                f"{keys.checkpoint} is missing, and the last entry of {keys.events} "
+                f"({last_event[0]}) is not one the shard wrote (input_id {until!r}): the stream "
+                f"holds forged entries. Delete them (XDEL), or restore {keys.checkpoint}"
+            )
         if meta is not None and parse_id(meta.input_id) > parse_id(until):
             meta = None  # a snapshot ahead of the outputs cannot be the one they went with
         engine, at, events = await self._load_snapshot(meta)
