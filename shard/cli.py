@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from shard import __version__
 
 if TYPE_CHECKING:
-    from shard.config import Keys
+    from shard.config import Config, Keys
 
 
 def _replay(args: argparse.Namespace) -> int:
@@ -96,12 +96,12 @@ def _health(args: argparse.Namespace) -> int:
     return 0
 
 
-def _client_setup(args: argparse.Namespace) -> tuple[str, Keys]:
-    """The Redis URL and Keys for a client command (pair and URL as for `shard run`)."""
+def _client_setup(args: argparse.Namespace) -> tuple[Config, Keys]:
+    """The config (URL, TLS keys) and Keys for a client command, as for `shard run`."""
     from shard.config import Keys
 
     config = _config(args)
-    return config.redis_url, Keys(config.pair, config.key_prefix)
+    return config, Keys(config.pair, config.key_prefix)
 
 
 def _publish(args: argparse.Namespace) -> int:

@@ -21,16 +21,23 @@ from typing import Any, BinaryIO, TextIO, cast
 import msgspec
 import redis
 
-from shard.config import Keys
+from shard.config import Config, Keys
 from shard.wire import trade_from_fields
 
 PUBLISH_CHUNK = 1000
 _encode = msgspec.json.Encoder().encode
 
 
-def sync_client(url: str) -> redis.Redis:
-    """A plain client for command-line tools (RESP2, bytes replies, retries on)."""
-    return redis.Redis.from_url(url, socket_connect_timeout=5, socket_keepalive=True, protocol=2)
+def sync_client(config: Config) -> redis.Redis:
+    """A plain client for command-line tools (RESP2, bytes replies, retries on): the config's
+    URL, connect timeout and TLS keys, as the daemon's."""
+    return redis.Redis.from_url(
+        config.redis_url,
+        socket_connect_timeout=config.connect_timeout,
+        socket_keepalive=True,
+        protocol=2,
+        **config.tls_options(),
+    )
 
 
 def publish_lines(client: redis.Redis, keys: Keys, lines: Iterable[bytes], out: TextIO) -> int:
@@ -129,8 +136,8 @@ def print_trades(
             return count
 
 
-def run_publish(url: str, keys: Keys, source: str, fields: dict[str, str] | None) -> int:
-    client = sync_client(url)
+def run_publish(config: Config, keys: Keys, source: str, fields: dict[str, str] | None) -> int:
+    client = sync_client(config)
     try:
         if fields:
             publish_fields(client, keys, fields, sys.stdout)

@@ -120,8 +120,10 @@ class Outage:
 
 
 def connect(config: Config) -> Redis:
-    """A client for the daemon. Connection-level retries are off on purpose: a silently
-    re-sent XREADGROUP could skip entries; the daemon resynchronises instead."""
+    """A client for the daemon, with the config's TLS keys on a rediss:// URL (the URL carries
+    no query parameters, so none of these options is overridden). Connection-level retries are
+    off on purpose: a silently re-sent XREADGROUP could skip entries; the daemon resynchronises
+    instead."""
     client = Redis.from_url(
         config.redis_url,
         socket_timeout=config.socket_timeout,
@@ -130,6 +132,7 @@ def connect(config: Config) -> Redis:
         retry=Retry(NoBackoff(), 0),
         client_name=f"shard:{config.pair}",
         protocol=2,  # the raw stream replies below are read in their RESP2 shape
+        **config.tls_options(),
     )
     # Stream replies stay raw ([id, [name, value, ...]]): the decoder reads the flat list, which
     # saves building a dict per entry in redis-py.

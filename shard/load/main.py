@@ -154,6 +154,7 @@ def main(args: argparse.Namespace) -> int:
         pairs=pairs,
         schedule=schedule,
         url=config.redis_url,
+        tls=config.tls_options(),
         seed=args.seed,
         preload=args.preload,
         preload_levels=args.preload_levels,
@@ -184,7 +185,7 @@ def main(args: argparse.Namespace) -> int:
                 pairs, None, Path(tmp), None, env=env, server_args=server_args, floor=args.floor
             ) as cluster:
                 assert cluster.server is not None
-                spec.url = cluster.server.url
+                spec.url, spec.tls = cluster.server.url, {}  # a plain local server
                 spec.shard_pids = {p: c.pid for p, c in cluster.children.items()}
                 result = run_load(spec)
     else:

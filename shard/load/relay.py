@@ -26,7 +26,7 @@ from typing import Any, cast
 import hiredis
 import redis
 
-from shard.config import Keys, load
+from shard.config import Config, ConfigError, Keys, load
 
 BLOCK_MS = 200
 COUNT = 1000
@@ -46,9 +46,9 @@ def event_commands(events_key: str, entries: list[Any]) -> list[bytes]:
     ]
 
 
-def relay(url: str, keys: Keys, stop: list[bool]) -> int:
+def relay(config: Config, keys: Keys, stop: list[bool]) -> int:
     """Answer inputs until ``stop[0]`` is set; how many were answered."""
-    client = redis.Redis.from_url(url, protocol=2)
+    client = redis.Redis.from_url(config.redis_url, protocol=2, **config.tls_options())
     conn = client.connection_pool.get_connection()
     try:
         newest = client.xrevrange(keys.orders, count=1)
@@ -92,7 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--redis-url")
     args = p.parse_args(argv)
     # The URL and key prefix come from the same file, environment and flags as `shard run`'s.
-    config = load(None, pair=args.pair, redis_url=args.redis_url)
+    try:
+        config = load(None, pair=args.pair, redis_url=args.redis_url)
+    except ConfigError as exc:
+        raise SystemExit(f"shard.load.relay: {exc}") from None
     stop = [False]
 
     def on_signal(*_: object) -> None:
@@ -100,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
-    relay(config.redis_url, Keys(config.pair, config.key_prefix), stop)
+    relay(config, Keys(config.pair, config.key_prefix), stop)
     return 0
 
 

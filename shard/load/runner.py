@@ -60,6 +60,8 @@ class LoadSpec:
     pairs: list[str]
     schedule: Schedule
     url: str
+    tls: dict[str, Any] = field(default_factory=dict)
+    """redis-py's TLS arguments for ``url`` (:meth:`shard.config.Config.tls_options`)."""
     seed: int = 1
     preload: int = 0
     preload_levels: int = 1000
@@ -322,7 +324,7 @@ class LoadRun:
 
     async def run(self) -> None:
         spec = self.spec
-        client = Redis.from_url(spec.url, protocol=2, socket_keepalive=True)
+        client = Redis.from_url(spec.url, protocol=2, socket_keepalive=True, **spec.tls)
         try:
             self.server_version = describe(await client.info("server"), await client.info("memory"))
             self._say(f"generating {spec.schedule.total:,} messages per pair ...")
@@ -378,7 +380,9 @@ class LoadRun:
 
     async def _timed(self, client: Redis) -> None:
         spec = self.spec
-        io = Redis.from_url(spec.url, protocol=2, socket_keepalive=True, socket_timeout=None)
+        io = Redis.from_url(
+            spec.url, protocol=2, socket_keepalive=True, socket_timeout=None, **spec.tls
+        )
         conns = [[await _conn(io) for _ in range(2)] for _ in self.pairs]
         cpu = SelfCpu()
         server_cpu, _, self.server_forks = await _server_info(client)
