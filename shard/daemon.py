@@ -723,9 +723,8 @@ class Shard:
         trades = engine.book.next_trade_id - 1
         if (
             at != until
-            or not last
-            or event_fields(last[0]) != _fields_list(last_event[1])
-            or (last_trade is not None and not _same_trade(last_trade[1], trades, last[1]))
+            or (last and event_fields(last[0]) != _fields_list(last_event[1]))
+            or (last_trade is not None and not _same_trade(last_trade[1], trades, last[-1:]))
         ):
             raise RecoveryError(
                 f"{keys.checkpoint} is missing, and replaying {keys.orders} up to the last "
@@ -907,12 +906,13 @@ def _fields_list(fields: dict[str, str]) -> list[str]:
     return [x for pair in fields.items() for x in pair]
 
 
-def _same_trade(stored: dict[str, str], trades: int, replayed: Trade | None) -> bool:
+def _same_trade(stored: dict[str, str], trades: int, replayed: list[Trade | None]) -> bool:
     """Whether the last stored trade is the replay's last: the same ``trade_id`` as the count,
     and the same fields when the replay made it (else the snapshot covers it)."""
     if trade_from_fields(stored).trade_id != trades:
         return False
-    return replayed is None or trade_fields(replayed) == _fields_list(stored)
+    last = replayed[0] if replayed else None
+    return last is None or trade_fields(last) == _fields_list(stored)
 
 
 def _same(a: Checkpoint | None, b: Checkpoint, *, digest: bool = False) -> bool:
