@@ -129,7 +129,7 @@ def run_tag(now: float | None = None) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    from shard.config import ConfigError, load
+    from shard.config import TLS_FILES, ConfigError, load
     from shard.load.report import build, plot, table, write_json
     from shard.load.runner import LoadSpec, run_load
     from shard.up import Cluster
@@ -176,7 +176,13 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit("shard load: --floor needs --local (it replaces the shards it starts)")
     if args.local:
         with tempfile.TemporaryDirectory(prefix="shard-load-") as tmp:
-            env = {"SHARD_LOG_LEVEL": os.environ.get("SHARD_LOG_LEVEL", "WARNING")}
+            env = {
+                "SHARD_LOG_LEVEL": os.environ.get("SHARD_LOG_LEVEL", "WARNING"),
+                # The local server is plain redis://: TLS keys in the environment would be
+                # refused by each daemon.
+                **{f"SHARD_{name.upper()}": "" for name in TLS_FILES},
+                "SHARD_TLS_CHECK_HOSTNAME": "true",
+            }
             server_args: list[str] = []
             for setting in args.server_config:  # 'NAME VALUE' -> --NAME VALUE
                 name, _, value = setting.strip().partition(" ")

@@ -319,3 +319,16 @@ def test_bad_url_or_tls_key_is_one_sentence_and_exit_1(
     assert len(lines) == 1 and "secret" not in lines[0], done.stderr
     for word in words:
         assert word in lines[0], lines[0]
+
+
+def test_load_local_ignores_the_tls_keys_of_the_environment(
+    tls_server: TlsServer, certs: Certs, tmp_path: Path
+) -> None:
+    """--local runs its own plain server: the daemons it starts must not inherit TLS keys."""
+    env = tls_env(certs, tls_server.url)
+    done = shard(
+        "load", "--local", "--rate", "100", "--duration", "1", "--out", str(tmp_path), "--quiet",
+        env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "report.json").read_text())["totals"]["completed"] == 100
