@@ -182,7 +182,9 @@ def _check_url(url: str) -> None:
         )
     if unix:
         if parts.netloc.rpartition("@")[2]:
-            raise ConfigError(f"redis_url: a unix:// URL names no host (unix:///path), got {shown}")
+            raise ConfigError(
+                f"redis_url must name no host in a unix:// URL (unix:///path), got {shown}"
+            )
         if not parts.path:
             raise ConfigError(f"redis_url names no socket path (unix:///path), got {shown}")
         return
@@ -248,6 +250,7 @@ def _check_tls(config: Config) -> None:
 
 
 def _check_cert_and_key(context: ssl.SSLContext, cert: str, key: str) -> None:
+    """Load the client certificate and key as the connection will, and say which one is wrong."""
     asked = []
 
     def password() -> bytes:
