@@ -49,7 +49,9 @@ print(hashlib.sha256(b"".join(open(p, "rb").read() for p in sys.argv[1:])).hexdi
     [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] && return 0
     echo "== syncing $venv with requirements-dev.txt" >&2
     rm -f "$stamp"
-    _shard_pip install --require-hashes -r requirements-dev.txt
+    # --no-compile: byte-compiling every module of every package was a good part of a fresh
+    # install; Python compiles (and caches) the modules a run imports, when it imports them.
+    _shard_pip install --no-compile --require-hashes -r requirements-dev.txt
     unpinned=$(_shard_vs_lock unpinned)
     if [ -n "$unpinned" ]; then
         echo "== removing what the lock does not pin:" $unpinned >&2
@@ -75,7 +77,7 @@ latest)
     venv=.venv-latest
     [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
     echo "== upgrading $venv to the newest releases pyproject.toml allows" >&2
-    _shard_pip install --upgrade --upgrade-strategy eager -e '.[dev]'
+    _shard_pip install --no-compile --upgrade --upgrade-strategy eager -e '.[dev]'
     _shard_vs_lock differs
     ;;
 *)
