@@ -84,6 +84,9 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     """Approximate cap on ``trades:{P}``/``events:{P}`` (XADD MAXLEN ~); 0 keeps everything."""
     max_entry_bytes: int = 16_384
     """An input entry larger than this (names + values) is rejected as ``oversize``."""
+    read_budget_bytes: int = 16 * 2**20
+    """The most bytes of input one read may carry (see :mod:`shard.reads`): its count is this
+    divided by ``max_entry_bytes``, or by the size of the largest oversize entry just read."""
     instance: str = ""
     """Who holds the pair's lease: default the host name. A daemon restarted under the same
     name takes its lease back at once; another name waits as a standby until it expires."""
@@ -109,6 +112,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
             "snapshot_chunk_bytes",
             "snapshot_slice_orders",
             "max_entry_bytes",
+            "read_budget_bytes",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")

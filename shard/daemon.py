@@ -38,15 +38,15 @@ from typing import Any, Final, cast
 
 import msgspec
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
 from shard import collector
 from shard.config import Config, Keys
-from shard.decode import decode_entry
+from shard.decode import OVERSIZE, decode_entry
 from shard.engine import DIGEST_SCHEME, Engine
 from shard.messages import Input, Trade
 from shard.metrics import Metrics
+from shard.reads import ReadBudget
 from shard.snapshotter import Snapshotter
 from shard.store import (
     ZERO_ID,
@@ -154,6 +154,8 @@ class Shard:
         """With ``ack = "setid"``: the last input entry read (reads are by position)."""
         self._backlog = False
         """The last read came back full: the next one is sent without BLOCK (see _step)."""
+        self.reads = ReadBudget(config.batch_size, config.read_budget_bytes, config.max_entry_bytes)
+        self._asked = 0  # the count of the read in flight
         self._read_blocks = True  # whether the read in flight was sent with BLOCK
         self._ahead: Any = None  # the next batch's reply, received before the commit went out
         self.last_health = 0.0
@@ -164,11 +166,6 @@ class Shard:
         self._writer: Channel | None = None
         self._store: Store | None = None
         self._backoff = ExponentialWithJitterBackoff(cap=config.reconnect_max_delay, base=0.05)
-        self._resync_retry = Retry(
-            self._backoff,
-            retries=-1,
-            supported_errors=RETRIED,  # type: ignore[arg-type]  # OSError too, on purpose
-        )
         self.outage = Outage()
         self._failures = 0
         """Refusals and errors in the loop since the last commit: the backoff before a resync."""
@@ -262,18 +259,28 @@ class Shard:
         )
 
     async def _with_retry(self, action: Any) -> None:
-        """Run a repair until it succeeds, backing off while Redis cannot serve it (errors it
-        does not wait out, and a stop, end the attempts)."""
+        """Run a repair until it succeeds, backing off while Redis cannot serve it. Errors it
+        does not wait out end the attempts, and so does a stop, at once (a SIGTERM is served
+        while the daemon waits, not after the backoff)."""
+        failures = 0
+        while True:
+            try:
+                await action()
+                return
+            except RETRIED as error:
+                if not waited_out(error):
+                    raise
+                failures += 1
+                self.metrics.reconnects.inc()
+                self._note_outage(error_code(error) or "connection", describe(error))
+                if not await self._pause(self._backoff.compute(failures)):
+                    raise _Stopping("while Redis was unavailable") from error
 
-        async def fail(error: Exception) -> None:
-            if not waited_out(error):
-                raise error
-            self.metrics.reconnects.inc()
-            self._note_outage(error_code(error) or "connection", describe(error))
-            if self.stopping:
-                raise _Stopping("while Redis was unavailable") from error
-
-        await self._resync_retry.call_with_retry(action, fail)
+    async def _pause(self, seconds: float) -> bool:
+        """Sleep ``seconds`` unless a stop comes first; False if stopping."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
+        return not self.stopping
 
     def _note_outage(self, kind: str, why: str, key: str = "") -> None:
         """Log a kind of trouble with Redis once, when it starts (later retries at debug)."""
@@ -293,8 +300,7 @@ class Shard:
         if self.has_lease:
             with contextlib.suppress(*RETRIED):
                 await self.store.renew_lease(self.holder, int(self.config.lease_ttl * 1000))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), self._backoff.compute(self._failures))
+        await self._pause(self._backoff.compute(self._failures))
 
     def _resumed(self) -> None:
         lasted = self.outage.end(time.monotonic())
@@ -326,6 +332,7 @@ class Shard:
         await self._abandon_snapshot()
         await self._finish_beat()
         self.read_at = None  # the next read starts from what was applied
+        self.reads.restart()  # and from one entry: what follows is not known
         self._ahead, self._backlog = None, False
         for channel in (self._reader, self._writer):
             if channel is not None:
@@ -335,9 +342,10 @@ class Shard:
     # -- the loop --------------------------------------------------------------------------------
 
     def _room(self, taken: int = 0) -> int:
-        """How many entries the next read may take: max_inputs bounds the total, counting the
-        batches in hand (``taken``) and those applied but not yet confirmed."""
-        count = self.config.batch_size
+        """How many entries the next read may take: the read budget's count (see
+        :mod:`shard.reads`); max_inputs bounds the total, counting the batches in hand
+        (``taken``) and those applied but not yet confirmed."""
+        count = self.reads.count
         if self.max_inputs is not None:
             outstanding = sum(len(p.acks) for p in self.unconfirmed)
             count = min(count, self.max_inputs - self.inputs_done - outstanding - taken)
@@ -366,7 +374,7 @@ class Shard:
                 blocked = self._read_blocks
             reply = await reader.recv()
         entries = cast(Entries, reply[0][1]) if reply else []
-        self._backlog = len(entries) >= self.config.batch_size
+        self._backlog = len(entries) >= self._asked
         if entries:
             self.read_at = entries[-1][0].decode()
             room = self._room(len(entries))
@@ -391,6 +399,7 @@ class Shard:
 
     async def _send_read(self, count: int) -> None:
         config = self.config
+        self._asked = count
         self._read_blocks = not self._backlog
         block = ("BLOCK", config.block_ms) if self._read_blocks else ()
         if self.store.ack == "setid":
@@ -425,11 +434,15 @@ class Shard:
             todo = [(i, e[1]) for i, e in zip(acks, entries, strict=True) if parse_id(i) > after]
             applied = [i for i, _ in todo]
         reject = self.metrics.reject
+        biggest = 0  # the largest oversize entry: what the next read's count is made from
         for entry_id, pairs in todo:
             event = apply(decode_entry(entry_id, pairs, max_bytes), entry_id, trades)
             if event.status == "rejected":
                 reject(event.reason or "")
+                if event.reason == OVERSIZE:
+                    biggest = max(biggest, sum(map(len, pairs)))
             add_event(events, event)
+        self.reads.taken(biggest)
         trade_rows: Row = []
         for trade in trades:
             add_trade(trade_rows, trade)
@@ -663,23 +676,29 @@ class Shard:
         replayed = 0
         scratch: list[Trade] = []
         start = f"({at}"
+        config = self.config
+        pages = ReadBudget(REPLAY_PAGE, config.read_budget_bytes, config.max_entry_bytes)
         while parse_id(at) < parse_id(until):
             page = cast(
                 Entries,
                 await self.store.redis.xrange(
-                    self.keys.orders, min=start, max=until, count=REPLAY_PAGE
+                    self.keys.orders, min=start, max=until, count=pages.count
                 ),
             )
             if not page:
                 break
+            biggest = 0
             for raw_id, fields in page:
                 at = raw_id.decode()
                 event = engine.apply(self._decode(at, fields), at, scratch)
+                if event.reason == OVERSIZE:
+                    biggest = max(biggest, sum(map(len, fields)))
                 if last is not None:
                     last[:] = [event, scratch[-1] if scratch else (last[1] if last else None)]
                 scratch.clear()
                 events += 1
                 replayed += 1
+            pages.taken(biggest)
             start = f"({at}"
             await self._renew_lease()  # a long replay must not let a standby take over
         return at, events, replayed
@@ -844,8 +863,7 @@ class Shard:
                 )
                 if self.stopping:
                     return  # the next snapshot's trim covers these
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), self._backoff.compute(failures))
+                await self._pause(self._backoff.compute(failures))
                 continue
             log.info("inputs trimmed", extra={"fields": {"below": below, "trimmed": trimmed}})
             if below == self._trim_below:

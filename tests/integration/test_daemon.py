@@ -150,8 +150,18 @@ def test_a_backlog_is_read_ahead_without_block(
 
     monkeypatch.setattr(Channel, "send", recording)
     run_until_idle(server.url, batch_size=10)
-    # 9 full batches, one of 5, then an empty read that blocked.
-    assert ["BLOCK" in args for args in reads] == [True] + [False] * 9 + [True]
+    # Counts start from one entry and double to the batch size (shard.reads; the read ahead is
+    # sent before the batch before it is applied): full reads, one of 5, then an empty read
+    # that blocked. Each read after a full one goes without BLOCK.
+    counts = [int(args[2]) for args in reads]  # type: ignore[call-overload]
+    assert counts[:6] == [1, 1, 2, 4, 8, 10]
+    left, blocks = 95, [True]
+    for count in counts:
+        got = min(count, left)
+        left -= got
+        blocks.append(got < count)
+    assert ["BLOCK" in args for args in reads] == blocks[:-1]
+    assert left == 0 and blocks[-2:] == [True, True]
     entries = [(i.decode(), f) for i, f in r.xrange(keys.orders)]
     assert read_outputs(r, keys) == expected_outputs(entries)
 

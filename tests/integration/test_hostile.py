@@ -396,3 +396,48 @@ def test_a_lease_without_an_expiry_is_warned_about(
     r.delete(keys.lease)
     daemon.wait_log('"msg":"took over the pair"')
     assert daemon.stop() == 0
+
+
+# -- D3: a backlog of oversize entries ------------------------------------------------------------
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident set (VmHWM), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+@pytest.mark.parametrize(("count", "size"), [(40, 10 * 2**20), (3000, 16_385)])
+def test_a_backlog_of_oversize_entries_is_worked_through_in_bounded_memory(
+    server: LocalServer,
+    r: redis.Redis,
+    keys: Keys,
+    tmp_path: Path,
+    daemons: list[Daemon],
+    count: int,
+    size: int,
+) -> None:
+    """40 entries of 10 MB in the backlog took the daemon to 447 MB (a read took batch_size
+    entries whatever their size), and 100 under a 1 GB limit stopped the pair for good. Now a
+    read's count comes from the bytes the reads before it carried (shard.reads): every entry
+    gets its oversize event, the valid order behind them rests, and the daemon's peak RSS stays
+    within the bound docs/daemon.md states (100 MB with the defaults)."""
+    junk = b"z" * size
+    pipe = r.pipeline(transaction=False)
+    for i in range(count):
+        pipe.xadd(keys.orders, {"type": "order", "order_id": f"big{i}", "junk": junk})
+        if i % 50 == 49:
+            pipe.execute()
+    pipe.execute()
+    publish(r, [{"type": "order", "order_id": "ok", "side": "buy", "price": 1, "quantity": 1}])
+    daemon = start(daemons, server.url, tmp_path)
+    wait_events(r, keys, count + 1, timeout=120)
+    peak = peak_rss_mb(daemon.proc.pid)
+    print(f"{count} entries of {size} bytes: daemon peak RSS {peak:.0f} MB")
+    assert daemon.stop() == 0
+    _, events = read_outputs(r, keys)
+    assert [e.reason for e in events[:-1]] == ["oversize"] * count
+    assert (events[-1].order_id, events[-1].status) == ("ok", "resting")
+    assert peak < 100, f"peak RSS {peak:.0f} MB"
