@@ -44,18 +44,18 @@ DEFAULT_PORT: Final = urlsplit(DEFAULT_URL).port or 6379
 RESTART_PAUSE = 2.0
 
 
-def port_in_use(port: int) -> bool:
-    """Whether 127.0.0.1:``port`` cannot be listened on (another server has it)."""
+def listen_error(port: int) -> str | None:
+    """Why 127.0.0.1:``port`` cannot be listened on (``in use``, ...), or None if it can."""
     with socket.socket() as s:
         # As redis-server does: connections in TIME_WAIT do not count as the port in use.
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                return True
-            raise
-    return False
+            return "in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+        except OverflowError:
+            return "not a port number"
+    return None
 
 
 class Cluster:
@@ -119,13 +119,19 @@ class Cluster:
         already in use stops it before anything starts (SystemExit with one sentence)."""
         if self.server:
             port = self.server.port
-            if port_in_use(port):
+            error = listen_error(port)
+            if error == "in use":
                 url = f"redis://127.0.0.1:{port}/0"
                 raise SystemExit(
                     f"shard up: 127.0.0.1:{port} is already in use: if another `shard up` has "
                     f"it, use that one as it is; if it is a Redis server, run `shard up "
                     f"--redis-url {url}` to use it, or `shard up --port N` to start one beside "
                     f"it and give `--redis-url redis://127.0.0.1:N/0` to the other commands"
+                )
+            if error:
+                raise SystemExit(
+                    f"shard up: cannot listen on 127.0.0.1:{port} ({error}): give `--port N` "
+                    f"and then `--redis-url redis://127.0.0.1:N/0` to the other commands"
                 )
             self.server.start()
         for pair in self.pairs:
