@@ -60,7 +60,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     """How the commit acknowledges its inputs. ``setid``: read with XREAD from the last input
     applied, move the group with ``XGROUP SETID ... ENTRIESREAD`` in the commit (no pending
     entries; about 2.7 µs less server CPU and 195 fewer AOF bytes per input). It needs Redis
-    7.0+; on an older server the daemon falls back to ``xack`` and logs it. ``xack``: read with
+    7.0+, like the commit script. ``xack``: read with
     XREADGROUP, XACK in the commit."""
     batch_size: int = 1000
     """Most input entries read, applied and committed together."""

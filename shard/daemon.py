@@ -56,7 +56,7 @@ from shard.store import (
     SnapshotMeta,
     Store,
     parse_id,
-    setid_supported,
+    supported_server,
     text,
 )
 from shard.tasks import wait_out
@@ -558,12 +558,13 @@ class Shard:
             )
         self.run_id = run_id
         version = str(info.get("redis_version"))
-        if self.store.ack == "setid" and not setid_supported(version):
-            log.warning(
-                "ack = setid needs Redis 7.0 or newer; acknowledging with XACK instead",
-                extra={"fields": {"redis_version": version}},
+        if not supported_server(version):
+            raise RecoveryError(
+                f"the server reports Redis {version}; the shard needs Redis 7.0 or newer (or "
+                "Valkey): its commit script declares that it writes (a #!lua shebang), so that "
+                "Redis refuses it whole when over maxmemory, and ack = setid needs XGROUP "
+                "SETID ... ENTRIESREAD"
             )
-            self.store.ack = "xack"
 
     async def _renew_lease(self) -> None:
         if self.has_lease and not await self.store.renew_lease(

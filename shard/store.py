@@ -300,9 +300,10 @@ def text(value: object) -> str | None:
     return None if value is None else str(value)
 
 
-def setid_supported(redis_version: str) -> bool:
-    """Whether a server of this ``redis_version`` (INFO) has ``XGROUP SETID ... ENTRIESREAD``:
-    Redis 7.0 and later (Valkey reports a Redis version of 7.2.4)."""
+def supported_server(redis_version: str) -> bool:
+    """Whether a server of this ``redis_version`` (INFO) runs the shard: Redis 7.0 and later
+    (script shebangs, ``XGROUP SETID ... ENTRIESREAD``); Valkey reports a Redis version of
+    7.2.4."""
     major = redis_version.partition(".")[0]
     return major.isdigit() and int(major) >= 7
 
@@ -314,7 +315,7 @@ class Store:
         self.redis = redis
         self.keys = keys
         self.group = group
-        self.ack = ack  # see Config.ack; the daemon may fall back to "xack" (setid_supported)
+        self.ack = ack  # see Config.ack
         self._commit = redis.register_script(COMMIT_LUA)
         self._rebuild = redis.register_script(REBUILD_LUA)
         self._renew = redis.register_script(RENEW_LUA)

@@ -441,3 +441,19 @@ def test_a_backlog_of_oversize_entries_is_worked_through_in_bounded_memory(
     assert [e.reason for e in events[:-1]] == ["oversize"] * count
     assert (events[-1].order_id, events[-1].status) == ("ok", "resting")
     assert peak < 100, f"peak RSS {peak:.0f} MB"
+
+
+def test_sigterm_is_served_while_redis_is_unreachable(
+    tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    """While the daemon waits for Redis its backoff grows to reconnect_max_delay; a stop must
+    not wait for the backoff to run out."""
+    from shard.server import free_port
+
+    daemon = start(daemons, f"redis://127.0.0.1:{free_port()}/0", tmp_path)
+    daemon.wait_log('"kind":"connection"')
+    time.sleep(4)  # the backoff has grown past a second by now
+    began = time.monotonic()
+    assert daemon.stop() == 0
+    assert time.monotonic() - began < 1.5
+    assert "Connection refused" in daemon.log or "Connect call failed" in daemon.log

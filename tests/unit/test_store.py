@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shard.store import setid_supported
+from shard.store import supported_server
 
 
 @pytest.mark.parametrize(
@@ -13,4 +13,4 @@ from shard.store import setid_supported
      ("5.0.7", False), ("None", False), ("", False)],
 )  # fmt: skip
 def test_setid_needs_redis_7(version: str, supported: bool) -> None:
-    assert setid_supported(version) is supported
+    assert supported_server(version) is supported
