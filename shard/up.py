@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from shard.config import PAIR_RE, Config, ConfigError, _redact, load
+from shard.config import PAIR_RE, TLS_FILES, Config, ConfigError, _redact, load
 from shard.server import LocalServer
 
 DEFAULT_PAIRS = "BTC-USDT"
@@ -87,6 +87,8 @@ class Cluster:
         """One daemon (or floor relay) for ``pair``; the URL goes in its environment, which only
         this user can read, not on its command line, which every local user can."""
         env = {**os.environ, "SHARD_INSTANCE": f"up:{pair}", **self.env, "REDIS_URL": self.url}
+        if self.server is not None:  # our own plain server: TLS keys meant for another are not
+            env.update({f"SHARD_{name.upper()}": "" for name in TLS_FILES})
         command = ["shard.load.relay"] if self.floor else ["shard", "run"]
         return subprocess.Popen([sys.executable, "-m", *command, "--pair", pair], env=env)
 
