@@ -32,8 +32,8 @@ that field's ``invalid_field``; elsewhere a number is ignored with its field, bu
 ``Infinity`` make the message ``malformed``.
 
 Cost: the JSON form first tries msgspec's typed decoder (one C call) and two guards it needs,
-a count of the colons and a look for ``-0`` (see :func:`_fast_ok`); only input they do not take
-goes through :func:`_slow_json` (the standard library's parser, with hooks that keep repeated
+a count of the colons and a look for ``-0`` (see :func:`decode_json`); only input they do not
+take goes through :func:`_slow_json` (the standard library's parser, with hooks that keep repeated
 names and number literals) and :func:`validate`, the hand-written rules that explain the
 refusal. The flat form is decoded from a cached layout of its names (:func:`_fast_flat`) when
 they are distinct and known, and through :func:`validate` otherwise. The fast paths agree with
@@ -99,11 +99,10 @@ class _Literal:
     """A JSON number the shard cannot take as an int64 (a fraction, an exponent, ``-0``, more
     than 20 characters), or a ``NaN``/``Infinity`` constant, kept as written for the detail."""
 
-    __slots__ = ("constant", "text")
+    __slots__ = ("text",)
 
-    def __init__(self, text: str, constant: bool = False) -> None:
+    def __init__(self, text: str) -> None:
         self.text = text
-        self.constant = constant
 
     def __repr__(self) -> str:
         return self.text
@@ -178,57 +177,71 @@ def _repeated(name: str | bytes, count: int) -> str:
 def decode_json(data: bytes | str, default_timestamp: int | None = None) -> Input:
     """Decode one message in the JSON form (a ``data`` field, or a line of ``shard replay``).
 
-    Cost: msgspec's typed decoder plus :func:`_fast_ok` for a canonical message; any other goes
-    through :func:`_slow_json`, several times slower."""
-    try:
-        msg: Order | Cancel | Amend = _typed.decode(data)
-    except _JSON_ERRORS:
-        pass
-    else:
-        if _fast_ok(msg, data):
-            if msg.timestamp == NO_TIMESTAMP:
-                if default_timestamp is None:
-                    return _missing_timestamp(msg.order_id)
-                msg.timestamp = default_timestamp
-            return msg
-    return _slow_json(data, default_timestamp)
+    The typed decoder's answer stands only where it is the validator's: it cannot express the
+    cross-field rules nor the UTF-8 length of a non-ASCII order ID, and it reads two things
+    too kindly, which two guards catch:
 
-
-def _fast_ok(msg: Order | Cancel | Amend, data: bytes | str) -> bool:
-    """Whether the typed decoder's answer stands: the cross-field rules it cannot express, the
-    UTF-8 length of a non-ASCII order ID, and two guards against what it reads too kindly.
-
-    * A repeated name (the typed decoder keeps the last value). Each name in a JSON object is
+    * a repeated name, of which it keeps the last value. Each name in a JSON object is
       followed by a colon, so a message with no more colons than the fields its struct proves
       present names none twice, however its names are escaped. A colon inside a value, an
       explicit null or an explicit ``"order_type": "limit"`` sends the message the slow way,
-      which is slower, never wrong.
+      which is slower, never wrong;
     * ``-0``, which it reads as 0: only a field that decoded to 0 can have been written so.
 
-    Cost: a few comparisons and one count of the colons (a C loop over the message)."""
+    Cost: msgspec's typed decoder, a few comparisons and a count of the colons (a C loop over
+    the message) for a canonical message; any other goes through :func:`_slow_json`, several
+    times slower."""
+    try:
+        msg: Order | Cancel | Amend = _typed.decode(data)
+    except _JSON_ERRORS:
+        return _slow_json(data, default_timestamp)
     oid = msg.order_id
     if not oid.isascii() and len(oid.encode()) > MAX_ORDER_ID_BYTES:
-        return False
+        return _slow_json(data, default_timestamp)
     timestamp = msg.timestamp
     if type(msg) is Order:
         price = msg.price
         order_type = msg.order_type
-        if (price is None) != (order_type == "market"):
-            return False
-        shown = 4 + (price is not None) + (order_type != "limit") + (timestamp != NO_TIMESTAMP)
-        zero = price == 0 or timestamp == 0
+        if price is None:
+            if order_type != "market":
+                return _slow_json(data, default_timestamp)
+            shown = 5  # type, order_id, side, quantity, order_type
+        elif order_type == "limit":
+            shown = 5  # type, order_id, side, quantity, price
+        elif order_type == "market":
+            return _slow_json(data, default_timestamp)
+        else:
+            shown = 6
     elif type(msg) is Amend:
         price = msg.price
-        if msg.quantity is None and price is None:
-            return False
-        shown = 2 + (msg.quantity is not None) + (price is not None) + (timestamp != NO_TIMESTAMP)
-        zero = price == 0 or timestamp == 0
+        if msg.quantity is None:
+            if price is None:
+                return _slow_json(data, default_timestamp)
+            shown = 3
+        else:
+            shown = 3 if price is None else 4
     else:
-        shown = 2 + (timestamp != NO_TIMESTAMP)
-        zero = timestamp == 0
-    if isinstance(data, str):
-        return data.count(":") <= shown and not (zero and "-0" in data)
-    return data.count(b":") <= shown and not (zero and b"-0" in data)
+        price = None
+        shown = 2
+    if timestamp != NO_TIMESTAMP:
+        shown += 1
+    # The colons counted as what deleting them removes: cheaper than count(), which parses
+    # its arguments the slow way.
+    try:
+        colons = len(data) - len(data.replace(b":", b""))  # type: ignore[arg-type]
+        minus_zero: bytes | str = b"-0"
+    except TypeError:  # a str
+        colons = len(data) - len(data.replace(":", ""))  # type: ignore[arg-type]
+        minus_zero = "-0"
+    if colons > shown or (
+        (price == 0 or timestamp == 0) and minus_zero in data  # type: ignore[operator]
+    ):
+        return _slow_json(data, default_timestamp)
+    if timestamp == NO_TIMESTAMP:
+        if default_timestamp is None:
+            return _missing_timestamp(oid)
+        msg.timestamp = default_timestamp
+    return msg
 
 
 def _json_int(text: str) -> int | _Literal:
@@ -265,7 +278,7 @@ def _slow_json(data: bytes | str, default_timestamp: int | None) -> Input:
         return obj
 
     def constant(name: str) -> _Literal:
-        literal = _Literal(name, constant=True)
+        literal = _Literal(name)
         constants.append(literal)
         return literal
 

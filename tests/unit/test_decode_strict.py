@@ -72,6 +72,36 @@ def test_a_repeated_json_name_is_malformed(text: str, name: str) -> None:
         rejected(got, "malformed", f"field {name} appears twice", "send each field once")
 
 
+def _shapes() -> list[dict[str, object]]:
+    """Every shape of message the typed decoder accepts: each kind and order type, each
+    optional field present or absent."""
+    shapes: list[dict[str, object]] = []
+    for ts in ({}, {"timestamp": 9}):
+        for order_type in (None, "limit", "market", "ioc", "fok", "post_only"):
+            msg: dict[str, object] = {"type": "order", "order_id": "o1", "side": "sell"}
+            msg |= {"quantity": 2, **ts}
+            msg |= {"price": 7} if order_type != "market" else {}
+            msg |= {"order_type": order_type} if order_type else {}
+            shapes.append(msg)
+        for change in ({"quantity": 2}, {"price": 7}, {"quantity": 2, "price": 7}):
+            shapes.append({"type": "amend", "order_id": "o1", **change, **ts})
+        shapes.append({"type": "cancel", "order_id": "o1", **ts})
+    return shapes
+
+
+@pytest.mark.parametrize("msg", _shapes())
+def test_any_field_of_any_shape_given_twice_is_malformed(msg: dict[str, object]) -> None:
+    """The fast path's count of the fields a message shows, checked for each shape: one name
+    more, with the same value, must always be caught."""
+    text = json.dumps(msg)
+    assert not isinstance(decode_json(text, 5), Invalid)
+    for name, value in msg.items():
+        twice = text[:-1] + f", {json.dumps(name)}: {json.dumps(value)}}}"
+        rejected(decode_json(twice, 5), "malformed", f"field {name} appears twice")
+        escaped = text[:-1] + f', "\\u{ord(name[0]):04x}{name[1:]}": {json.dumps(value)}}}'
+        rejected(decode_json(escaped, 5), "malformed", f"field {name} appears twice")
+
+
 def test_a_repeated_json_name_keeps_the_order_id_when_that_is_unambiguous() -> None:
     text = '{"type":"order","order_id":"o1","side":"buy","price":1,"quantity":1,"quantity":2}'
     assert decode_json(text.encode(), 5).order_id == "o1"
