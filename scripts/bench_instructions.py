@@ -94,6 +94,7 @@ def instructions(command: list[str], env: dict[str, str] | None = None) -> int:
 
 def shard_side(count: int, seed: int) -> float:
     me = [sys.executable, __file__, "--count", str(count), "--seed", str(seed)]
+    me += ["--batch", str(BATCH)]
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     base = instructions([*me, "--inner", "inputs"], env)
     work = instructions([*me, "--inner", "work"], env)
@@ -153,13 +154,18 @@ def server_run(
 
 
 def main() -> None:
+    global BATCH
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--count", type=int, default=20_000)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--batch", type=int, default=BATCH, help="inputs per batch (commit and read)"
+    )
     parser.add_argument("--inner", choices=("inputs", "work"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    BATCH = args.batch
     if args.inner == "inputs":
         raw_entries(args.count, args.seed)
         return

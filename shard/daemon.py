@@ -80,10 +80,10 @@ LEASE_WARN_EVERY: Final = 60.0
 """Seconds between two warnings that the lease key has no expiry."""
 _REFUSED: Final = {
     "wrong_type": "the key is not a stream: nothing is published until it is renamed or deleted",
-    "ids_exhausted": "the stream's last ID has the largest millisecond part, so XADD * may run "
-    "out of IDs: an entry was forged with the largest ID (XDEL it, then XSETID the stream back "
-    "to its last real entry)",
+    "ids_exhausted": "XADD * ran out of IDs: an entry was forged with the largest ID (XDEL it, "
+    "then XSETID the stream back to its last real entry)",
     "no_group": "the consumer group is gone: it is created again at the checkpoint",
+    "xadd_failed": "an XADD failed",
     "bad_rows": "the batch's rows do not match their shapes (a bug)",
 }
 """Why a commit was refused with nothing written, for the log (see :class:`CommitRefused`)."""
@@ -230,7 +230,8 @@ class Shard:
                     if refused.why == "bad_rows":
                         raise
                     await self._reset_channels()
-                    await self._wait_out(refused.why, _REFUSED.get(refused.why, ""), refused.key)
+                    why = f"{_REFUSED.get(refused.why, refused.why)} ({refused.error})"
+                    await self._wait_out(refused.why, why, refused.key)
                     repair = self._resync  # re-sends the batch only if the checkpoint allows
                 except RETRIED as exc:
                     if not waited_out(exc):

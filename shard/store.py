@@ -54,46 +54,43 @@ def _lua_shapes(shapes: tuple[tuple[str, ...], ...]) -> str:
 
 
 def _lua_xadd_rows() -> str:
-    """The Lua functions that check a batch's rows (see :data:`shard.wire.Row`) and XADD them to
-    one stream. One call per entry spelled out for each field count: a generic loop into a
-    reused argument table cost the server about 8% more per input, and a msgpack table per entry
-    with its names about 20% more."""
+    """The Lua function that XADDs a batch's rows (see :data:`shard.wire.Row`) to one stream,
+    stopping at the first that fails: how many it added, and the error (nil if none). One
+    call per entry spelled out for each field count: a generic loop into a reused argument
+    table cost the server about 8% more per input, and a msgpack table per entry with its names
+    about 20% more."""
     arities = sorted({len(names) for names in (*EVENT_SHAPES, TRADE_NAMES)}, reverse=True)
     branches = "\n    else".join(
-        f"if k == {k} then\n      call('XADD', key, '*', "
+        f"if k == {k} then\n      r = pcall('XADD', key, '*', "
         + ", ".join(f"nm[{j}], rows[i + {j}]" for j in range(1, k + 1))
         + ")"
         for k in arities
     )
-    return f"""local call = redis.call
-local function rows_ok(rows, shapes)
-  local i, n = 1, #rows
+    return f"""local pcall = redis.pcall
+local function xadd_rows(key, rows, shapes)
+  local i, n, added = 1, #rows, 0
+  local r
   while i <= n do
     local nm = shapes[rows[i]]
     if nm == nil or i + #nm > n then
-      return false
+      return added, 'bad_rows'
     end
-    i = i + #nm + 1
-  end
-  return true
-end
-local function xadd_rows(key, rows, shapes)
-  local i, n = 1, #rows
-  while i <= n do
-    local nm = shapes[rows[i]]
     local k = #nm
     {branches}
     end
+    if type(r) == 'table' and r.err then
+      return added, r.err
+    end
+    added = added + 1
     i = i + k + 1
   end
+  return added, nil
 end"""
 
 
 XADD_ROWS_LUA: Final = _lua_xadd_rows()
 TRADE_SHAPES_LUA: Final = _lua_shapes((TRADE_NAMES,))
 EVENT_SHAPES_LUA: Final = _lua_shapes(EVENT_SHAPES)
-LAST_ID_MS: Final = str(2**64 - 1)
-"""A stream whose last ID has this millisecond part may run out of IDs for ``XADD *``."""
 
 COMMIT_LUA: Final = (
     # The shebang declares a script that may write and is not allowed to when Redis is over
@@ -105,8 +102,11 @@ COMMIT_LUA: Final = (
 -- ARGV: group, expected last_id, new last_id, trades total, events total, digest,
 --       output maxlen (0: none), msgpack [trade rows, event rows, [ack ids]],
 --       first input applied ('' if none), ack mode ('xack' or 'setid')
--- Redis keeps the writes of a script that fails, so everything that can fail is checked
--- before the first write: the fence, the gap, the rows, the output streams, the group.
+-- Redis keeps the writes of a script that fails, so no write here may fail after another:
+-- what can be checked is checked first (the fence, the gap), and the writes that can fail
+-- (an output stream of another type or out of IDs, a missing group) go first, each through
+-- pcall; if one fails, the entries already added are deleted again and the script answers
+-- REFUSED, having changed nothing.
 local cp = redis.call('HMGET', KEYS[4], 'last_id', 'trades', 'events')
 local last = cp[1] or '0-0'
 if last ~= ARGV[2] then
@@ -122,82 +122,70 @@ end
 """
     + XADD_ROWS_LUA
     + """
-local trade_shapes = """
-    + TRADE_SHAPES_LUA
-    + """
-local event_shapes = """
-    + EVENT_SHAPES_LUA
-    + """
 local batch = cmsgpack.unpack(ARGV[8])
-if not rows_ok(batch[1], trade_shapes) or not rows_ok(batch[2], event_shapes) then
-  return {'REFUSED', 'bad_rows', ''}
-end
--- An output stream takes the batch unless it is another type or out of IDs. A stream that is
--- gone although entries were published to it was deleted: it is created again, and said so.
-local notes = {}
-local function check(key, rows, published)
-  if #rows == 0 then
-    return nil
-  end
-  local kind = redis.call('TYPE', key)['ok']
-  if kind == 'none' then
-    if tonumber(published or '0') > 0 then
-      notes[#notes + 1] = key
-    end
-    return nil
-  end
-  if kind ~= 'stream' then
-    return 'wrong_type'
-  end
-  local info = redis.call('XINFO', 'STREAM', key)
-  for i = 1, #info, 2 do
-    if info[i] == 'last-generated-id' then
-      if string.sub(info[i + 1], 1, """
-    + str(len(LAST_ID_MS) + 1)
-    + """) == '"""
-    + LAST_ID_MS
-    + """-' then
-        return 'ids_exhausted'
+local keys, rows, published = {KEYS[1], KEYS[2]}, {batch[1], batch[2]}, {cp[2], cp[3]}
+local shapes = {"""
+    + TRADE_SHAPES_LUA
+    + ", "
+    + EVENT_SHAPES_LUA
+    + """}
+local existed, added, notes = {}, {0, 0}, {}
+local function undo()
+  for s = 1, 2 do
+    if added[s] > 0 and not existed[s] then
+      redis.call('DEL', keys[s])
+    elseif added[s] > 0 then
+      local mine = redis.call('XREVRANGE', keys[s], '+', '-', 'COUNT', added[s])
+      for i = 1, #mine, 1000 do
+        local ids = {}
+        for j = i, math.min(i + 999, #mine) do
+          ids[#ids + 1] = mine[j][1]
+        end
+        redis.call('XDEL', keys[s], unpack(ids))
       end
-      break
     end
   end
-  return nil
 end
-local why = check(KEYS[1], batch[1], cp[2])
-if why then
-  return {'REFUSED', why, KEYS[1]}
+local function refused(err, key, why)
+  undo()
+  if err == 'bad_rows' then
+    why = 'bad_rows'
+  elseif string.find(err, '^WRONGTYPE') then
+    why = 'wrong_type'
+  elseif string.find(err, 'exhausted') then
+    why = 'ids_exhausted'
+  end
+  return {'REFUSED', why, key, err}
 end
-why = check(KEYS[2], batch[2], cp[3])
-if why then
-  return {'REFUSED', why, KEYS[2]}
+for s = 1, 2 do
+  if #rows[s] > 0 then
+    existed[s] = redis.call('EXISTS', keys[s]) == 1
+    -- A stream that is gone although entries were published to it was deleted: it is
+    -- created again, and said so.
+    if not existed[s] and tonumber(published[s] or '0') > 0 then
+      notes[#notes + 1] = keys[s]
+    end
+    local n, err = xadd_rows(keys[s], rows[s], shapes[s])
+    added[s] = n
+    if err then
+      return refused(err, keys[s], 'xadd_failed')
+    end
+  end
 end
 if ARGV[10] == 'setid' then
-  -- Inputs read with XREAD: the group moves past them (entries-read keeps its lag exact). The
-  -- first write: a missing group fails it, and nothing is written.
-  redis.call('XGROUP', 'SETID', KEYS[3], ARGV[1], ARGV[3], 'ENTRIESREAD', ARGV[5])
+  -- Inputs read with XREAD: the group moves past them (entries-read keeps its lag exact).
+  local r = redis.pcall('XGROUP', 'SETID', KEYS[3], ARGV[1], ARGV[3], 'ENTRIESREAD', ARGV[5])
+  if type(r) == 'table' and r.err then
+    return refused(r.err, KEYS[3], 'no_group')  -- the group, or the input stream, is gone
+  end
 else
-  local groups = redis.pcall('XINFO', 'GROUPS', KEYS[3])
-  local found = false
-  if groups.err == nil then
-    for _, g in ipairs(groups) do
-      for j = 1, #g, 2 do
-        if g[j] == 'name' and g[j + 1] == ARGV[1] then
-          found = true
-        end
-      end
-    end
-  end
-  if not found then
-    return {'REFUSED', 'no_group', KEYS[3]}
-  end
+  -- XACK of a group that is gone acknowledges nothing and fails nothing: the next read
+  -- (XREADGROUP) meets NOGROUP and the daemon creates the group again at the checkpoint.
   local acks = batch[3]
   for i = 1, #acks, 1000 do
     redis.call('XACK', KEYS[3], ARGV[1], unpack(acks, i, math.min(i + 999, #acks)))
   end
 end
-xadd_rows(KEYS[1], batch[1], trade_shapes)
-xadd_rows(KEYS[2], batch[2], event_shapes)
 """
     + r"""local maxlen = tonumber(ARGV[7])
 if maxlen > 0 then
@@ -279,15 +267,17 @@ class Fenced(Exception):
 
 
 class CommitRefused(Exception):
-    """The commit script wrote nothing because Redis cannot take this batch as it stands:
-    ``why`` is ``wrong_type`` (``key`` holds another type), ``ids_exhausted`` (``key``'s last ID
-    leaves no room for ``XADD *``), ``no_group`` (the consumer group is gone) or ``bad_rows`` (a
-    bug: the rows do not match their shapes). Waited out: an operator or a resync repairs it."""
+    """The commit script changed nothing because Redis could not take this batch as it stands:
+    ``why`` is ``wrong_type`` (``key`` holds another type), ``ids_exhausted`` (``key`` has run out
+    of IDs for ``XADD *``), ``no_group`` (the consumer group is gone), ``xadd_failed`` (another
+    error, in ``error``) or ``bad_rows`` (a bug: the rows do not match their shapes). Waited out:
+    an operator or a resync repairs it."""
 
-    def __init__(self, why: str, key: str) -> None:
-        super().__init__(f"commit refused ({why}){f': {key}' if key else ''}")
+    def __init__(self, why: str, key: str, error: str = "") -> None:
+        super().__init__(f"commit refused ({why}): {key}: {error}")
         self.why = why
         self.key = key
+        self.error = error
 
 
 _batch_encoder = msgspec.msgpack.Encoder()
@@ -394,7 +384,7 @@ class Store:
         if status == "OK":
             return [str(text(key)) for key in reply[1:]]
         if status == "REFUSED":
-            raise CommitRefused(str(text(reply[1])), str(text(reply[2])))
+            raise CommitRefused(str(text(reply[1])), str(text(reply[2])), str(text(reply[3])))
         last, trades_total, events_total = (text(x) for x in reply[1:4])
         raise Fenced(
             Checkpoint(last or ZERO_ID, int(trades_total or 0), int(events_total or 0)),

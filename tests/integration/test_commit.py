@@ -8,12 +8,11 @@ import asyncio
 import pytest
 import redis
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
 
 from shard.config import Keys
 from shard.messages import Event, Trade
 from shard.server import LocalServer
-from shard.store import Checkpoint, Fenced, Store
+from shard.store import Checkpoint, CommitRefused, Fenced, Store
 from shard.transport import Channel
 from shard.wire import Row, add_event, add_trade, event_fields, trade_fields
 
@@ -48,10 +47,11 @@ def commit(url: str, keys: Keys, trades: list[Trade], events: list[Event], maxle
         args = store.commit_args("0-0", target, trade_rows, event_rows, [], maxlen, "")
         channel = Channel(client)
         try:
-            await channel.send(*args)  # no consumer group yet: refused before any write
-            with pytest.raises(ResponseError, match="XGROUP"):
+            await channel.send(*args)  # no consumer group yet: refused, its XADDs undone
+            with pytest.raises(CommitRefused) as refused:
                 await store.finish_commit(channel, args)
-            assert await client.exists(keys.trades, keys.events) == 0
+            assert refused.value.why == "no_group"
+            assert await client.exists(keys.trades, keys.events, keys.checkpoint) == 0
             await store.ensure_group(Checkpoint(), "c")
             await channel.send(*args)
             await store.finish_commit(channel, args)

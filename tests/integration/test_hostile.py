@@ -352,7 +352,7 @@ def test_a_refused_input_trim_is_logged_and_retried(
     daemon.wait_log("trimming inputs failed; retrying with backoff")
     assert "NOPERM" in daemon.log or "NoPermissionError" in daemon.log
     assert r.xlen(keys.orders) == 1000
-    r.acl_setuser(user, commands=["+xtrim"])
+    r.acl_setuser(user, enabled=True, commands=["+xtrim"])
     daemon.wait_log('"msg":"inputs trimmed"')
     assert r.xlen(keys.orders) < 1000
     assert daemon.log.count("trimming inputs failed") == 1
