@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Final
+from typing import Annotated, Final, TypeVar
 
 import msgspec
 
@@ -80,6 +80,7 @@ SHOWN_NAMES: Final = 8
 """At most this many field names are listed in a detail, each at most SHOWN_CHARS long."""
 
 _typed = msgspec.json.Decoder(Order | Cancel | Amend)
+_untyped = msgspec.json.Decoder()
 # What msgspec raises on hostile JSON: bad syntax or types (DecodeError and its ValidationError),
 # invalid UTF-8 inside a string, and nesting deeper than the interpreter's recursion limit.
 _JSON_ERRORS: Final = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
@@ -156,9 +157,12 @@ def _show_name(name: str | bytes) -> str:
     return name if name in _BARE_NAMES else show(name)
 
 
-def _first_repeat(names: Sequence[str | bytes]) -> tuple[str | bytes, int]:
+_Name = TypeVar("_Name", str, bytes)
+
+
+def _first_repeat(names: Sequence[_Name]) -> tuple[_Name, int]:
     """The first name that appears again, and how often it appears. O(names)."""
-    seen: set[str | bytes] = set()
+    seen: set[_Name] = set()
     for name in names:
         if name in seen:
             return name, names.count(name)
@@ -244,6 +248,21 @@ def decode_json(data: bytes | str, default_timestamp: int | None = None) -> Inpu
     return msg
 
 
+class _Constant(_Literal):
+    """``NaN``, ``Infinity`` or ``-Infinity``: not JSON, but named as a known field's value."""
+
+    __slots__ = ()
+
+
+class _Repeats(dict[str, object]):
+    """A JSON object that named a member more than once: the first such name, how often."""
+
+    __slots__ = ("count", "name")
+
+    name: str
+    count: int
+
+
 def _json_int(text: str) -> int | _Literal:
     """A JSON integer as an int; kept as written when it is ``-0`` or longer than int64's 20
     characters (``int()`` of thousands of digits is slow, and refused past 4,300)."""
@@ -252,12 +271,63 @@ def _json_int(text: str) -> int | _Literal:
     return int(text)
 
 
-def _slow_json(data: bytes | str, default_timestamp: int | None) -> Input:
-    """The JSON form the careful way: strict UTF-8, the standard library's parser with hooks
-    that see every member of every object (for repeated names) and keep a number the shard
-    cannot take as written (so :func:`validate` can name its field), then :func:`validate`.
+def _json_object(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    obj = dict(pairs)
+    if len(obj) == len(pairs):
+        return obj
+    repeats = _Repeats(obj)
+    repeats.name, repeats.count = _first_repeat([name for name, _ in pairs])
+    return repeats
 
-    Cost: the parser and its hooks in Python, a few microseconds for a short message."""
+
+# Built once: a decoder costs as much to build as a short message to parse.
+_careful = json.JSONDecoder(
+    object_pairs_hook=_json_object,
+    parse_constant=_Constant,
+    parse_int=_json_int,
+    parse_float=_Literal,
+)
+
+
+def _slow_json(data: bytes | str, default_timestamp: int | None) -> Input:
+    """A message the fast path did not take: msgspec's untyped reading where it is provably
+    the careful one (:func:`_plain`), else :func:`_careful_json`; then :func:`validate`.
+
+    Cost: msgspec's untyped decoder and a look at each value for a message of plain values
+    (an unknown field, a rule broken); the careful path costs about twice as much."""
+    try:
+        obj = _untyped.decode(data)
+    except _JSON_ERRORS:
+        return _careful_json(data, default_timestamp)
+    if type(obj) is dict and _plain(obj, data):
+        return validate(obj, default_timestamp)
+    return _careful_json(data, default_timestamp)
+
+
+def _plain(obj: dict[str, object], data: bytes | str) -> bool:
+    """Whether msgspec's untyped reading of a JSON object is the careful path's: its values are
+    strings, integers, booleans or nulls (a float is shown as written only by the careful
+    path, and only it looks into lists and objects), no name repeats (no more colons than
+    members, as in :func:`decode_json`), and no 0 may have been written ``-0``."""
+    zero = False
+    for value in obj.values():
+        kind = type(value)
+        if kind is int:
+            zero = zero or value == 0
+        elif not (kind is str or value is None or kind is bool):
+            return False
+    if isinstance(data, str):
+        return len(data) - len(data.replace(":", "")) <= len(obj) and not (zero and "-0" in data)
+    return len(data) - len(data.replace(b":", b"")) <= len(obj) and not (zero and b"-0" in data)
+
+
+def _careful_json(data: bytes | str, default_timestamp: int | None) -> Input:
+    """The JSON form the careful way: strict UTF-8, the standard library's parser with hooks
+    that mark an object naming a member twice and keep a number the shard cannot take as
+    written (so :func:`validate` can name its field), a look through the values for marks and
+    ``NaN``, then :func:`validate`.
+
+    Cost: the parser and its hooks in Python, a few times msgspec's."""
     if isinstance(data, str):
         text = data
     else:
@@ -268,55 +338,53 @@ def _slow_json(data: bytes | str, default_timestamp: int | None) -> Input:
                 None, MALFORMED, f"the message is not valid UTF-8 (at byte {exc.start}): "
                 f"{show(data)}",
             )  # fmt: skip
-    repeats: list[tuple[dict[str, object], str | bytes, int]] = []
-    constants: list[_Literal] = []
-
-    def members(pairs: list[tuple[str, object]]) -> dict[str, object]:
-        obj = dict(pairs)
-        if len(obj) < len(pairs):
-            repeats.append((obj, *_first_repeat([name for name, _ in pairs])))
-        return obj
-
-    def constant(name: str) -> _Literal:
-        literal = _Literal(name)
-        constants.append(literal)
-        return literal
-
     try:
-        obj = json.loads(
-            text,
-            object_pairs_hook=members,
-            parse_constant=constant,
-            parse_int=_json_int,
-            parse_float=_Literal,
-        )
+        obj = _careful.decode(text)
     except RecursionError:
         return Invalid(None, MALFORMED, f"the message is nested too deeply: {show(text)}")
     except ValueError as exc:  # json.JSONDecodeError
         at = f" (at character {exc.pos})" if isinstance(exc, json.JSONDecodeError) else ""
         return Invalid(None, MALFORMED, f"the message is not valid JSON{at}: {show(text)}")
     if not isinstance(obj, dict):
-        if constants:
-            return _not_a_number(None, constants[0])
+        _, stray = _marks([obj])
+        if stray is not None:
+            return _not_a_number(None, stray)
         return Invalid(None, MALFORMED, f"the message must be a JSON object, got {show(obj)}")
     order_id = _readable_id(obj.get("order_id"))
-    for where, name, count in repeats:
-        if where is obj:
-            return Invalid(None if name == "order_id" else order_id, MALFORMED,
-                           _repeated(name, count))  # fmt: skip
-    if repeats:
+    if type(obj) is _Repeats:
+        return Invalid(None if obj.name == "order_id" else order_id, MALFORMED,
+                       _repeated(obj.name, obj.count))  # fmt: skip
+    # A known field holding NaN is validate()'s to name; every other value is looked through.
+    nested, stray = _marks(
+        [v for k, v in obj.items() if type(v) is not _Constant or k not in KNOWN_FIELDS]
+    )
+    if nested is not None:
         return Invalid(
             order_id,
             MALFORMED,
-            f"a nested object names {_show_name(repeats[0][1])} more than once; "
-            "send each name once",
+            f"a nested object names {_show_name(nested.name)} more than once; send each name once",
         )
-    if constants:  # NaN or Infinity: validate() names a known field holding one; elsewhere, refuse
-        known = [value for name, value in obj.items() if name in KNOWN_FIELDS]
-        stray = next((c for c in constants if not any(c is value for value in known)), None)
-        if stray is not None:
-            return _not_a_number(order_id, stray)
+    if stray is not None:
+        return _not_a_number(order_id, stray)
     return validate(obj, default_timestamp)
+
+
+def _marks(values: list[object]) -> tuple[_Repeats | None, _Constant | None]:
+    """The first object that names a member twice and the first NaN/Infinity among values and
+    everything nested in them, breadth first. O(values), without recursion (the parser took
+    nesting as deep as the recursion limit)."""
+    nested: _Repeats | None = None
+    stray: _Constant | None = None
+    for value in values:  # the list grows as the loop goes: breadth first
+        if isinstance(value, dict):
+            if nested is None and isinstance(value, _Repeats):
+                nested = value
+            values.extend(value.values())
+        elif isinstance(value, list):
+            values.extend(value)
+        elif stray is None and isinstance(value, _Constant):
+            stray = value
+    return nested, stray
 
 
 def _not_a_number(order_id: str | None, constant: _Literal) -> Invalid:

@@ -176,6 +176,20 @@ def test_minus_zero_in_json_is_refused(name: str) -> None:
         rejected(got, "invalid_field", "timestamp", "without a sign", "-0")
 
 
+def test_the_rules_hold_beside_an_unknown_field() -> None:
+    """An unknown field sends a message past the typed decoder: the guards hold there too."""
+    for change, reason, words in (
+        ('"price":-0', "invalid_field", ["price", "without a sign"]),
+        ('"timestamp":-0', "invalid_field", ["timestamp", "without a sign"]),
+        ('"quantity":1', "malformed", ["field quantity appears twice"]),
+        ('"qu\\u0061ntity":1', "malformed", ["field quantity appears twice"]),
+        ('"price":1.0', "invalid_field", ["price", "1.0"]),
+        ('"price":' + "9" * 30, "invalid_field", ["price", "64-bit", "9" * 30]),
+    ):
+        text = json.dumps(ORDER)[:-1].replace('"price": 100, ', "") + f', "note": 1, {change}}}'
+        rejected(decode_json(text, 5), reason, *words)
+
+
 def test_minus_zero_elsewhere_in_json_is_not_a_sign_of_a_field() -> None:
     text = '{"type":"order","order_id":"x-0","side":"buy","price":0,"quantity":1,"note":-0}'
     assert decode_json(text, 5) == Order("x-0", "buy", 1, 0, "limit", 5)
@@ -332,11 +346,11 @@ def test_json_fast_path_agrees_with_the_slow_path(
 ) -> None:
     """Repeated names (escaped or not), signs and numbers the shard cannot take: the fast path
     decides nothing the slow path decides otherwise, and both follow the rules."""
-    from shard.decode import _slow_json
+    from shard.decode import _careful_json
 
     text, members = drawn
     got = decode_json(text.encode(), ts)
-    assert got == _slow_json(text.encode(), ts) == decode_json(text, ts)
+    assert got == _careful_json(text.encode(), ts) == decode_json(text, ts)
     names = [name for name, _ in members]
     repeated = [name for i, name in enumerate(names) if name in names[:i]]  # seen again
     if repeated:
