@@ -32,12 +32,13 @@ that field's ``invalid_field``; elsewhere a number is ignored with its field, bu
 ``Infinity`` make the message ``malformed``.
 
 Cost: the JSON form first tries msgspec's typed decoder (one C call) and two guards it needs,
-a count of the colons and a look for ``-0`` (see :func:`decode_json`); only input they do not
-take goes through :func:`_slow_json` (the standard library's parser, with hooks that keep repeated
-names and number literals) and :func:`validate`, the hand-written rules that explain the
-refusal. The flat form is decoded from a cached layout of its names (:func:`_fast_flat`) when
-they are distinct and known, and through :func:`validate` otherwise. The fast paths agree with
-the slow ones on every input (property tests hold them to it).
+a count of the colons and a look for ``-0`` (see :func:`decode_json`). Only input they do not
+take goes through :func:`_slow_json`: msgspec's untyped reading where that is provably the
+careful one, else :func:`_careful_json` (the standard library's parser, with hooks that mark
+repeated names and keep numbers as written); then :func:`validate`, the hand-written rules
+that explain the refusal. The flat form is decoded from a cached layout of its names
+(:func:`_fast_flat`) when they are distinct and known, and through :func:`validate` otherwise.
+The fast paths agree with the slow ones on every input (property tests hold them to it).
 """
 
 from __future__ import annotations
