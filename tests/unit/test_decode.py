@@ -257,6 +257,8 @@ flat_values = st.one_of(
             b"1",
             b"007",
             b"-1",
+            b"-0",
+            b"+0",
             b"",
             b"9" * 18,
             b"9" * 19,
@@ -294,7 +296,7 @@ def test_flat_fast_path_agrees_with_validator(fields: dict[bytes, bytes], ts: in
 @pytest.mark.parametrize(
     "value",
     [b"0", b"007", b"9" * 18, b"9" * 19, str(2**63 - 1).encode(), str(2**63).encode(),
-     b"-1", b"+1", b" 1", b"1_0", b"1.0", b"\xd9\xa1", b""],
+     b"-1", b"+1", b"-0", b"+0", b"-007", b" 1", b"1_0", b"1.0", b"\xd9\xa1", b""],
 )  # fmt: skip
 @pytest.mark.parametrize("kind", [b"order", b"amend"])
 def test_integer_bounds_decode_alike_on_both_paths(kind: bytes, name: bytes, value: bytes) -> None:
