@@ -231,15 +231,14 @@ class Shard:
                         raise
                     await self._reset_channels()
                     why = f"{_REFUSED.get(refused.why, refused.why)} ({refused.error})"
-                    await self._wait_out(refused.why, why, refused.key)
-                    repair = self._resync  # re-sends the batch only if the checkpoint allows
+                    # A resync re-sends the batch only if the checkpoint and outputs allow.
+                    repair = await self._wait_out(refused.why, why, refused.key)
                 except RETRIED as exc:
                     if not waited_out(exc):
                         raise
                     await self._reset_channels()
                     kind = error_code(exc) or "connection"
-                    await self._wait_out(kind, describe(exc))
-                    repair = self._resync
+                    repair = await self._wait_out(kind, describe(exc))
             if repair is None:
                 with contextlib.suppress(*RETRIED):
                     await self._finish_snapshot()
@@ -278,9 +277,19 @@ class Shard:
                     raise _Stopping("while Redis was unavailable") from error
 
     async def _pause(self, seconds: float) -> bool:
-        """Sleep ``seconds`` unless a stop comes first; False if stopping."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), seconds)
+        """Sleep ``seconds`` unless a stop comes first; False if stopping. The lease is
+        renewed every second meanwhile (a wait may outlast it); :class:`LeaseLost` if another
+        daemon holds it now."""
+        deadline = time.monotonic() + seconds
+        while not self.stopping and (left := deadline - time.monotonic()) > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), min(left, 1.0))
+            if self.has_lease and not self.stopping:
+                with contextlib.suppress(*RETRIED):
+                    if not await self.store.renew_lease(
+                        self.holder, int(self.config.lease_ttl * 1000)
+                    ):
+                        raise LeaseLost
         return not self.stopping
 
     def _note_outage(self, kind: str, why: str, key: str = "") -> None:
@@ -293,15 +302,19 @@ class Shard:
         else:
             log.debug("still waiting for redis", extra={"fields": fields})
 
-    async def _wait_out(self, kind: str, why: str, key: str = "") -> None:
-        """After a refusal or an error in the loop: note it, keep the lease, and back off
-        before the resync (the wait grows with each failure until a batch commits)."""
+    async def _wait_out(self, kind: str, why: str, key: str = "") -> Any:
+        """After a refusal or an error in the loop: note it and back off (the wait grows with
+        each failure until a batch commits, the lease renewed meanwhile); the repair to run
+        next, a resync, or taking the lease back if it was lost meanwhile."""
         self._note_outage(kind, why, key)
         self._failures += 1
-        if self.has_lease:
-            with contextlib.suppress(*RETRIED):
-                await self.store.renew_lease(self.holder, int(self.config.lease_ttl * 1000))
-        await self._pause(self._backoff.compute(self._failures))
+        try:
+            await self._pause(self._backoff.compute(self._failures))
+        except LeaseLost:
+            log.warning("lease lost to another daemon while waiting; standing by")
+            self.has_lease = False
+            return self._take_over
+        return self._resync
 
     def _resumed(self) -> None:
         lasted = self.outage.end(time.monotonic())
@@ -368,10 +381,13 @@ class Shard:
         blocked = reply is None and self._read_blocks
         if reply is None:
             if not reader.in_flight:
+                room = self._room()
+                if room <= 0:  # max_inputs reached (a resync may confirm the last batch)
+                    self.stop()
                 if self.stopping:  # nothing read ahead: only the commit in flight is left
                     await self._confirm()
                     return
-                await self._send_read(self._room())
+                await self._send_read(room)
                 blocked = self._read_blocks
             reply = await reader.recv()
         entries = cast(Entries, reply[0][1]) if reply else []
@@ -538,6 +554,7 @@ class Shard:
             return
         await self._ensure_group()
         if self.unconfirmed:  # the batch never landed: send it again as it was
+            await self._check_outputs(self.committed)
             await self._commit(self.unconfirmed[0])
         log.info("resynchronised", extra={"fields": {"last_id": self.committed.last_id}})
 
@@ -633,6 +650,7 @@ class Shard:
                 "or deleted) or the engine changed behaviour. Restore the input stream, or the "
                 "snapshot and checkpoint that go with what is left of it"
             )
+        await self._check_outputs(checkpoint)
         self.engine = engine
         self.committed = checkpoint
         self.unconfirmed = []
@@ -705,6 +723,27 @@ class Shard:
             await self._renew_lease()  # a long replay must not let a standby take over
         return at, events, replayed
 
+    async def _check_outputs(self, checkpoint: Checkpoint) -> None:
+        """Before publishing after ``checkpoint``: the outputs must end where it says. An event
+        of a later input, or a trade past its count, means a commit half-written (which the
+        commit script is built never to leave) or forged entries; publishing on top of them
+        would duplicate outputs, so recovery stops instead."""
+        keys = self.keys
+        last_event = await self.store.last_entry(keys.events)
+        input_id = last_event[1].get("input_id", "") if last_event else ""
+        last_trade = await self.store.last_entry(keys.trades)
+        trade_id = last_trade[1].get("trade_id", "") if last_trade else ""
+        if (
+            STREAM_ID.fullmatch(input_id) and parse_id(input_id) > parse_id(checkpoint.last_id)
+        ) or (trade_id.isdigit() and int(trade_id) > checkpoint.trades):
+            raise RecoveryError(
+                f"the outputs go past the checkpoint at {checkpoint.last_id} (last event for "
+                f"input {input_id or '-'}, last trade_id {trade_id or '-'} of "
+                f"{checkpoint.trades}): a commit was half-written or entries were forged into "
+                f"{keys.trades}/{keys.events}. Delete the entries after the checkpoint (XDEL), "
+                "then start the daemon again"
+            )
+
     async def _rebuild_checkpoint(self) -> Checkpoint:
         """There is no checkpoint. A new pair starts from the beginning of the input, but a pair
         whose checkpoint was deleted must not publish its outputs again: the checkpoint is
@@ -738,6 +777,20 @@ class Shard:
             )
         if meta is not None and parse_id(meta.input_id) > parse_id(until):
             meta = None  # a snapshot ahead of the outputs cannot be the one they went with
+        # The replay must see every input up to the last event: from the first one ever added
+        # (nothing trimmed or deleted), or from a snapshot with nothing deleted after it.
+        orders = await store.stream_info(keys.orders)
+        since = meta.input_id if meta else ZERO_ID
+        deleted = orders.get("max-deleted-entry-id", ZERO_ID)
+        first = orders.get("recorded-first-entry-id", ZERO_ID)
+        if (meta is None and orders.get("entries-added", "0") != orders.get("length", "0")) or (
+            meta is not None and max(parse_id(deleted), parse_id(first)) > parse_id(since)
+        ):
+            raise RecoveryError(
+                f"{keys.checkpoint} is missing, and inputs that a rebuild would replay are "
+                f"gone from {keys.orders} (trimmed or deleted after {since}): the checkpoint "
+                f"cannot be verified. Restore {keys.checkpoint} from a backup"
+            )
         engine, at, events = await self._load_snapshot(meta)
         last: list[Any] = []
         at, events, _ = await self._replay(engine, at, events, until, last)

@@ -103,10 +103,10 @@ COMMIT_LUA: Final = (
 --       output maxlen (0: none), msgpack [trade rows, event rows, [ack ids]],
 --       first input applied ('' if none), ack mode ('xack' or 'setid')
 -- Redis keeps the writes of a script that fails, so no write here may fail after another:
--- what can be checked is checked first (the fence, the gap), and the writes that can fail
--- (an output stream of another type or out of IDs, a missing group) go first, each through
--- pcall; if one fails, the entries already added are deleted again and the script answers
--- REFUSED, having changed nothing.
+-- what can be checked cheaply is checked first (the fence, the gap, the output streams'
+-- types), and the writes that can still fail (an output stream out of IDs, a missing group)
+-- go first, each through pcall; if one fails, the entries already added are deleted again
+-- and the script answers REFUSED. The trims and the checkpoint come last and cannot fail.
 local cp = redis.call('HMGET', KEYS[4], 'last_id', 'trades', 'events')
 local last = cp[1] or '0-0'
 if last ~= ARGV[2] then
@@ -129,11 +129,21 @@ local shapes = {"""
     + ", "
     + EVENT_SHAPES_LUA
     + """}
+local maxlen = tonumber(ARGV[7])
 local existed, added, notes = {}, {0, 0}, {}
+for s = 1, 2 do
+  if #rows[s] > 0 or maxlen > 0 then
+    local kind = redis.call('TYPE', keys[s])['ok']
+    if kind ~= 'stream' and kind ~= 'none' then
+      return {'REFUSED', 'wrong_type', keys[s], 'the key holds a ' .. kind}
+    end
+    existed[s] = kind == 'stream'
+  end
+end
 local function undo()
   for s = 1, 2 do
     if added[s] > 0 and not existed[s] then
-      redis.call('DEL', keys[s])
+      redis.pcall('DEL', keys[s])
     elseif added[s] > 0 then
       local mine = redis.call('XREVRANGE', keys[s], '+', '-', 'COUNT', added[s])
       for i = 1, #mine, 1000 do
@@ -141,7 +151,7 @@ local function undo()
         for j = i, math.min(i + 999, #mine) do
           ids[#ids + 1] = mine[j][1]
         end
-        redis.call('XDEL', keys[s], unpack(ids))
+        redis.pcall('XDEL', keys[s], unpack(ids))
       end
     end
   end
@@ -159,7 +169,6 @@ local function refused(err, key, why)
 end
 for s = 1, 2 do
   if #rows[s] > 0 then
-    existed[s] = redis.call('EXISTS', keys[s]) == 1
     -- A stream that is gone although entries were published to it was deleted: it is
     -- created again, and said so.
     if not existed[s] and tonumber(published[s] or '0') > 0 then
@@ -187,10 +196,9 @@ else
   end
 end
 """
-    + r"""local maxlen = tonumber(ARGV[7])
-if maxlen > 0 then
-  redis.call('XTRIM', KEYS[1], 'MAXLEN', '~', maxlen)
-  redis.call('XTRIM', KEYS[2], 'MAXLEN', '~', maxlen)
+    + r"""if maxlen > 0 then
+  redis.pcall('XTRIM', KEYS[1], 'MAXLEN', '~', maxlen)  -- a stream, or none: cannot fail
+  redis.pcall('XTRIM', KEYS[2], 'MAXLEN', '~', maxlen)
 end
 redis.call('HSET', KEYS[4], 'last_id', ARGV[3], 'trades', ARGV[4], 'events', ARGV[5],
            'digest', ARGV[6])
@@ -199,8 +207,9 @@ return {'OK', unpack(notes)}
 )
 
 REBUILD_LUA: Final = """
--- KEYS: checkpoint. ARGV: its field/value pairs. Written only where there is none.
-if redis.call('EXISTS', KEYS[1]) == 1 then
+-- KEYS: checkpoint. ARGV: its field/value pairs. Written only where there is none (a hash
+-- without last_id counts as none, as Store.checkpoint reads it).
+if redis.call('HEXISTS', KEYS[1], 'last_id') == 1 then
   return 0
 end
 redis.call('HSET', KEYS[1], unpack(ARGV))
@@ -427,10 +436,19 @@ class Store:
 
     async def entries_added(self, key: str) -> int:
         """How many entries were ever added to stream ``key`` (trimmed ones too); 0 if none."""
+        return int((await self.stream_info(key)).get("entries-added", "0"))
+
+    async def stream_info(self, key: str) -> dict[str, str]:
+        """``XINFO STREAM key``'s counters as text (``length``, ``entries-added``,
+        ``max-deleted-entry-id``, ``recorded-first-entry-id``); empty if there is no stream."""
         if await self.redis.exists(key) == 0:
-            return 0
+            return {}
         info: Any = await self.redis.xinfo_stream(key)
-        return int(info.get("entries-added", info.get("length", 0)))
+        return {
+            str(text(k)): str(text(v))
+            for k, v in info.items()
+            if isinstance(v, bytes | str | int) and not isinstance(v, bool)
+        }
 
     # -- snapshots -------------------------------------------------------------------------------
 

@@ -65,6 +65,8 @@ def error_code(exc: BaseException) -> str | None:
     if not isinstance(exc, ResponseError):
         return None
     code = getattr(exc, "status_code", None)
+    if "can't run this command" in str(exc):  # an ACL refusal inside a script
+        return "NOPERM"
     if code:
         return str(code)
     for cls, name in _CODES:

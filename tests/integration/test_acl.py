@@ -5,6 +5,7 @@ orders:{P} and nothing else, a consumer can read the outputs and write nothing o
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from shard.config import Keys
 from shard.server import LocalServer
 from shard.workload import standard_mix
 
-from .conftest import PAIR, finish_daemon, publish, start_daemon, wait_events
+from .conftest import PAIR, finish_daemon, publish, start_daemon, stop_daemon, wait_events
 from .test_faults import assert_exactly_once, entries_of
 
 DOC = Path(__file__).parents[2] / "docs" / "daemon.md"
@@ -106,3 +107,27 @@ def test_a_consumer_reads_the_outputs_and_writes_nothing_of_the_shards(
         with pytest.raises(redis.exceptions.NoPermissionError):
             write()
     consumer.close()
+
+
+def test_a_refused_commit_is_undone_under_the_acl_user(
+    server: LocalServer, r: redis.Redis, keys: Keys, users: dict[str, str]
+) -> None:
+    """The commit undoes its XADDs when a later one fails (here the events stream is out of
+    IDs): the daemon's ACL user must be allowed the undo, or the trades would stay."""
+    url = as_user(server, users["shard"])
+    sell = {"type": "order", "order_id": "s", "side": "sell", "price": 100, "quantity": 1}
+    publish(r, [sell])
+    code, log = finish_daemon(start_daemon(url, "--exit-when-idle"))
+    assert code == 0, log
+    r.xadd(
+        keys.events,
+        {"input_id": "x", "status": "x"},
+        id="18446744073709551615-18446744073709551615",
+    )
+    publish(r, [{**sell, "order_id": "b", "side": "buy"}])  # trades: its trade is undone
+    proc = start_daemon(url)
+    time.sleep(2)
+    assert proc.poll() is None
+    code, log = stop_daemon(proc)
+    assert code == 0 and '"kind":"ids_exhausted"' in log, log
+    assert r.xlen(keys.trades) == 0

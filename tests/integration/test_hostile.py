@@ -124,8 +124,12 @@ def test_an_output_stream_that_cannot_take_the_batch_gets_nothing(
         assert daemon.alive()
         assert trade_ids(r, keys) == [1]  # nothing was written, not even the trades
         assert daemon.stop() == 0
-    kind = "ids_exhausted" if sabotage == "max_id" else "wrong_type"
-    assert f'"kind":"{kind}"' in daemon.log and f'"key":"{keys.events}"' in daemon.log
+    # A stream of another type already stops the recovery's check of the outputs (WRONGTYPE);
+    # one out of IDs gets to the commit, which is refused with nothing written.
+    kind = "ids_exhausted" if sabotage == "max_id" else "WRONGTYPE"
+    assert f'"kind":"{kind}"' in daemon.log
+    if sabotage == "max_id":
+        assert f'"key":"{keys.events}"' in daemon.log
     assert daemon.log.count('"msg":"waiting for redis') == 1  # one line, not one per retry
 
     daemon = start(daemons, server.url, tmp_path)
@@ -457,3 +461,45 @@ def test_sigterm_is_served_while_redis_is_unreachable(
     assert daemon.stop() == 0
     assert time.monotonic() - began < 1.5
     assert "Connection refused" in daemon.log or "Connect call failed" in daemon.log
+
+
+# -- found in review: what the first fixes missed -------------------------------------------------
+
+
+def test_a_wrong_type_trades_stream_with_output_maxlen_duplicates_nothing(
+    server: LocalServer, r: redis.Redis, keys: Keys, tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    """With output_maxlen, the commit trims both output streams after its writes: a trades key
+    of another type made that trim fail after the events were written, and every retry wrote
+    them again. Both streams' types are checked before the first write now."""
+    rest = {"type": "order", "side": "buy", "price": 1, "quantity": 1}
+    ids = publish(r, [{**rest, "order_id": "a"}])
+    env = {"SHARD_OUTPUT_MAXLEN": "1000", "SHARD_INSTANCE": "me", "SHARD_LEASE_TTL": "3"}
+    daemon = start(daemons, server.url, tmp_path, **env)
+    wait_events(r, keys, 1)
+    r.set(keys.trades, "not a stream")
+    ids += publish(r, [{**rest, "order_id": "b"}])  # rests: a batch without trades
+    daemon.wait_log('"kind":"wrong_type"')
+    time.sleep(6)  # twice the lease's TTL: the daemon must keep its lease while it waits
+    assert r.get(keys.lease) == b"me"
+    assert daemon.alive() and r.xlen(keys.events) == 1
+    r.delete(keys.trades)
+    wait_events(r, keys, 2)
+    time.sleep(0.5)
+    assert daemon.stop() == 0
+    assert [e.input_id for e in read_outputs(r, keys)[1]] == ids
+
+
+def test_a_rebuild_refuses_inputs_deleted_before_the_last_event(
+    server: LocalServer, r: redis.Redis, keys: Keys
+) -> None:
+    """A replay from the first input that misses a deleted one still ends on the same last
+    event and trade: the rebuild must see that inputs are gone, not trust it."""
+    rest = {"type": "order", "side": "sell", "price": 100, "quantity": 1}
+    ids = publish(r, [{**rest, "order_id": "a1"}, {**rest, "order_id": "s2", "price": 200}])
+    assert _run_idle(server.url)[0] == 0
+    r.delete(keys.checkpoint)
+    r.xdel(keys.orders, ids[0])
+    code, log = _run_idle(server.url)
+    assert code == 70
+    assert "cannot be verified" in log and r.exists(keys.checkpoint) == 0
