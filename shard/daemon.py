@@ -80,8 +80,8 @@ LEASE_WARN_EVERY: Final = 60.0
 """Seconds between two warnings that the lease key has no expiry."""
 _REFUSED: Final = {
     "wrong_type": "the key is not a stream: nothing is published until it is renamed or deleted",
-    "ids_exhausted": "XADD * ran out of IDs: an entry was forged with the largest ID (XDEL it, "
-    "then XSETID the stream back to its last real entry)",
+    "ids_exhausted": "XADD * ran out of IDs: an entry was forged with the largest ID (rebuild "
+    "the stream without it: docs/daemon.md)",
     "no_group": "the consumer group is gone: it is created again at the checkpoint",
     "xadd_failed": "an XADD failed",
     "bad_rows": "the batch's rows do not match their shapes (a bug)",
