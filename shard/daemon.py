@@ -727,15 +727,15 @@ class Shard:
         """Before publishing after ``checkpoint``: the outputs must end where it says. An event
         of a later input, or a trade past its count, means a commit half-written (which the
         commit script is built never to leave) or forged entries; publishing on top of them
-        would duplicate outputs, so recovery stops instead."""
+        would duplicate outputs, so recovery stops instead. Read in one script with the
+        checkpoint: if that has moved meanwhile, another daemon is publishing, and the fence
+        settles it."""
         keys = self.keys
-        last_event = await self.store.last_entry(keys.events)
-        input_id = last_event[1].get("input_id", "") if last_event else ""
-        last_trade = await self.store.last_entry(keys.trades)
-        trade_id = last_trade[1].get("trade_id", "") if last_trade else ""
-        if (
-            STREAM_ID.fullmatch(input_id) and parse_id(input_id) > parse_id(checkpoint.last_id)
-        ) or (trade_id.isdigit() and int(trade_id) > checkpoint.trades):
+        last, input_id, trade_id = await self.store.tails()
+        if last != checkpoint.last_id:
+            return
+        event_after = STREAM_ID.fullmatch(input_id) and parse_id(input_id) > parse_id(last)
+        if event_after or (trade_id.isdigit() and int(trade_id) > checkpoint.trades):
             raise RecoveryError(
                 f"the outputs go past the checkpoint at {checkpoint.last_id} (last event for "
                 f"input {input_id or '-'}, last trade_id {trade_id or '-'} of "

@@ -206,6 +206,27 @@ return {'OK', unpack(notes)}
 """
 )
 
+TAILS_LUA: Final = """#!lua flags=no-writes
+-- KEYS: checkpoint, events, trades. One consistent read of where the checkpoint and the two
+-- output streams end: its last_id, the last event's input_id, the last trade's trade_id.
+local function field(entries, name)
+  if #entries == 0 then
+    return ''
+  end
+  local f = entries[1][2]
+  for i = 1, #f, 2 do
+    if f[i] == name then
+      return f[i + 1]
+    end
+  end
+  return ''
+end
+local last = redis.call('HGET', KEYS[1], 'last_id') or ''
+local events = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+local trades = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)
+return {last, field(events, 'input_id'), field(trades, 'trade_id')}
+"""
+
 REBUILD_LUA: Final = """
 -- KEYS: checkpoint. ARGV: its field/value pairs. Written only where there is none (a hash
 -- without last_id counts as none, as Store.checkpoint reads it).
@@ -317,6 +338,7 @@ class Store:
         self.ack = ack  # see Config.ack
         self._commit = redis.register_script(COMMIT_LUA)
         self._rebuild = redis.register_script(REBUILD_LUA)
+        self._tails = redis.register_script(TAILS_LUA)
         self._renew = redis.register_script(RENEW_LUA)
         self._release = redis.register_script(RELEASE_LUA)
         self._publish = redis.register_script(PUBLISH_LUA)
@@ -433,6 +455,15 @@ class Store:
             return None
         entry_id, fields = reply[0]
         return str(text(entry_id)), {str(text(k)): str(text(v)) for k, v in fields.items()}
+
+    async def tails(self) -> tuple[str, str, str]:
+        """Read together: the checkpoint's ``last_id``, the last event's ``input_id`` and the
+        last trade's ``trade_id`` (``''`` where there is none)."""
+        reply: Any = await self._tails(
+            keys=[self.keys.checkpoint, self.keys.events, self.keys.trades]
+        )
+        last, input_id, trade_id = (str(text(x) or "") for x in reply)
+        return last, input_id, trade_id
 
     async def entries_added(self, key: str) -> int:
         """How many entries were ever added to stream ``key`` (trimmed ones too); 0 if none."""

@@ -504,3 +504,18 @@ def test_a_rebuild_refuses_inputs_deleted_before_the_last_event(
     code, log = _run_idle(server.url)
     assert code == 70
     assert "cannot be verified" in log and r.exists(keys.checkpoint) == 0
+
+
+def test_outputs_past_the_checkpoint_stop_the_daemon_before_it_publishes(
+    server: LocalServer, r: redis.Redis, keys: Keys
+) -> None:
+    """An event for an input after the checkpoint (a half-written commit, or a forged entry):
+    publishing after the checkpoint would repeat outputs, so the daemon stops with exit 70."""
+    publish(r, list(standard_mix(50, seed=18)))
+    assert _run_idle(server.url)[0] == 0
+    r.xadd(keys.events, {"input_id": "99999999999999-0", "status": "resting"})
+    events = r.xlen(keys.events)
+    publish(r, list(standard_mix(10, seed=19)))
+    code, log = _run_idle(server.url)
+    assert code == 70 and "the outputs go past the checkpoint" in log
+    assert r.xlen(keys.events) == events
