@@ -34,7 +34,7 @@ import socket
 import time
 from collections.abc import Iterable
 from operator import itemgetter
-from typing import Any, Final, cast
+from typing import Any, Final, NamedTuple, cast
 
 import msgspec
 from redis.asyncio import Redis
@@ -44,7 +44,7 @@ from shard import collector
 from shard.config import Config, Keys
 from shard.decode import OVERSIZE, decode_entry
 from shard.engine import DIGEST_SCHEME, Engine
-from shard.messages import Input, Trade
+from shard.messages import Event, Input, Trade
 from shard.metrics import Metrics
 from shard.reads import ReadBudget
 from shard.snapshotter import Snapshotter
@@ -84,7 +84,6 @@ _REFUSED: Final = {
     "the stream without it: docs/daemon.md)",
     "no_group": "the consumer group is gone: it is created again at the checkpoint",
     "xadd_failed": "an XADD failed",
-    "bad_rows": "the batch's rows do not match their shapes (a bug)",
 }
 """Why a commit was refused with nothing written, for the log (see :class:`CommitRefused`)."""
 
@@ -102,6 +101,17 @@ class _Stopping(Exception):
 
 class LeaseLost(Exception):
     """Another daemon holds the pair's lease now: stop publishing and stand by."""
+
+
+class _Replayed(NamedTuple):
+    """Where a replay stopped: the last input applied, the event count there, how many inputs
+    it applied, and the last event and trade they produced (None if none)."""
+
+    at: str
+    events: int
+    replayed: int
+    last_event: Event | None
+    last_trade: Trade | None
 
 
 class _Pending(msgspec.Struct):
@@ -284,12 +294,9 @@ class Shard:
         while not self.stopping and (left := deadline - time.monotonic()) > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), min(left, 1.0))
-            if self.has_lease and not self.stopping:
+            if not self.stopping:
                 with contextlib.suppress(*RETRIED):
-                    if not await self.store.renew_lease(
-                        self.holder, int(self.config.lease_ttl * 1000)
-                    ):
-                        raise LeaseLost
+                    await self._renew_lease()
         return not self.stopping
 
     def _note_outage(self, kind: str, why: str, key: str = "") -> None:
@@ -641,7 +648,8 @@ class Shard:
                 f"checkpoint was moved back, or the snapshot comes from another pair or run; "
                 f"restore {self.keys.checkpoint} from the backup the snapshot came with"
             )
-        at, events, replayed = await self._replay(engine, at, events, checkpoint.last_id)
+        done = await self._replay(engine, at, events, checkpoint.last_id)
+        at, events, replayed = done.at, done.events, done.replayed
         found = Checkpoint(at, engine.book.next_trade_id - 1, events, engine.digest())
         if not _same(found, checkpoint, digest=checkpoint.digest.startswith(DIGEST_SCHEME)):
             raise RecoveryError(
@@ -687,14 +695,12 @@ class Shard:
             raise RecoveryError(f"snapshot at {meta.input_id} does not match its own digest")
         return engine, meta.input_id, meta.events
 
-    async def _replay(
-        self, engine: Engine, at: str, events: int, until: str, last: list[Any] | None = None
-    ) -> tuple[str, int, int]:
-        """Apply the inputs after ``at`` up to ``until`` to ``engine`` without publishing; the
-        last input applied, the event count then, and how many were replayed. ``last``, if
-        given, receives the last event and the last trade the replay produced."""
+    async def _replay(self, engine: Engine, at: str, events: int, until: str) -> _Replayed:
+        """Apply the inputs after ``at`` up to ``until`` to ``engine`` without publishing."""
         replayed = 0
         scratch: list[Trade] = []
+        last_event: Event | None = None
+        last_trade: Trade | None = None
         start = f"({at}"
         config = self.config
         pages = ReadBudget(REPLAY_PAGE, config.read_budget_bytes, config.max_entry_bytes)
@@ -710,18 +716,18 @@ class Shard:
             biggest = 0
             for raw_id, fields in page:
                 at = raw_id.decode()
-                event = engine.apply(self._decode(at, fields), at, scratch)
-                if event.reason == OVERSIZE:
+                last_event = engine.apply(self._decode(at, fields), at, scratch)
+                if last_event.reason == OVERSIZE:
                     biggest = max(biggest, sum(map(len, fields)))
-                if last is not None:
-                    last[:] = [event, scratch[-1] if scratch else (last[1] if last else None)]
-                scratch.clear()
+                if scratch:
+                    last_trade = scratch[-1]
+                    scratch.clear()
                 events += 1
                 replayed += 1
             pages.taken(biggest)
             start = f"({at}"
             await self._renew_lease()  # a long replay must not let a standby take over
-        return at, events, replayed
+        return _Replayed(at, events, replayed, last_event, last_trade)
 
     async def _check_outputs(self, checkpoint: Checkpoint) -> None:
         """Before publishing after ``checkpoint``: the outputs must end where it says. An event
@@ -792,13 +798,13 @@ class Shard:
                 f"cannot be verified. Restore {keys.checkpoint} from a backup"
             )
         engine, at, events = await self._load_snapshot(meta)
-        last: list[Any] = []
-        at, events, _ = await self._replay(engine, at, events, until, last)
-        trades = engine.book.next_trade_id - 1
+        done = await self._replay(engine, at, events, until)
+        events, trades = done.events, engine.book.next_trade_id - 1
+        replayed_event = done.last_event
         if (
-            at != until
-            or (last and event_fields(last[0]) != _fields_list(last_event[1]))
-            or (last_trade is not None and not _same_trade(last_trade[1], trades, last[-1:]))
+            done.at != until
+            or (replayed_event and event_fields(replayed_event) != _fields_list(last_event[1]))
+            or (last_trade is not None and not _same_trade(last_trade[1], trades, done.last_trade))
         ):
             raise RecoveryError(
                 f"{keys.checkpoint} is missing, and replaying {keys.orders} up to the last "
@@ -979,17 +985,14 @@ def _fields_list(fields: dict[str, str]) -> list[str]:
     return [x for pair in fields.items() for x in pair]
 
 
-def _same_trade(stored: dict[str, str], trades: int, replayed: list[Trade | None]) -> bool:
+def _same_trade(stored: dict[str, str], trades: int, replayed: Trade | None) -> bool:
     """Whether the last stored trade is the replay's last: the same ``trade_id`` as the count,
     and the same fields when the replay made it (else the snapshot covers it)."""
     if trade_from_fields(stored).trade_id != trades:
         return False
-    last = replayed[0] if replayed else None
-    return last is None or trade_fields(last) == _fields_list(stored)
+    return replayed is None or trade_fields(replayed) == _fields_list(stored)
 
 
-def _same(a: Checkpoint | None, b: Checkpoint, *, digest: bool = False) -> bool:
-    if a is None:
-        return False
+def _same(a: Checkpoint, b: Checkpoint, *, digest: bool = False) -> bool:
     same = (a.last_id, a.trades, a.events) == (b.last_id, b.trades, b.events)
     return same and (not digest or a.digest == b.digest)

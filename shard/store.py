@@ -313,6 +313,11 @@ class CommitRefused(Exception):
 _batch_encoder = msgspec.msgpack.Encoder()
 
 
+def _field_values(struct: msgspec.Struct) -> list[str]:
+    """A struct as the field/value list of an HSET."""
+    return [x for k, v in msgspec.structs.asdict(struct).items() for x in (k, str(v))]
+
+
 def text(value: object) -> str | None:
     """A reply value as text (bytes decoded as UTF-8; None stays None)."""
     if isinstance(value, bytes):
@@ -375,7 +380,7 @@ class Store:
 
     async def write_rebuilt_checkpoint(self, checkpoint: Checkpoint) -> bool:
         """Store a checkpoint rebuilt from the outputs, only if there is still none."""
-        fields = [x for k, v in msgspec.structs.asdict(checkpoint).items() for x in (k, str(v))]
+        fields = _field_values(checkpoint)
         return bool(await self._rebuild(keys=[self.keys.checkpoint], args=fields))
 
     def commit_args(
@@ -524,7 +529,7 @@ class Store:
         previous generation's chunks; a crash at any point leaves a complete snapshot.
         ``"OK"``, or why nothing changed: ``"STALE"`` (the header already names this
         generation or a later one) or ``"AHEAD"`` (the checkpoint is behind the snapshot)."""
-        header = [x for k, v in msgspec.structs.asdict(meta).items() for x in (k, str(v))]
+        header = _field_values(meta)
         reply: Any = await self._publish(
             keys=[self.keys.snapshot, self.keys.checkpoint], args=[meta.generation, *header]
         )
