@@ -21,16 +21,13 @@ def pytest_report_header() -> str:
     return f"server: {binary}: {version.stdout.strip()}"
 
 
-def realflow_dir() -> Path:
-    """The LOBSTER-derived real order flow: $REALFLOW, else the copy in tests/data/realflow
-    (the converted files and their README from the project's shared/realflow)."""
-    env = os.environ.get("REALFLOW")
-    return Path(env) if env else REPO / "tests" / "data" / "realflow"
-
-
 @pytest.fixture(scope="session")
 def realflow() -> Path:
-    path = realflow_dir()
+    """The LOBSTER-derived real order flow: $REALFLOW, else the copy in tests/data/realflow
+    (the converted files and their README from the project's shared/realflow). Skips when it
+    is missing, except under CI, where it fails."""
+    env = os.environ.get("REALFLOW")
+    path = Path(env) if env else REPO / "tests" / "data" / "realflow"
     if not path.is_dir():
         message = f"real order flow not found at {path} (set REALFLOW)"
         if os.environ.get("CI"):

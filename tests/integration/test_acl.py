@@ -16,7 +16,7 @@ from shard.config import Keys
 from shard.server import LocalServer
 from shard.workload import standard_mix
 
-from .conftest import PAIR, finish_daemon, publish, start_daemon, stop_daemon, wait_events
+from .helpers import PAIR, finish_daemon, publish, start_daemon, stop_daemon, wait_events
 from .test_faults import assert_exactly_once, entries_of
 
 DOC = Path(__file__).parents[2] / "docs" / "daemon.md"

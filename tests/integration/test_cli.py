@@ -15,7 +15,7 @@ from shard.config import Keys
 from shard.server import LocalServer, free_port
 
 from ..seed import SEED_LINES, SEED_TRADE
-from .conftest import PAIR, finish_daemon, publish, start_daemon, wait_events
+from .helpers import PAIR, finish_daemon, publish, start_daemon, wait_events
 
 SHARD = [sys.executable, "-m", "shard"]
 

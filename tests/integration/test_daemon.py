@@ -23,7 +23,7 @@ from shard.server import LocalServer
 from shard.workload import standard_mix
 
 from ..seed import SEED, SEED_TRADE
-from .conftest import (
+from .helpers import (
     PAIR,
     config,
     encoded,

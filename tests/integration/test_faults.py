@@ -16,7 +16,7 @@ from shard.config import Keys
 from shard.server import LocalServer
 from shard.workload import standard_mix
 
-from .conftest import (
+from .helpers import (
     expected_outputs,
     finish_daemon,
     publish,

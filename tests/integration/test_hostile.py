@@ -22,7 +22,7 @@ from shard.server import LocalServer
 from shard.wire import trade_from_fields
 from shard.workload import standard_mix
 
-from .conftest import PAIR, publish, read_outputs, wait_events
+from .helpers import PAIR, publish, read_outputs, wait_events
 from .test_faults import assert_exactly_once, entries_of
 
 MAX_ID = "18446744073709551615-18446744073709551615"

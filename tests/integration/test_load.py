@@ -16,7 +16,7 @@ import redis
 from shard.config import Keys
 from shard.server import LocalServer
 
-from .conftest import PAIR, start_daemon, stop_daemon
+from .helpers import PAIR, start_daemon, stop_daemon
 
 
 def shard_load(*args: str, timeout: float = 100) -> tuple[int, str, str]:

@@ -78,7 +78,7 @@ def test_readme_commands_in_order(tmp_path: Path) -> None:
     from shard.config import Keys
 
     from ..seed import SEED_LINES, SEED_TRADE
-    from .conftest import wait_events
+    from .helpers import wait_events
     from .test_cli import wait_healthy
 
     readme = (REPO / "README.md").read_text()

@@ -20,7 +20,7 @@ from shard.snapshotter import Snapshotter
 from shard.store import Checkpoint, SnapshotMeta, Store
 from shard.workload import resting_orders
 
-from .conftest import config
+from .helpers import config
 
 
 def _engine(n: int) -> Engine:

@@ -26,7 +26,7 @@ from shard.config import Keys
 from shard.server import find_server_binary, free_port
 
 from ..seed import SEED_LINES, SEED_TRADE
-from .conftest import PAIR, stop_daemon
+from .helpers import PAIR, stop_daemon
 
 SHARD = [sys.executable, "-m", "shard"]
 KEYS = Keys(PAIR)

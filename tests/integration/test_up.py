@@ -18,7 +18,7 @@ from shard.config import Keys
 from shard.server import LocalServer
 
 from ..seed import SEED_LINES, SEED_TRADE
-from .conftest import PAIR, wait_events
+from .helpers import PAIR, wait_events
 
 SHARD = [sys.executable, "-m", "shard"]
 PASSWORD = "pw-s3cr3t"
