@@ -12,7 +12,8 @@ RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin shard
 WORKDIR /app
 
 # Dependencies first, in their own layer, rebuilt only when the lock changes: the runtime lock
-# (scripts/lock makes it), every file checked against its sha256, the versions CI tested.
+# (scripts/lock makes it), every file checked against its sha256, the versions CI tested. The
+# image runs the daemon, so it has neither the dev tools nor the load extra (`shard load`).
 COPY requirements.txt ./
 RUN pip install --require-hashes -r requirements.txt
 

@@ -19,6 +19,14 @@ import tempfile
 import time
 from pathlib import Path
 
+# The import names of what the load extra (`pip install 'shard[load]'`) brings and the harness
+# cannot run without; matplotlib is optional (no PNG without it).
+EXTRA_MODULES = frozenset({"hdrh"})
+NEEDS_EXTRA = (
+    "shard load: the load generator's packages are not installed; "
+    "install them with pip install 'shard[load]'"
+)
+
 # Order-ID prefixes of successive runs differ, so a rerun against the same live book does not
 # collide with the orders a previous run left resting.
 _B36 = "0123456789abcdefghijklmnopqrstuvwxyz"
@@ -129,9 +137,16 @@ def run_tag(now: float | None = None) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
+    """Run ``shard load``; 0, or 1 if an input got no event, or 2 without the load extra."""
+    try:
+        from shard.load.report import build, plot, table, write_json
+        from shard.load.runner import LoadSpec, run_load
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] not in EXTRA_MODULES:
+            raise
+        print(NEEDS_EXTRA, file=sys.stderr)
+        return 2
     from shard.config import TLS_FILES, ConfigError, load
-    from shard.load.report import build, plot, table, write_json
-    from shard.load.runner import LoadSpec, run_load
     from shard.up import Cluster
 
     pairs = [x.strip() for x in (args.pairs or args.pair or "").split(",") if x.strip()]
@@ -206,7 +221,7 @@ def main(args: argparse.Namespace) -> int:
         written.append(plot(report, out / "report.png"))
     except ImportError:
         print(
-            "shard load: no PNG (matplotlib is not installed: pip install 'shard[plot]')",
+            "shard load: no PNG (matplotlib is not installed: pip install 'shard[load]')",
             file=sys.stderr,
         )
     print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)

@@ -199,7 +199,7 @@ def write_json(report: dict[str, Any], path: Path) -> Path:
 
 def plot(report: dict[str, Any], path: Path) -> Path:
     """Latency percentiles, throughput and backlog over time as a PNG. Needs matplotlib
-    (``pip install 'shard[plot]'``); raises ImportError without it."""
+    (``pip install 'shard[load]'``); raises ImportError without it."""
     import matplotlib
     import matplotlib.ticker
 
