@@ -30,12 +30,12 @@ import hiredis
 import msgspec
 import redis
 
+from shard.commit import EVENT_SHAPES_LUA, TRADE_SHAPES_LUA, XADD_ROWS_LUA
 from shard.decode import decode_json
 from shard.engine import Engine
 from shard.load.probes import main_thread_cpu
 from shard.messages import Event, Trade
 from shard.server import LocalServer
-from shard.store import EVENT_SHAPES_LUA, TRADE_SHAPES_LUA, XADD_ROWS_LUA
 from shard.wire import Row, add_event, add_trade, event_fields, trade_fields
 from shard.workload import standard_mix
 

@@ -6,10 +6,10 @@ Wall-clock and CPU-time figures on this shared machine move by 25% between runs,
 changes. Valgrind's cachegrind counts the instructions a process executes (``--cache-sim=no``:
 no cache model, about 30x slower), which is the same on every run of the same code and input.
 
-* ``shard``: the daemon's CPU work on a batch, without I/O: ``Shard._apply`` (decode, match,
-  build the output rows) and ``Store.commit_args`` (pack the commit), over --count inputs of the
-  standard mix (shard/workload.py, --seed) in 1,000-input batches, as raw entries like XREAD
-  returns. A second run that only builds the inputs is subtracted.
+* ``shard``: the daemon's CPU work on a batch, without I/O: ``Pipeline.apply`` (decode, match,
+  build the output rows), the reject metrics and ``Commit.command`` (pack the commit), over
+  --count inputs of the standard mix (shard/workload.py, --seed) in 1,000-input batches, as raw
+  entries like XREAD returns. A second run that only builds the inputs is subtracted.
 * ``server``: the server's work to run the commit script (``COMMIT_LUA``, fence and
   ``XGROUP SETID`` included, append-only file on) for the same batches, sent from a client
   outside valgrind, after the inputs were added to ``orders:{P}`` (the script checks that
@@ -38,10 +38,12 @@ from typing import Any
 import redis
 from redis.asyncio import Redis as AsyncRedis
 
+from shard.commit import COMMIT_LUA, Commit
 from shard.config import Config, Keys
-from shard.daemon import Shard
+from shard.engine import Engine
+from shard.metrics import Metrics
+from shard.pipeline import Pipeline
 from shard.server import find_server_binary, free_port
-from shard.store import COMMIT_LUA, Store
 from shard.workload import standard_mix
 
 PAIR = "BENCH"
@@ -59,17 +61,17 @@ def raw_entries(count: int, seed: int) -> list[tuple[bytes, list[bytes]]]:
 
 def commits(count: int, seed: int) -> list[list[Any]]:
     """Each batch's commit command, as the daemon builds it (also the shard side's work)."""
-    shard = Shard(Config(pair=PAIR))
-    store = Store(AsyncRedis(), Keys(PAIR), "shard")  # builds commands only: never connects
+    keys = Keys(PAIR)
+    pipeline, engine, metrics = Pipeline(Config(pair=PAIR), keys), Engine(), Metrics(PAIR)
+    commit = Commit(AsyncRedis(), keys, "shard", "setid", 0)  # builds commands: never connects
     entries = raw_entries(count, seed)
     out = []
     for start in range(0, count, BATCH):
-        shard._apply(entries[start : start + BATCH])
-        p = shard.unconfirmed.pop()
-        out.append(
-            store.commit_args(p.expected.last_id, p.target, p.trades, p.events, p.acks, 0, p.first)
-        )
-        shard.committed = p.target
+        batch = pipeline.apply(engine, entries[start : start + BATCH])
+        for reason in batch.rejected:  # as Shard.step counts them
+            metrics.reject(reason)
+        out.append(commit.command(batch))
+        pipeline.confirmed(batch)
     return out
 
 

@@ -318,8 +318,6 @@ def load(
         return msgspec.convert(values, Config, strict=False)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"bad configuration: {exc}") from None
-    except ConfigError:
-        raise
 
 
 class Keys:

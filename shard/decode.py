@@ -60,6 +60,8 @@ from shard.messages import (
     Input,
     Invalid,
     Order,
+    Verbatim,
+    show,
 )
 
 MALFORMED: Final = "malformed"
@@ -76,7 +78,6 @@ APPLIES: Final = {
     "cancel": frozenset(("type", "order_id", "timestamp")),
     "amend": frozenset(("type", "order_id", "timestamp", "price", "quantity")),
 }
-SHOWN_CHARS: Final = 40
 SHOWN_NAMES: Final = 8
 """At most this many field names are listed in a detail, each at most SHOWN_CHARS long."""
 
@@ -95,48 +96,6 @@ class _Bad(Exception):
     def __init__(self, reason: str, detail: str) -> None:
         self.reason = reason
         self.detail = detail
-
-
-class _Literal:
-    """A JSON number the shard cannot take as an int64 (a fraction, an exponent, ``-0``, more
-    than 20 characters), or a ``NaN``/``Infinity`` constant, kept as written for the detail."""
-
-    __slots__ = ("text",)
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-
-    def __repr__(self) -> str:
-        return self.text
-
-
-def _as_written(value: object) -> msgspec.Raw:
-    if isinstance(value, _Literal):
-        return msgspec.Raw(value.text.encode())
-    raise TypeError(type(value).__name__)
-
-
-_encode_shown = msgspec.json.Encoder(enc_hook=_as_written).encode
-
-
-def show(value: object) -> str:
-    """A value as a short, printable literal for a ``detail`` sentence."""
-    if isinstance(value, bytes | bytearray):
-        text = repr(bytes(value))
-    elif isinstance(value, str):
-        text = repr(value)
-    elif _jsonable(value):
-        try:
-            text = _encode_shown(value).decode()
-        except (TypeError, ValueError):  # a lone surrogate in a string, say
-            text = repr(value)
-    else:
-        text = repr(value)
-    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 3] + "..."
-
-
-def _jsonable(value: object) -> bool:
-    return value is None or isinstance(value, bool | int | float | list | dict)
 
 
 def _show_name(name: str | bytes) -> str:
@@ -249,7 +208,7 @@ def decode_json(data: bytes | str, default_timestamp: int | None = None) -> Inpu
     return msg
 
 
-class _Constant(_Literal):
+class _Constant(Verbatim):
     """``NaN``, ``Infinity`` or ``-Infinity``: not JSON, but named as a known field's value."""
 
     __slots__ = ()
@@ -264,11 +223,11 @@ class _Repeats(dict[str, object]):
     count: int
 
 
-def _json_int(text: str) -> int | _Literal:
+def _json_int(text: str) -> int | Verbatim:
     """A JSON integer as an int; kept as written when it is ``-0`` or longer than int64's 20
     characters (``int()`` of thousands of digits is slow, and refused past 4,300)."""
     if len(text) > 20 or text == "-0":
-        return _Literal(text)
+        return Verbatim(text)
     return int(text)
 
 
@@ -286,7 +245,7 @@ _careful = json.JSONDecoder(
     object_pairs_hook=_json_object,
     parse_constant=_Constant,
     parse_int=_json_int,
-    parse_float=_Literal,
+    parse_float=Verbatim,
 )
 
 
@@ -388,7 +347,7 @@ def _marks(values: list[object]) -> tuple[_Repeats | None, _Constant | None]:
     return nested, stray
 
 
-def _not_a_number(order_id: str | None, constant: _Literal) -> Invalid:
+def _not_a_number(order_id: str | None, constant: Verbatim) -> Invalid:
     detail = f"the message is not valid JSON: {constant.text} is not a JSON number"
     return Invalid(order_id, MALFORMED, detail)
 
@@ -731,7 +690,7 @@ def _integer(fields: Mapping[str, object], name: str, *, minimum: int) -> int | 
         if len(text.lstrip("0")) > 19:  # past int64 whatever the digits; int() would be slow
             raise _Bad(INVALID_FIELD, f"{name} does not fit a signed 64-bit integer: {show(value)}")
         number = int(text)
-    elif isinstance(value, _Literal):  # a JSON number as written: -0, a fraction, 5,000 digits
+    elif isinstance(value, Verbatim):  # a JSON number as written: -0, a fraction, 5,000 digits
         if value.text == "-0":
             raise _Bad(INVALID_FIELD, f"{name} must be written without a sign, got -0")
         if value.text.lstrip("-").isdigit():

@@ -39,7 +39,6 @@ from typing import Final
 import msgspec
 
 from shard.book import Cut, OrderBook
-from shard.decode import show
 from shard.messages import (
     AMENDED,
     CANCELLED,
@@ -54,6 +53,7 @@ from shard.messages import (
     Invalid,
     Order,
     Trade,
+    show,
 )
 
 DUPLICATE_ORDER_ID: Final = "duplicate_order_id"

@@ -26,6 +26,53 @@ NO_TIMESTAMP: Final = -1
 """Default of an absent ``timestamp`` while decoding; the decoder replaces it, so a decoded
 message always carries a timestamp >= 0."""
 
+SHOWN_CHARS: Final = 40
+"""A value shown in a detail sentence is cut to this many characters."""
+
+
+class Verbatim:
+    """A value :func:`show` prints as written: the decoder keeps a JSON number the shard cannot
+    take as an int64 (a fraction, an exponent, ``-0``, more than 20 characters), or a
+    ``NaN``/``Infinity`` constant, in one for the detail."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def _as_written(value: object) -> msgspec.Raw:
+    if isinstance(value, Verbatim):
+        return msgspec.Raw(value.text.encode())
+    raise TypeError(type(value).__name__)
+
+
+_encode_shown = msgspec.json.Encoder(enc_hook=_as_written).encode
+
+
+def show(value: object) -> str:
+    """A value as a short, printable literal for a ``detail`` sentence."""
+    if isinstance(value, bytes | bytearray):
+        text = repr(bytes(value))
+    elif isinstance(value, str):
+        text = repr(value)
+    elif _jsonable(value):
+        try:
+            text = _encode_shown(value).decode()
+        except (TypeError, ValueError):  # a lone surrogate in a string, say
+            text = repr(value)
+    else:
+        text = repr(value)
+    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 3] + "..."
+
+
+def _jsonable(value: object) -> bool:
+    return value is None or isinstance(value, bool | int | float | list | dict)
+
+
 Side = Literal["buy", "sell"]
 OrderType = Literal["limit", "market", "ioc", "fok", "post_only"]
 

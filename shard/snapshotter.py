@@ -39,17 +39,26 @@ from typing import Final
 
 import msgspec
 
+from shard import collector
+from shard.checkpoint import ZERO_ID, Checkpoint, SnapshotMeta, parse_id
 from shard.config import Config, Keys
 from shard.engine import Engine, SnapshotWriter
-from shard.store import Checkpoint, SnapshotMeta, Store
+from shard.logs import Log
+from shard.metrics import Metrics
+from shard.outage import Waits
+from shard.store import Store
 from shard.tasks import wait_out
-from shard.transport import Channel, describe
+from shard.transport import RETRIED, Channel, describe
+
+log = Log("shard.daemon")
 
 IN_FLIGHT = 2
 """Chunk writes sent ahead of their replies."""
 PAUSE = 0.001
 """Seconds between two slices in the background (the event loop's timer resolution): back to
 back, slices would run ahead of every batch at each step of its way through the loop."""
+WAIT_POLL: Final = 0.01
+"""Seconds between two looks at a snapshot being finished on a clean stop."""
 
 
 async def write_chunks(
@@ -123,7 +132,8 @@ class Snapshotter:
         """Begin a snapshot of ``engine`` at ``checkpoint``, written and published through
         ``store``; :meth:`poll` tells when it has ended. The daemon pays for opening the
         writer only (inline, for all of it: this returns once it has ended)."""
-        assert self.running is None, "one snapshot at a time"
+        if self.running is not None:
+            raise RuntimeError("one snapshot at a time: a bug in the caller")
         writer = engine.snapshot_writer()
         meta = SnapshotMeta(
             checkpoint.last_id, checkpoint.events, 0, 0, checkpoint.trades, checkpoint.events,
@@ -183,5 +193,133 @@ class Snapshotter:
         await wait_out(running.task)  # its cleanup runs (it may have ended on its own just before)
         running.writer.close()
 
-    def seconds(self) -> float:
-        return time.perf_counter() - self.running.started if self.running else 0.0
+
+class Snapshots:
+    """When the daemon snapshots, and what follows: the policy (a snapshot is due after
+    ``snapshot_every_inputs`` committed inputs, or ``snapshot_every_seconds`` with at least one),
+    the one :class:`Snapshotter`, and, once a snapshot is stored, the trim of the inputs below
+    it in a task of its own (the trim holds the server for a while, and matching need not wait
+    for its reply). Decisions take ``now`` (monotonic seconds)."""
+
+    def __init__(
+        self, config: Config, keys: Keys, store: Store, metrics: Metrics, waits: Waits
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.metrics = metrics
+        self.waits = waits  # a refused trim backs off as the daemon does
+        self.snapshotter = Snapshotter(config, keys)
+        self.since = 0
+        """Inputs committed since the last snapshot began."""
+        self.began = time.monotonic()
+        self.frozen = False
+        """Whether the book has joined the collector's frozen heap (see :mod:`shard.collector`)."""
+        self._trimming: asyncio.Task[None] | None = None
+        self._trim_below = ZERO_ID
+        self.stopping = False
+
+    def due(self, pending: int, now: float) -> bool:
+        """Whether to snapshot once the ``pending`` inputs in doubt are committed."""
+        if self.snapshotter.running is not None:
+            return False
+        config = self.config
+        since = self.since + pending
+        return since >= config.snapshot_every_inputs or bool(
+            since and now - self.began >= config.snapshot_every_seconds
+        )
+
+    def recovered(self, replayed: int, resting: int) -> None:
+        """The engine was rebuilt with ``replayed`` inputs after its snapshot. A non-empty
+        order index is a tracked dict, frozen by the recovery; an empty one is not tracked."""
+        self.since = replayed
+        self.frozen = resting > 0
+
+    async def take(self, engine: Engine, checkpoint: Checkpoint, now: float) -> None:
+        """Start a snapshot of ``engine`` at the committed ``checkpoint`` (between batches)."""
+        self.since = 0
+        self.began = now
+        started = time.perf_counter()
+        if not self.frozen:  # a book grown from empty joins the frozen heap, once
+            collector.freeze_survivors()
+            self.frozen = len(engine.book) > 0
+        await self.snapshotter.start(engine, checkpoint, self.store)
+        self.metrics.snapshot_stall.observe(time.perf_counter() - started)
+        await self.poll()  # inline, it has ended already
+
+    async def poll(self) -> None:
+        """If the snapshot has ended: note it, and trim the inputs below it once stored."""
+        if self.snapshotter.running is None:
+            return
+        meta, failure = self.snapshotter.poll()
+        if meta is not None:
+            self._stored(meta)
+        elif failure is not None:
+            self.metrics.snapshot_failures.inc()
+            log.warning("snapshot failed; the previous one stays", why=failure)
+
+    async def wait(self, deadline: float) -> None:
+        """Wait until the snapshot being written has ended (or ``deadline``), and note it."""
+        while self.snapshotter.running is not None and time.monotonic() < deadline:
+            await asyncio.sleep(WAIT_POLL)
+            await self.poll()
+
+    async def abandon(self) -> None:
+        """Cancel the snapshot being written, if any: the checkpoint it was taken at may not
+        survive what went wrong."""
+        if self.snapshotter.running is not None:
+            await self.snapshotter.abandon()
+            log.info("snapshot abandoned")
+
+    async def finish_trim(self) -> None:
+        """Stop trimming (on the way out): the next snapshot's trim covers what is left."""
+        self.stopping = True
+        trimming, self._trimming = self._trimming, None
+        if trimming is not None:
+            await wait_out(trimming)
+
+    def _stored(self, meta: SnapshotMeta) -> None:
+        self.metrics.last_snapshot = time.monotonic()
+        self.metrics.snapshots.inc()
+        log.info(
+            "snapshot stored",
+            input_id=meta.input_id,
+            bytes=meta.bytes,
+            chunks=meta.chunks,
+            seconds=round(self.snapshotter.last_seconds, 3),
+        )
+        if self.config.trim_inputs:
+            self._trim_below = trim_point(meta.input_id, self.config.keep_inputs_ms)
+            if self._trimming is None or self._trimming.done():
+                self._trimming = asyncio.get_running_loop().create_task(self._trim())
+
+    async def _trim(self) -> None:
+        """Trim the inputs below ``_trim_below`` (a newer snapshot may move it meanwhile). A
+        refused trim (an ACL without XTRIM, Redis out of memory, ...) is logged once, counted
+        and retried with backoff: left alone, the input stream would grow without bound."""
+        failures = 0
+        while True:
+            below = self._trim_below
+            try:
+                trimmed = await self.store.trim_inputs(below)
+            except RETRIED as exc:
+                failures += 1
+                self.metrics.trim_failures.inc()
+                (log.warning if failures == 1 else log.debug)(
+                    "trimming inputs failed; retrying with backoff",
+                    below=below,
+                    error=describe(exc),
+                )
+                if self.stopping or self.waits.stop.is_set():
+                    return  # the next snapshot's trim covers these
+                await self.waits.pause(self.waits.backoff.compute(failures))
+                continue
+            log.info("inputs trimmed", below=below, trimmed=trimmed)
+            if below == self._trim_below:
+                return
+
+
+def trim_point(snapshot_id: str, keep_inputs_ms: int) -> str:
+    """Where inputs are trimmed after a snapshot at ``snapshot_id``: below it, or
+    ``keep_inputs_ms`` before it."""
+    ms = parse_id(snapshot_id)[0]
+    return snapshot_id if keep_inputs_ms <= 0 else f"{max(0, ms - keep_inputs_ms)}-0"

@@ -22,15 +22,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shard.config import Config
 
-REDIS_ERRORS: Final = (
-    RedisConnectionError,
-    RedisTimeoutError,
-    BusyLoadingError,
-    ReadOnlyError,
-    ConnectionError,
-    OSError,
-)
-"""The connection is gone or the server cannot serve yet: reconnect and resynchronise."""
+REDIS_ERRORS: Final = (RedisConnectionError, RedisTimeoutError, BusyLoadingError, ReadOnlyError)
+"""The connection is gone or the server cannot serve yet: reconnect and resynchronise. redis-py
+raises these for every socket error (it wraps ``OSError``); an ``OSError`` that reaches the
+daemon unwrapped comes from its own code, a bug, and stops it."""
 
 WAITED_OUT: Final = frozenset(
     {
@@ -88,37 +83,19 @@ def waited_out(exc: BaseException) -> bool:
     return isinstance(exc, REDIS_ERRORS) or error_code(exc) in WAITED_OUT
 
 
+def text(value: object) -> str | None:
+    """A reply value as text (bytes decoded as UTF-8; None stays None)."""
+    if isinstance(value, bytes):
+        return value.decode()
+    return None if value is None else str(value)
+
+
 def describe(exc: BaseException) -> str:
     """An error for a log line: its class and its message (redis-py 8's ``repr()`` is only a
     category such as ``network:ConnectionError``, which hides a refused connection, a failed
     certificate check and a DNS failure alike)."""
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-class Outage:
-    """Which trouble with Redis the daemon is waiting out, so that each kind is logged once
-    when it starts and once when it ends, not at every retry."""
-
-    def __init__(self) -> None:
-        self.kind: str | None = None
-        self.since = 0.0
-
-    def begin(self, kind: str, now: float) -> bool:
-        """Note ``kind`` at ``now``; True if it was not the kind already being waited out."""
-        if kind == self.kind:
-            return False
-        if self.kind is None:
-            self.since = now
-        self.kind = kind
-        return True
-
-    def end(self, now: float) -> float | None:
-        """The outage is over: how long it lasted, or None if there was none."""
-        if self.kind is None:
-            return None
-        self.kind = None
-        return now - self.since
 
 
 def connect(config: Config) -> Redis:
@@ -136,10 +113,9 @@ def connect(config: Config) -> Redis:
         protocol=2,  # the raw stream replies below are read in their RESP2 shape
         **config.tls_options(),
     )
-    # Stream replies stay raw ([id, [name, value, ...]]): the decoder reads the flat list, which
+    # XRANGE replies stay raw ([id, [name, value, ...]]): the decoder reads the flat list, which
     # saves building a dict per entry in redis-py.
-    for command in ("XRANGE",):
-        client.set_response_callback(command, _raw)
+    client.set_response_callback("XRANGE", _raw)
     return client
 
 
@@ -168,7 +144,8 @@ class Channel:
         self.in_flight += 1
 
     async def recv(self) -> Any:
-        assert self.conn is not None and self.in_flight > 0, "recv without a send"
+        if self.conn is None or self.in_flight <= 0:
+            raise RuntimeError("Channel.recv without a send: a bug in the caller")
         self.in_flight -= 1
         return await self.conn.read_response()
 

@@ -35,7 +35,6 @@ import msgspec
 from shard.config import PAIR_RE, TLS_FILES, Config, ConfigError, _redact, load
 from shard.server import LocalServer
 
-DEFAULT_PAIRS = "BTC-USDT"
 DEFAULT_URL: Final[str] = next(
     f.default for f in msgspec.structs.fields(Config) if f.name == "redis_url"
 )

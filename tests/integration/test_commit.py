@@ -12,7 +12,10 @@ from redis.asyncio import Redis
 from shard.config import Keys
 from shard.messages import Event, Trade
 from shard.server import LocalServer
-from shard.store import Checkpoint, CommitRefused, Fenced, Store
+from shard.batch import Batch
+from shard.checkpoint import Checkpoint
+from shard.commit import Commit, CommitRefused, Fenced
+from shard.store import Store
 from shard.transport import Channel
 from shard.wire import Row, add_event, add_trade, event_fields, trade_fields
 
@@ -44,21 +47,24 @@ def commit(url: str, keys: Keys, trades: list[Trade], events: list[Event], maxle
         for e in events:
             add_event(event_rows, e)
         target = Checkpoint("1-31", len(trades), len(events), "d")
-        args = store.commit_args("0-0", target, trade_rows, event_rows, [], maxlen, "")
+        batch = Batch(
+            "", Checkpoint(), target, trade_rows, event_rows, [], len(events), len(trades), [], 0
+        )
+        committer = Commit(client, keys, "shard", "setid", maxlen)
         channel = Channel(client)
         try:
-            await channel.send(*args)  # no consumer group yet: refused, its XADDs undone
+            await committer.send(channel, batch)  # no consumer group yet: refused, undone
             with pytest.raises(CommitRefused) as refused:
-                await store.finish_commit(channel, args)
+                await committer.finish(channel)
             assert refused.value.why == "no_group"
             assert await client.exists(keys.trades, keys.events, keys.checkpoint) == 0
             await store.ensure_group(Checkpoint(), "c")
-            await channel.send(*args)
-            await store.finish_commit(channel, args)
+            await committer.send(channel, batch)
+            await committer.finish(channel)
             assert await store.checkpoint() == target
-            await channel.send(*args)  # the same batch again: refused, nothing written twice
+            await committer.send(channel, batch)  # the same batch again: refused, not twice
             with pytest.raises(Fenced):
-                await store.finish_commit(channel, args)
+                await committer.finish(channel)
         finally:
             await channel.reset()
             await client.aclose()

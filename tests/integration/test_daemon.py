@@ -10,6 +10,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import msgspec
@@ -132,24 +133,28 @@ def test_daemon_publishes_what_replay_prints(
 
 
 def test_a_backlog_is_read_ahead_without_block(
-    server: LocalServer, r: redis.Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch
+    server: LocalServer, r: redis.Redis, keys: Keys
 ) -> None:
     """After a full batch the next read goes out without BLOCK (and is received before the
     commit); after a short one, with BLOCK; and --exit-when-idle only trusts an empty read
-    that blocked."""
-    from shard.transport import Channel
-
+    that blocked. The reads are the ones the server saw (MONITOR)."""
     publish(r, list(standard_mix(95, seed=3)))
-    reads: list[tuple[object, ...]] = []
-    send = Channel.send
+    seen: list[list[str]] = []
+    with r.monitor() as monitor:  # the server reports every command from here on
 
-    async def recording(self: Channel, *args: object) -> None:
-        if args[0] == "XREAD":
-            reads.append(args)
-        await send(self, *args)
+        def watch() -> None:
+            while (command := monitor.next_command()["command"]) != "ECHO end-of-test":
+                if command.startswith("XREAD "):
+                    seen.append(command.split())
 
-    monkeypatch.setattr(Channel, "send", recording)
-    run_until_idle(server.url, batch_size=10)
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            run_until_idle(server.url, batch_size=10)
+        finally:
+            r.echo("end-of-test")
+            watcher.join(30)
+    reads = [tuple(args) for args in seen]
     # Counts start from one entry and double to the batch size (shard.reads; the read ahead is
     # sent before the batch before it is applied): full reads, one of 5, then an empty read
     # that blocked. Each read after a full one goes without BLOCK.
@@ -210,9 +215,7 @@ def test_the_book_is_kept_out_of_garbage_collections(
     async def scenario() -> None:
         task = asyncio.create_task(shard.run(install_signals=False))
         # The heap is frozen as a snapshot starts; once one is stored, that has run.
-        while (
-            shard.inputs_done < 500 or shard._store is None or not await shard.store.snapshot_meta()
-        ):
+        while shard.inputs_done < 500 or not await shard.store.snapshot_meta():
             await asyncio.sleep(0.01)
         index = shard.engine.book._index
         assert len(index) > 0

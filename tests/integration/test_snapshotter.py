@@ -17,7 +17,8 @@ from shard.engine import Engine
 from shard.messages import Cancel, Order, Trade
 from shard.server import LocalServer
 from shard.snapshotter import Snapshotter
-from shard.store import Checkpoint, SnapshotMeta, Store
+from shard.checkpoint import Checkpoint, SnapshotMeta
+from shard.store import Store
 from shard.workload import resting_orders
 
 from .helpers import config

@@ -12,7 +12,8 @@ from redis.exceptions import (
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from shard.transport import Outage, describe, error_code, waited_out
+from shard.outage import Outage
+from shard.transport import describe, error_code, waited_out
 
 
 @pytest.mark.parametrize(
@@ -51,7 +52,6 @@ def test_error_codes(exc: Exception, code: str | None) -> None:
         ResponseError("CLUSTERDOWN The cluster is down"),
         RedisConnectionError("Connection refused"),
         BusyLoadingError("Redis is loading the dataset in memory"),
-        OSError("network is unreachable"),
     ],
 )
 def test_not_now_errors_are_waited_out(exc: Exception) -> None:
@@ -60,7 +60,14 @@ def test_not_now_errors_are_waited_out(exc: Exception) -> None:
 
 @pytest.mark.parametrize(
     "exc",
-    [ResponseError("ERR syntax error"), ResponseError("wrong number of arguments"), ValueError()],
+    [
+        ResponseError("ERR syntax error"),
+        ResponseError("wrong number of arguments"),
+        ValueError(),
+        # redis-py wraps socket errors in its ConnectionError: a bare OSError is the daemon's own
+        OSError("network is unreachable"),
+        FileNotFoundError("no such file"),
+    ],
 )
 def test_other_errors_are_bugs(exc: Exception) -> None:
     assert not waited_out(exc)

@@ -1,0 +1,270 @@
+"""The one atomic step that commits a batch: a Lua script, and the command that sends it.
+
+The script checks that the checkpoint is still where this daemon believes it is (a fence: a
+second daemon, a lost reply or a Redis rollback all show up here) and that the batch starts
+with the input entry right after it (no gap, whatever the consumer group did); then it XADDs
+the batch's trades and events, acknowledges its inputs (moves the consumer group past them, or
+XACKs them) and moves the checkpoint, all or nothing. The outputs travel as one msgpack
+argument of rows (:data:`shard.wire.Row`: a shape index, then values, every value a string
+since Lua numbers are doubles); the field names are constants in the script. Every key is in
+KEYS and carries the pair's hash tag, so it also runs on Redis Cluster.
+
+Redis keeps the writes of a script that fails, so no write may fail after another: what can be
+checked is checked first, the writes that can still fail go first, each through ``pcall``, and
+a failure deletes the entries already added and answers ``REFUSED`` (:class:`CommitRefused`).
+"""
+
+from __future__ import annotations
+
+from string import Template
+from typing import Any, Final
+
+import msgspec
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
+
+from shard.batch import Batch
+from shard.checkpoint import ZERO_ID, Checkpoint
+from shard.config import Keys
+from shard.transport import Channel, text
+from shard.wire import EVENT_SHAPES, TRADE_NAMES
+
+UNDO_CHUNK: Final = 1000
+"""Entry IDs per XDEL or XACK call in the script (Lua's unpack has a stack limit)."""
+
+
+def _lua_shapes(shapes: tuple[tuple[str, ...], ...]) -> str:
+    """A Lua table constructor: shape index -> list of field names."""
+    tables = (f"[{i}] = {{{', '.join(repr(n) for n in names)}}}" for i, names in enumerate(shapes))
+    return "{" + ", ".join(tables) + "}"
+
+
+def _lua_xadd_branches() -> str:
+    """One XADD call spelled out per field count, largest first: a generic loop into a reused
+    argument table, or a table of names per entry, costs the server more per input
+    (docs/benchmarks.md)."""
+    arities = sorted({len(names) for names in (*EVENT_SHAPES, TRADE_NAMES)}, reverse=True)
+    return "\n    else".join(
+        f"if k == {k} then\n      r = pcall('XADD', key, '*', "
+        + ", ".join(f"nm[{j}], rows[i + {j}]" for j in range(1, k + 1))
+        + ")"
+        for k in arities
+    )
+
+
+XADD_ROWS_LUA: Final = Template("""local pcall = redis.pcall
+-- XADD a batch's rows to one stream, stopping at the first that fails: how many it added, and
+-- the error (nil if none).
+local function xadd_rows(key, rows, shapes)
+  local i, n, added = 1, #rows, 0
+  local r
+  while i <= n do
+    local nm = shapes[rows[i]]
+    if nm == nil or i + #nm > n then
+      return added, 'bad_rows'
+    end
+    local k = #nm
+    $branches
+    end
+    if type(r) == 'table' and r.err then
+      return added, r.err
+    end
+    added = added + 1
+    i = i + k + 1
+  end
+  return added, nil
+end""").substitute(branches=_lua_xadd_branches())
+TRADE_SHAPES_LUA: Final = _lua_shapes((TRADE_NAMES,))
+EVENT_SHAPES_LUA: Final = _lua_shapes(EVENT_SHAPES)
+
+COMMIT_LUA: Final = Template(r"""#!lua
+-- The shebang declares a script that may write: Redis refuses it whole, before it runs, when
+-- over maxmemory (without it, the limit is checked only at the first command that adds memory).
+-- KEYS: trades, events, orders, checkpoint
+-- ARGV: group, expected last_id, new last_id, trades total, events total, digest,
+--       output maxlen (0: none), msgpack [trade rows, event rows, [ack ids]],
+--       first input applied ('' if none), ack mode ('xack' or 'setid')
+
+-- 1. Checks that write nothing: the fence, the gap, the output streams' types.
+local cp = redis.call('HMGET', KEYS[4], 'last_id', 'trades', 'events')
+local last = cp[1] or '0-0'
+if last ~= ARGV[2] then
+  return {'FENCED', last, cp[2] or '0', cp[3] or '0'}
+end
+if ARGV[9] ~= '' then  -- the batch starts with the entry that follows the checkpoint
+  local nxt = redis.call('XRANGE', KEYS[3], '(' .. last, '+', 'COUNT', 1)
+  if #nxt == 0 or nxt[1][1] ~= ARGV[9] then
+    return {'GAP', last, cp[2] or '0', cp[3] or '0'}
+  end
+end
+local batch = cmsgpack.unpack(ARGV[8])
+local keys, rows, published = {KEYS[1], KEYS[2]}, {batch[1], batch[2]}, {cp[2], cp[3]}
+local shapes = {$trade_shapes, $event_shapes}
+local maxlen = tonumber(ARGV[7])
+local existed, added, notes = {}, {0, 0}, {}
+for s = 1, 2 do
+  if #rows[s] > 0 or maxlen > 0 then
+    local kind = redis.call('TYPE', keys[s])['ok']
+    if kind ~= 'stream' and kind ~= 'none' then
+      return {'REFUSED', 'wrong_type', keys[s], 'the key holds a ' .. kind}
+    end
+    existed[s] = kind == 'stream'
+  end
+end
+
+-- 2. The writes that can fail, each through pcall; a failure undoes the entries added.
+$xadd_rows
+local function undo()
+  for s = 1, 2 do
+    if added[s] > 0 and not existed[s] then
+      redis.pcall('DEL', keys[s])
+    elseif added[s] > 0 then
+      local mine = redis.call('XREVRANGE', keys[s], '+', '-', 'COUNT', added[s])
+      for i = 1, #mine, $chunk do
+        local ids = {}
+        for j = i, math.min(i + $chunk - 1, #mine) do
+          ids[#ids + 1] = mine[j][1]
+        end
+        redis.pcall('XDEL', keys[s], unpack(ids))
+      end
+    end
+  end
+end
+local function refused(err, key, why)
+  undo()
+  if err == 'bad_rows' then
+    why = 'bad_rows'
+  elseif string.find(err, '^WRONGTYPE') then
+    why = 'wrong_type'
+  elseif string.find(err, 'exhausted') then
+    why = 'ids_exhausted'
+  end
+  return {'REFUSED', why, key, err}
+end
+for s = 1, 2 do
+  if #rows[s] > 0 then
+    -- A stream that is gone although entries were published to it was deleted: it is
+    -- created again, and said so.
+    if not existed[s] and tonumber(published[s] or '0') > 0 then
+      notes[#notes + 1] = keys[s]
+    end
+    local n, err = xadd_rows(keys[s], rows[s], shapes[s])
+    added[s] = n
+    if err then
+      return refused(err, keys[s], 'xadd_failed')
+    end
+  end
+end
+if ARGV[10] == 'setid' then
+  -- Inputs read with XREAD: the group moves past them (entries-read keeps its lag exact).
+  local r = redis.pcall('XGROUP', 'SETID', KEYS[3], ARGV[1], ARGV[3], 'ENTRIESREAD', ARGV[5])
+  if type(r) == 'table' and r.err then
+    return refused(r.err, KEYS[3], 'no_group')  -- the group, or the input stream, is gone
+  end
+else
+  -- XACK of a group that is gone acknowledges nothing and fails nothing: the next read
+  -- (XREADGROUP) meets NOGROUP and the daemon creates the group again at the checkpoint.
+  local acks = batch[3]
+  for i = 1, #acks, $chunk do
+    redis.call('XACK', KEYS[3], ARGV[1], unpack(acks, i, math.min(i + $chunk - 1, #acks)))
+  end
+end
+
+-- 3. The writes that cannot fail: the trims (of a stream, or of none) and the checkpoint.
+if maxlen > 0 then
+  redis.pcall('XTRIM', KEYS[1], 'MAXLEN', '~', maxlen)
+  redis.pcall('XTRIM', KEYS[2], 'MAXLEN', '~', maxlen)
+end
+redis.call('HSET', KEYS[4], 'last_id', ARGV[3], 'trades', ARGV[4], 'events', ARGV[5],
+           'digest', ARGV[6])
+return {'OK', unpack(notes)}
+""").substitute(
+    trade_shapes=TRADE_SHAPES_LUA,
+    event_shapes=EVENT_SHAPES_LUA,
+    xadd_rows=XADD_ROWS_LUA,
+    chunk=UNDO_CHUNK,
+)
+"""The commit script (see the module's docstring)."""
+
+
+class Fenced(Exception):
+    """The commit was refused: the checkpoint in Redis is not where this daemon believed
+    (``FENCED``), or the batch does not start right after it (``GAP``). Resynchronise."""
+
+    def __init__(self, checkpoint: Checkpoint, why: str = "FENCED") -> None:
+        super().__init__(f"commit refused ({why}): checkpoint at {checkpoint.last_id}")
+        self.checkpoint = checkpoint
+        self.why = why
+
+
+class CommitRefused(Exception):
+    """The commit script changed nothing because Redis could not take this batch as it stands:
+    ``why`` is ``wrong_type`` (``key`` holds another type), ``ids_exhausted`` (``key`` has run out
+    of IDs for ``XADD *``), ``no_group`` (the consumer group is gone), ``xadd_failed`` (another
+    error, in ``error``) or ``bad_rows`` (a bug: the rows do not match their shapes). Waited out:
+    an operator or a resync repairs it."""
+
+    def __init__(self, why: str, key: str, error: str = "") -> None:
+        super().__init__(f"commit refused ({why}): {key}: {error}")
+        self.why = why
+        self.key = key
+        self.error = error
+
+
+_batch_encoder = msgspec.msgpack.Encoder()
+
+
+class Commit:
+    """Commits batches over a channel, one in flight at a time: :meth:`send` puts a batch's
+    EVALSHA on the wire, :meth:`finish` reads its reply, loading the script and sending the
+    same command again if the server lost it (a restart)."""
+
+    def __init__(self, redis: Redis, keys: Keys, group: str, ack: str, output_maxlen: int) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.group = group
+        self.ack = ack  # see Config.ack
+        self.output_maxlen = output_maxlen
+        self.sha = redis.register_script(COMMIT_LUA).sha
+        self._sent: list[Any] = []
+
+    def command(self, batch: Batch) -> list[Any]:
+        """The EVALSHA command that commits ``batch``. Cost: one msgpack encoding of its rows."""
+        keys, target = self.keys, batch.target
+        rows = (batch.trades, batch.events, batch.acks if self.ack == "xack" else ())
+        return [
+            "EVALSHA", self.sha, 4,
+            keys.trades, keys.events, keys.orders, keys.checkpoint,
+            self.group, batch.expected.last_id, target.last_id, target.trades, target.events,
+            target.digest, self.output_maxlen, _batch_encoder.encode(rows), batch.first, self.ack,
+        ]  # fmt: skip
+
+    async def send(self, channel: Channel, batch: Batch) -> None:
+        self._sent = self.command(batch)
+        await channel.send(*self._sent)
+
+    async def finish(self, channel: Channel) -> list[str]:
+        """Read the reply of the commit sent last on ``channel``; raise :class:`Fenced` if the
+        checkpoint had moved, :class:`CommitRefused` if Redis could not take the batch (nothing
+        was written either way). Returns the output streams the commit had to create again
+        although entries had been published to them (someone deleted them)."""
+        try:
+            reply = await channel.recv()
+        except NoScriptError:
+            await self.redis.script_load(COMMIT_LUA)
+            await channel.send(*self._sent)
+            reply = await channel.recv()
+        return parse_reply(reply)
+
+
+def parse_reply(reply: list[Any]) -> list[str]:
+    """The commit script's reply: the recreated streams if ``OK``, else the exception."""
+    status = text(reply[0])
+    if status == "OK":
+        return [str(text(key)) for key in reply[1:]]
+    if status == "REFUSED":
+        raise CommitRefused(str(text(reply[1])), str(text(reply[2])), str(text(reply[3])))
+    last, trades_total, events_total = (text(x) for x in reply[1:4])
+    raise Fenced(
+        Checkpoint(last or ZERO_ID, int(trades_total or 0), int(events_total or 0)), str(status)
+    )
