@@ -9,12 +9,12 @@ import pytest
 import redis
 from redis.asyncio import Redis
 
-from shard.config import Keys
-from shard.messages import Event, Trade
-from shard.server import LocalServer
 from shard.batch import Batch
 from shard.checkpoint import Checkpoint
 from shard.commit import Commit, CommitRefused, Fenced
+from shard.config import Keys
+from shard.messages import Event, Trade
+from shard.server import LocalServer
 from shard.store import Store
 from shard.transport import Channel
 from shard.wire import Row, add_event, add_trade, event_fields, trade_fields

@@ -11,13 +11,13 @@ import msgspec
 import redis
 from redis.asyncio import Redis
 
+from shard.checkpoint import Checkpoint, SnapshotMeta
 from shard.config import Keys
 from shard.decode import decode_json
 from shard.engine import Engine
 from shard.messages import Cancel, Order, Trade
 from shard.server import LocalServer
 from shard.snapshotter import Snapshotter
-from shard.checkpoint import Checkpoint, SnapshotMeta
 from shard.store import Store
 from shard.workload import resting_orders
 
