@@ -42,8 +42,8 @@ from shard.lease import Lease, LeaseLost
 from shard.logs import Log
 from shard.metrics import Metrics
 from shard.outage import Stopping, Waits
-from shard.pipeline import Pipeline, ProtocolError, Resync
-from shard.recovery import RecoveryError, check_outputs, check_server, recover
+from shard.pipeline import Pipeline, Resync
+from shard.recovery import RecoveryError, check_outputs, place_group, recover, server_run_id
 from shard.snapshotter import Snapshots
 from shard.store import Store
 from shard.transport import RETRIED, Channel, connect, describe, error_code, waited_out
@@ -52,8 +52,6 @@ __all__ = ["RecoveryError", "Shard"]
 
 log = Log("shard.daemon")
 
-FINISH_SNAPSHOT_WITHIN: Final = 60.0
-"""Seconds a clean stop waits for a snapshot being written."""
 REFUSED: Final = {
     "wrong_type": "the key is not a stream: nothing is published until it is renamed or deleted",
     "ids_exhausted": "XADD * ran out of IDs: an entry was forged with the largest ID (rebuild "
@@ -62,6 +60,20 @@ REFUSED: Final = {
     "xadd_failed": "an XADD failed",
 }
 """Why a commit was refused with nothing written, for the log (see :class:`CommitRefused`)."""
+
+
+def trouble(exc: Exception) -> tuple[str, str, str]:
+    """What an error in the loop is, for the log: its kind, a sentence, the key concerned. A
+    fence or a lost lease is the protocol at work; a refused commit and the errors Redis
+    raises are waited out; anything else is a bug (or a batch the script cannot read) and is
+    raised again, to stop the daemon."""
+    if isinstance(exc, Fenced | LeaseLost):
+        return "", "", ""
+    if isinstance(exc, CommitRefused) and exc.why != "bad_rows":
+        return exc.why, f"{REFUSED.get(exc.why, exc.why)} ({exc.error})", exc.key
+    if not isinstance(exc, CommitRefused) and waited_out(exc):
+        return error_code(exc) or "connection", describe(exc), ""
+    raise exc
 
 
 class Repair(enum.Enum):
@@ -156,38 +168,27 @@ class Shard:
                 repair = await self._repair_after(exc)
         if repair is None:
             with contextlib.suppress(*RETRIED):
-                await self._finish_snapshot()
+                await self.snapshots.finish(self.engine, self.pipeline)
 
     async def _repair_after(self, exc: Exception) -> Repair:
-        """The repair an error in the loop calls for; errors that are not waited out (a bug,
-        a batch the script cannot read) are raised again."""
-        if isinstance(exc, CommitRefused | Fenced | LeaseLost):
-            pass
-        elif not waited_out(exc):
-            raise exc
-        if isinstance(exc, CommitRefused) and exc.why == "bad_rows":
-            raise exc
+        """The repair an error in the loop calls for (see :func:`trouble`)."""
+        kind, why, key = trouble(exc)
         await self._reset()
         if isinstance(exc, Fenced):
             log.warning(
                 "commit refused; recovering", why=exc.why, checkpoint=exc.checkpoint.last_id
             )
             return Repair.RECOVER
-        if isinstance(exc, LeaseLost):
-            log.warning("lease lost to another daemon; standing by")
-            self.lease.held = False
-            return Repair.TAKE_OVER
-        if isinstance(exc, CommitRefused):
-            kind, why, key = exc.why, f"{REFUSED.get(exc.why, exc.why)} ({exc.error})", exc.key
-        else:
-            kind, why, key = error_code(exc) or "connection", describe(exc), ""
-        try:  # a resync sends the batch again only if the checkpoint and the outputs allow
-            await self.waits.failed(kind, why, key)
-        except LeaseLost:
-            log.warning("lease lost to another daemon while waiting; standing by")
-            self.lease.held = False
-            return Repair.TAKE_OVER
-        return Repair.RESYNC
+        during = ""
+        if not isinstance(exc, LeaseLost):
+            try:  # a resync sends the batch again only if the checkpoint and the outputs allow
+                await self.waits.failed(kind, why, key)
+                return Repair.RESYNC
+            except LeaseLost:
+                during = " while waiting"
+        log.warning(f"lease lost to another daemon{during}; standing by")
+        self.lease.held = False
+        return Repair.TAKE_OVER
 
     async def _reset(self) -> None:
         """Drop both pipes and whatever was in flight on them: undelivered input is delivered
@@ -278,25 +279,22 @@ class Shard:
         if self.waits.troubled:
             self.waits.served()
         self.snapshots.since += batch.inputs
-        metrics, book = self.metrics, self.engine.book
-        metrics.inputs.inc(batch.inputs)
-        metrics.trades.inc(batch.trade_count)
-        metrics.batch_size.observe(len(batch.acks))
-        metrics.resting_orders.set(len(book))
-        metrics.price_levels.set(len(book.bids.levels) + len(book.asks.levels))
+        book = self.engine.book
+        levels = len(book.bids.levels) + len(book.asks.levels)
+        self.metrics.committed(batch.inputs, batch.trade_count, len(batch.acks), len(book), levels)
 
     # -- repairs ---------------------------------------------------------------------------------
 
     async def _resync(self) -> None:
         """After a Redis error: continue if Redis holds what we believe, else recover."""
-        await self._note_run_id()
+        self.run_id = await server_run_id(self.store, self.run_id)
         plan = self.pipeline.resync(await self.store.checkpoint())
         if plan is Resync.RECOVER:
             await self._recover()
             return
         if plan is Resync.LANDED:
             self._committed()
-        await self._ensure_group()
+        await place_group(self.store, self.pipeline.committed, self.config.pair)
         if plan is Resync.RESEND:  # the batch never landed: send it again as it was
             await check_outputs(self.store, self.pipeline.committed)
             await self._send_commit()
@@ -315,13 +313,13 @@ class Shard:
         recovery fails half-way, a resync still sees the batches in doubt."""
         await self.snapshots.abandon()  # it reads the engine this replaces
         started = time.perf_counter()
-        await self._note_run_id()
+        self.run_id = await server_run_id(self.store, self.run_id)
         done = await recover(self.store, self.config, self.lease.renew)
         self.engine = engine = done.engine
         self.pipeline.recovered(done.checkpoint)
         self.snapshots.recovered(done.replayed, len(engine.book))
         collector.settle()  # the old engine goes, the new one leaves the collector's view
-        await self._ensure_group()
+        await place_group(self.store, self.pipeline.committed, self.config.pair)
         self.metrics.recoveries.inc()
         self.metrics.resting_orders.set(len(engine.book))
         log.info(
@@ -335,42 +333,8 @@ class Shard:
             seconds=round(time.perf_counter() - started, 3),
         )
 
-    async def _ensure_group(self) -> None:
-        """Put the consumer group at the committed checkpoint, creating it if it is gone."""
-        committed = self.pipeline.committed
-        if await self.store.ensure_group(committed, self.config.pair) and committed.events:
-            log.warning(
-                "the consumer group was missing; created again at the checkpoint",
-                group=self.config.group,
-                at=committed.last_id,
-            )
-
-    async def _note_run_id(self) -> None:
-        """Note the server's run_id (a new one: Redis restarted) and check its version."""
-        info = await self.redis.info("server")
-        run_id = str(info.get("run_id"))
-        if self.run_id is not None and run_id != self.run_id:
-            log.warning("redis restarted (new run_id); checking the checkpoint", run_id=run_id)
-        self.run_id = run_id
-        check_server(str(info.get("redis_version")))
-
-    # -- snapshots -------------------------------------------------------------------------------
-
     def _snapshot_due(self) -> bool:
         return self.snapshots.due(self.pipeline.pending_inputs, time.monotonic())
 
     async def _snapshot(self) -> None:
-        """Start a snapshot at the committed checkpoint (only between batches)."""
-        if self.pipeline.unconfirmed:
-            raise ProtocolError("a snapshot with batches in doubt")
-        await self.snapshots.take(self.engine, self.pipeline.committed, time.monotonic())
-
-    async def _finish_snapshot(self) -> None:
-        """On a clean stop: wait for a snapshot being written and publish it; then take one
-        more if one fell due meanwhile (and wait for that too)."""
-        deadline = time.monotonic() + FINISH_SNAPSHOT_WITHIN
-        for _ in range(2):  # the one being written, then the one due after it
-            await self.snapshots.wait(deadline)
-            if self.pipeline.unconfirmed or not self._snapshot_due():
-                return
-            await self._snapshot()
+        await self.snapshots.take(self.engine, self.pipeline, time.monotonic())

@@ -75,6 +75,28 @@ def check_server(redis_version: str) -> None:
         )
 
 
+async def server_run_id(store: Store, known: str | None) -> str:
+    """The server's ``run_id``, its version checked (:func:`check_server`); one other than the
+    ``known`` one means Redis restarted, which is logged."""
+    info = await store.redis.info("server")
+    run_id = str(info.get("run_id"))
+    if known is not None and run_id != known:
+        log.warning("redis restarted (new run_id); checking the checkpoint", run_id=run_id)
+    check_server(str(info.get("redis_version")))
+    return run_id
+
+
+async def place_group(store: Store, checkpoint: Checkpoint, consumer: str) -> None:
+    """Put the consumer group at ``checkpoint``, creating it if it is gone (logged if the pair
+    had published: someone deleted it)."""
+    if await store.ensure_group(checkpoint, consumer) and checkpoint.events:
+        log.warning(
+            "the consumer group was missing; created again at the checkpoint",
+            group=store.group,
+            at=checkpoint.last_id,
+        )
+
+
 async def recover(store: Store, config: Config, renew: Renew) -> Recovered:
     """The engine at the stored checkpoint (rebuilt first if it is missing), verified, with the
     outputs checked to end where it says (:func:`check_outputs`)."""

@@ -46,6 +46,7 @@ from shard.engine import Engine, SnapshotWriter
 from shard.logs import Log
 from shard.metrics import Metrics
 from shard.outage import Waits
+from shard.pipeline import Pipeline, ProtocolError
 from shard.store import Store
 from shard.tasks import wait_out
 from shard.transport import RETRIED, Channel, describe
@@ -59,6 +60,8 @@ PAUSE = 0.001
 back, slices would run ahead of every batch at each step of its way through the loop."""
 WAIT_POLL: Final = 0.01
 """Seconds between two looks at a snapshot being finished on a clean stop."""
+FINISH_WITHIN: Final = 60.0
+"""Seconds a clean stop waits for a snapshot being written."""
 
 
 async def write_chunks(
@@ -234,8 +237,12 @@ class Snapshots:
         self.since = replayed
         self.frozen = resting > 0
 
-    async def take(self, engine: Engine, checkpoint: Checkpoint, now: float) -> None:
-        """Start a snapshot of ``engine`` at the committed ``checkpoint`` (between batches)."""
+    async def take(self, engine: Engine, pipeline: Pipeline, now: float) -> None:
+        """Start a snapshot of ``engine`` at the pipeline's committed checkpoint: only between
+        batches (none in doubt)."""
+        if pipeline.unconfirmed:
+            raise ProtocolError("a snapshot with batches in doubt")
+        checkpoint = pipeline.committed
         self.since = 0
         self.began = now
         started = time.perf_counter()
@@ -257,11 +264,17 @@ class Snapshots:
             self.metrics.snapshot_failures.inc()
             log.warning("snapshot failed; the previous one stays", why=failure)
 
-    async def wait(self, deadline: float) -> None:
-        """Wait until the snapshot being written has ended (or ``deadline``), and note it."""
-        while self.snapshotter.running is not None and time.monotonic() < deadline:
-            await asyncio.sleep(WAIT_POLL)
-            await self.poll()
+    async def finish(self, engine: Engine, pipeline: Pipeline) -> None:
+        """On a clean stop: wait for the snapshot being written (up to :data:`FINISH_WITHIN`
+        seconds) and note it; then take one more if one fell due meanwhile, and wait for it."""
+        deadline = time.monotonic() + FINISH_WITHIN
+        for _ in range(2):  # the one being written, then the one due after it
+            while self.snapshotter.running is not None and time.monotonic() < deadline:
+                await asyncio.sleep(WAIT_POLL)
+                await self.poll()
+            if pipeline.unconfirmed or not self.due(0, time.monotonic()):
+                return
+            await self.take(engine, pipeline, time.monotonic())
 
     async def abandon(self) -> None:
         """Cancel the snapshot being written, if any: the checkpoint it was taken at may not
