@@ -113,7 +113,8 @@ class OrderBook:
 
     def _keep(self, level: Level) -> None:
         """Called before the first change of a held level: the open cut copies it first."""
-        assert self.cut is not None, "a held level without an open cut"
+        if self.cut is None:
+            raise RuntimeError("a held level without an open cut: a bug in the snapshot cut")
         self.cut.keep(level)
 
     # -- queries ---------------------------------------------------------------------------------
@@ -363,7 +364,8 @@ class Cut:
     __slots__ = ("book", "kept", "next_trade_id", "sides")
 
     def __init__(self, book: OrderBook) -> None:
-        assert book.cut is None, "one cut at a time"
+        if book.cut is not None:
+            raise RuntimeError("one cut at a time: a bug in the caller")
         self.book = book
         self.next_trade_id = book.next_trade_id
         self.sides = (_hold(book.bids), _hold(book.asks))
@@ -382,7 +384,8 @@ class Cut:
         kept = self.kept.pop(level, None)
         if kept is not None:
             return kept
-        assert level.held, "a level read twice, or changed without keep()"
+        if not level.held:
+            raise RuntimeError("a level read twice, or changed without keep(): a bug in the cut")
         level.held = False
         orders = level.orders
         return list(orders), list(orders.values())

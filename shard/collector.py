@@ -1,15 +1,15 @@
 """How the daemon runs Python's cyclic garbage collector: rarely, and never over the book.
 
-Two costs made the collector the largest pause in the daemon, measured over 1M resting orders
-and 300k more inputs (``docs/benchmarks.md``):
+Two costs made the collector the largest pause in the daemon over a large book
+(``docs/benchmarks.md`` has the figures):
 
 * **Full collections walk the book.** The engine's order index is one dict with an entry per
-  resting order; a full (generation 2) collection visits every entry, 10-50 ms at 1M orders,
-  and ran about every 30k inputs. :func:`settle` (after a recovery) and
+  resting order; a full (generation 2) collection visits every entry, O(resting orders), and
+  ran every few tens of thousands of inputs. :func:`settle` (after a recovery) and
   :func:`freeze_survivors` move everything alive into the permanent generation
   (:func:`gc.freeze`), which collections skip; the index stays there as it grows. An empty
   dict is not tracked at all, so the daemon freezes a book that starts empty at its first
-  snapshot with a non-empty book, and not after that (it costs 1-4 ms under load).
+  snapshot with a non-empty book, and not after that.
   A level that empties is freed by its reference count as before; only objects that die *in a
   cycle* after being frozen wait for the next :func:`settle`, which first unfreezes, so a
   replaced engine is reclaimed then.
@@ -19,8 +19,7 @@ and 300k more inputs (``docs/benchmarks.md``):
   objects, which fed the older generations. At :data:`YOUNG_THRESHOLD` two batches in flight
   stay under it, and a young collection runs only when objects really accumulate.
 
-Together they took the collector from about 2.3 s to 0.06 s of the run above, most of it the one
-walk that freezes the grown index.
+What is left of the collector's time is mostly the one walk that freezes the grown index.
 """
 
 from __future__ import annotations
@@ -49,8 +48,8 @@ def tuned() -> Iterator[None]:
 def settle() -> None:
     """Collect all garbage, frozen or not, then exempt every survivor from later collections.
 
-    Cost: one full collection over everything, 10-25 ms at 1M resting orders; for when a pause
-    is expected anyway (after a recovery)."""
+    Cost: one full collection over everything, O(live objects); for when a pause is expected
+    anyway (after a recovery)."""
     gc.unfreeze()
     freeze_survivors()
 
@@ -59,6 +58,6 @@ def freeze_survivors() -> None:
     """Collect the garbage not frozen yet, then exempt every survivor from later collections.
 
     Cost: a collection of what was not frozen: the first time after the book grew from empty,
-    a walk over its index (10-25 ms at 1M orders); after that, 1-4 ms under load."""
+    a walk over its index, O(resting orders); after that, O(objects made since)."""
     gc.collect()
     gc.freeze()

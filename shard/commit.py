@@ -191,7 +191,7 @@ class Fenced(Exception):
     """The commit was refused: the checkpoint in Redis is not where this daemon believed
     (``FENCED``), or the batch does not start right after it (``GAP``). Resynchronise."""
 
-    def __init__(self, checkpoint: Checkpoint, why: str = "FENCED") -> None:
+    def __init__(self, checkpoint: Checkpoint, why: str) -> None:
         super().__init__(f"commit refused ({why}): checkpoint at {checkpoint.last_id}")
         self.checkpoint = checkpoint
         self.why = why

@@ -59,9 +59,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     ack: Literal["xack", "setid"] = "setid"
     """How the commit acknowledges its inputs. ``setid``: read with XREAD from the last input
     applied, move the group with ``XGROUP SETID ... ENTRIESREAD`` in the commit (no pending
-    entries; about 2.7 µs less server CPU and 195 fewer AOF bytes per input). It needs Redis
-    7.0+, like the commit script. ``xack``: read with
-    XREADGROUP, XACK in the commit."""
+    entries; less server CPU and fewer AOF bytes per input: docs/benchmarks.md). It needs Redis
+    7.0+, like the commit script. ``xack``: read with XREADGROUP, XACK in the commit."""
     batch_size: int = 1000
     """Most input entries read, applied and committed together."""
     block_ms: int = 1000
@@ -75,8 +74,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     """Write snapshots a slice at a time between batches (see :mod:`shard.snapshotter`), not
     all at once (which stalls matching for the whole encoding and writing)."""
     snapshot_slice_orders: int = 2_000
-    """Orders a snapshot slice encodes (0.1-0.3 ms for 2k, more on a busy machine); a slice
-    runs at most once a millisecond, and is the most a batch waits for the snapshot."""
+    """Orders a snapshot slice encodes; a slice runs at most once a millisecond, and is the
+    most a batch waits for the snapshot (docs/benchmarks.md gives its time)."""
     trim_inputs: bool = True
     """After a snapshot, trim ``orders:{P}`` below it (XTRIM MINID), keeping ``keep_inputs_ms``."""
     keep_inputs_ms: int = 0

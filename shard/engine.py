@@ -104,7 +104,7 @@ class Engine:
 
     def apply(self, msg: Input, input_id: str | None, trades: list[Trade]) -> Event:
         """Apply one input: append its trades to ``trades`` and return its one event."""
-        # Exact types, most common first: ~950 instructions an input fewer than a class match.
+        # Exact types, most common first: cheaper than a class match (docs/benchmarks.md).
         if type(msg) is Order:
             return self._order(msg, input_id, trades)
         if type(msg) is Cancel:
@@ -266,8 +266,8 @@ class SnapshotWriter:
     returns is byte for byte that snapshot. It stands on a :class:`~shard.book.Cut`, which copies
     a level only if the book changes it before it is encoded.
 
-    Cost: O(L) to open; then 30-150 ns per order encoded (the more, the more scattered the
-    heap), in slices of ``budget`` orders (at least one level each); the copies of levels
+    Cost: O(L) to open; then O(1) per order encoded (the more scattered the heap, the slower),
+    in slices of ``budget`` orders (at least one level each); the copies of levels
     changed meanwhile. :meth:`close` (also when abandoned) releases the book. The book may not
     be replaced while a writer is open.
     """

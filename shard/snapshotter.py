@@ -2,7 +2,7 @@
 
 At a batch boundary the daemon opens a :class:`~shard.engine.SnapshotWriter` on its engine at the
 committed checkpoint. A task on the daemon's event loop then encodes it in slices of
-``snapshot_slice_orders`` orders (2k by default, 0.1-0.3 ms), one slice a millisecond at most,
+``snapshot_slice_orders`` orders (2k by default), one slice a millisecond at most,
 and writes each full chunk of a new generation as soon as it is encoded, over its own
 connection, while the daemon goes on matching: the book copies a level only when it changes one
 the writer has not reached yet. The task also
@@ -12,9 +12,8 @@ only ahead of the stored one, never ahead of the checkpoint) and unlinks the old
 daemon then trims the inputs below it from another task.
 
 Costs to the daemon: opening is O(price levels); a batch waits for at most one slice at each
-turn of the event loop; 30-150 ns per order encoded (26 ms for 1M orders on a quiet machine
-with a compact heap, 150 ms under load), plus the copies of the levels changed before they
-were encoded. A 1M-order book takes about 0.6 s of wall time. Memory: one chunk and one slice
+turn of the event loop; O(orders) to encode in all, plus the copies of the levels changed
+before they were encoded (docs/benchmarks.md has the figures). Memory: one chunk and one slice
 of encoded bytes, and those copies. No fork, no second process, no copy-on-write of the heap.
 
 Rules:
