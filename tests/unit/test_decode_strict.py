@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shard.decode import decode_entry, decode_fields, decode_json, decode_pairs, validate
+from shard.decode import decode_entry, decode_fields, decode_json, validate
 from shard.messages import Amend, Cancel, Invalid, Order
 
 ORDER = {"type": "order", "order_id": "o1", "side": "buy", "price": 100, "quantity": 1}
@@ -128,9 +128,9 @@ def test_a_repeated_flat_name_is_malformed(name: str) -> None:
         fields.append(("other2", "1"))
     pairs = pairs_of(fields)
     shown = name if name != "other" else "'other'"
-    for got in (decode_entry("5-0", pairs, 16_384), decode_pairs(pairs, None)):
-        rejected(got, "malformed", f"field {shown} appears twice", "send each field once")
-        assert got.order_id == (None if name == "order_id" else "o1")
+    got = decode_entry("5-0", pairs, 16_384)
+    rejected(got, "malformed", f"field {shown} appears twice", "send each field once")
+    assert got.order_id == (None if name == "order_id" else "o1")
 
 
 def test_a_repeated_flat_name_with_another_value_is_malformed_too() -> None:
@@ -157,8 +157,8 @@ def test_a_signed_flat_integer_is_refused(name: str, value: str) -> None:
         if kind == "amend":
             fields = [(k, "amend" if k == "type" else v) for k, v in fields if k != "side"]
         pairs = pairs_of(fields)
-        for got in (decode_entry("5-0", pairs, 16_384), decode_pairs(pairs, None)):
-            rejected(got, "invalid_field", name, "without a sign", value)
+        got = decode_entry("5-0", pairs, 16_384)
+        rejected(got, "invalid_field", name, "without a sign", value)
 
 
 @pytest.mark.parametrize("name", ["price", "timestamp", "quantity"])
@@ -283,7 +283,6 @@ def test_an_unreadable_name_is_listed() -> None:
     for got in (
         decode_fields({b"\xff": b"x"}, 5),
         decode_entry("5-0", [b"\xff", b"x"], 16_384),
-        decode_pairs([b"\xff", b"x"], 5),
     ):
         rejected(got, "malformed", "no field the shard knows", "b'\\xff'")
         assert "none" not in got.detail
@@ -346,7 +345,7 @@ def test_json_fast_path_agrees_with_the_slow_path(
 ) -> None:
     """Repeated names (escaped or not), signs and numbers the shard cannot take: the fast path
     decides nothing the slow path decides otherwise, and both follow the rules."""
-    from shard.decode import _careful_json
+    from shard.decode_json import _careful_json
 
     text, members = drawn
     got = decode_json(text.encode(), ts)
@@ -389,7 +388,6 @@ def test_flat_entries_with_repeated_names_and_signs(items: list[tuple[bytes, byt
     otherwise the fast path and the validator agree."""
     pairs = [x for kv in items for x in kv]
     got = decode_entry("1700000000123-4", pairs, 16_384)
-    assert got == decode_pairs(pairs, 1700000000123)
     names = [name for name, _ in items]
     if len(set(names)) < len(names):
         rejected(got, "malformed", "appears")
@@ -407,16 +405,16 @@ def test_flat_entries_with_repeated_names_and_signs(items: list[tuple[bytes, byt
 def test_typical_messages_still_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
     """The guards must not send everyday messages the slow way (a regression here is a
     slowdown, not a wrong answer, so it is checked directly)."""
-    import shard.decode as decode
+    import shard.decode_json as decode_json_module
 
     calls: list[object] = []
-    slow = decode._slow_json
+    slow = decode_json_module._slow_json
 
     def counting(data: bytes | str, ts: int | None) -> object:
         calls.append(data)
         return slow(data, ts)
 
-    monkeypatch.setattr(decode, "_slow_json", counting)
+    monkeypatch.setattr(decode_json_module, "_slow_json", counting)
     for msg in (
         {**ORDER, "timestamp": 1678886400000},
         {**ORDER, "price": 0, "order_id": "o-1"},
