@@ -124,7 +124,8 @@ def _trades(args: argparse.Namespace) -> int:
     import signal
     import socket
 
-    from shard.client import print_trades, sync_client
+    from shard.client import print_trades
+    from shard.transport import sync_client
 
     url, keys = _client_setup(args)
     client = sync_client(url)

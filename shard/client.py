@@ -22,22 +22,11 @@ import msgspec
 import redis
 
 from shard.config import Config, Keys
+from shard.transport import sync_client
 from shard.wire import trade_from_fields
 
 PUBLISH_CHUNK = 1000
 _encode = msgspec.json.Encoder().encode
-
-
-def sync_client(config: Config) -> redis.Redis:
-    """A plain client for command-line tools (RESP2, bytes replies, retries on): the config's
-    URL, connect timeout and TLS keys, as the daemon's."""
-    return redis.Redis.from_url(
-        config.redis_url,
-        socket_connect_timeout=config.connect_timeout,
-        socket_keepalive=True,
-        protocol=2,
-        **config.tls_options(),
-    )
 
 
 def publish_lines(client: redis.Redis, keys: Keys, lines: Iterable[bytes], out: TextIO) -> int:

@@ -1,11 +1,12 @@
-"""The daemon's link to Redis: the client it connects with, the pipes it sends on, and the
-errors it waits out instead of stopping (the command-line tools use the same client)."""
+"""The link to Redis: the daemon's client, the pipes it sends on, the errors it waits out
+instead of stopping, and the command-line tools' client (same URL, timeouts and TLS keys)."""
 
 from __future__ import annotations
 
 from typing import Any, Final, cast
 
 import hiredis
+import redis
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
 from redis.asyncio.retry import Retry
@@ -117,6 +118,18 @@ def connect(config: Config) -> Redis:
     # saves building a dict per entry in redis-py.
     client.set_response_callback("XRANGE", _raw)
     return client
+
+
+def sync_client(config: Config) -> redis.Redis:
+    """A plain client for the command-line tools (RESP2, bytes replies, redis-py's retries on):
+    the config's URL, connect timeout and TLS keys, as the daemon's."""
+    return redis.Redis.from_url(
+        config.redis_url,
+        socket_connect_timeout=config.connect_timeout,
+        socket_keepalive=True,
+        protocol=2,
+        **config.tls_options(),
+    )
 
 
 def _raw(response: Any, **options: Any) -> Any:
