@@ -33,12 +33,11 @@ per input here.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from typing import Final
 
 import msgspec
 
-from shard.book import Cut, OrderBook
+from shard.book import OrderBook
 from shard.messages import (
     AMENDED,
     CANCELLED,
@@ -55,6 +54,7 @@ from shard.messages import (
     Trade,
     show,
 )
+from shard.state import EngineState, SnapshotWriter, book_state, encode_state, load_state
 
 DUPLICATE_ORDER_ID: Final = "duplicate_order_id"
 UNKNOWN_ORDER: Final = "unknown_order"
@@ -62,36 +62,10 @@ WOULD_CROSS: Final = "would_cross"
 FOK_UNFILLED: Final = "fok_unfilled"
 NO_LIQUIDITY: Final = "no_liquidity"
 
-SNAPSHOT_VERSION: Final = 1
 DIGEST_SCHEME: Final = "d2:"
 """Prefix of :meth:`Engine.digest`; digests stored under another scheme are not compared."""
 
-
-class LevelState(msgspec.Struct, array_like=True, gc=False):
-    """One price level in a snapshot: its orders in FIFO order, as two parallel lists."""
-
-    price: int
-    order_ids: list[str]
-    quantities: list[int]
-
-
-class EngineState(msgspec.Struct, array_like=True):
-    """Everything an engine needs to continue exactly where it was (levels best first)."""
-
-    version: int
-    next_trade_id: int
-    bids: list[LevelState]
-    asks: list[LevelState]
-
-
-_state_encoder = msgspec.msgpack.Encoder()
-_state_decoder = msgspec.msgpack.Decoder(EngineState)
-_NOTHING = msgspec.Raw(b"")
-
-
-def _array_header(n: int) -> bytes:
-    """The msgpack header of an ``n``-element array (msgspec frames it: empty raw elements)."""
-    return _state_encoder.encode([_NOTHING] * n)
+_digest_encoder = msgspec.msgpack.Encoder()
 
 
 class Engine:
@@ -213,34 +187,21 @@ class Engine:
 
     def state(self) -> EngineState:
         """The engine's whole state as plain data. O(orders)."""
-        book = self.book
-        return EngineState(
-            SNAPSHOT_VERSION,
-            book.next_trade_id,
-            [LevelState(lv.price, list(lv.orders), list(lv.orders.values())) for lv in book.bids],
-            [LevelState(lv.price, list(lv.orders), list(lv.orders.values())) for lv in book.asks],
-        )
+        return book_state(self.book)
 
     def snapshot(self) -> bytes:
         """The engine's whole state as msgpack bytes; :meth:`restore` continues from it."""
-        return _state_encoder.encode(self.state())
+        return encode_state(self.book)
 
     def snapshot_writer(self) -> SnapshotWriter:
-        """A :class:`SnapshotWriter` of the state now, for encoding in slices."""
-        return SnapshotWriter(self)
+        """A :class:`~shard.state.SnapshotWriter` of the state now, for encoding in slices."""
+        return SnapshotWriter(self.book)
 
     @classmethod
     def restore(cls, data: bytes) -> Engine:
         """An engine that continues exactly like the one :meth:`snapshot` was taken from."""
-        state = _state_decoder.decode(data)
-        if state.version != SNAPSHOT_VERSION:
-            raise ValueError(f"snapshot version {state.version}, expected {SNAPSHOT_VERSION}")
         engine = cls()
-        book = engine.book
-        book.next_trade_id = state.next_trade_id
-        for side, levels in (("buy", state.bids), ("sell", state.asks)):
-            for level in levels:
-                book.load_level(side, level.price, level.order_ids, level.quantities)
+        load_state(engine.book, data)
         return engine
 
     def digest(self) -> str:
@@ -256,56 +217,8 @@ class Engine:
             shape += (best.price, best.total, len(best.orders)) if best else (0, 0, 0)
         return (
             DIGEST_SCHEME
-            + hashlib.blake2b(_state_encoder.encode(shape), digest_size=16).hexdigest()
+            + hashlib.blake2b(_digest_encoder.encode(shape), digest_size=16).hexdigest()
         )
-
-
-class SnapshotWriter:
-    """:meth:`Engine.snapshot` of the state at the moment it was opened, encoded a slice at a
-    time while the engine goes on applying inputs: the concatenation of what :meth:`step`
-    returns is byte for byte that snapshot. It stands on a :class:`~shard.book.Cut`, which copies
-    a level only if the book changes it before it is encoded.
-
-    Cost: O(L) to open; then O(1) per order encoded (the more scattered the heap, the slower),
-    in slices of ``budget`` orders (at least one level each); the copies of levels
-    changed meanwhile. :meth:`close` (also when abandoned) releases the book. The book may not
-    be replaced while a writer is open.
-    """
-
-    __slots__ = ("_levels", "cut", "done")
-
-    def __init__(self, engine: Engine) -> None:
-        self.cut = Cut(engine.book)
-        self._levels = self._encode()
-        self.done = False
-
-    def _encode(self) -> Iterator[tuple[bytes, int]]:
-        """(bytes, orders in them) in snapshot order: the framing, then each side's levels."""
-        cut = self.cut
-        head = _array_header(4) + _state_encoder.encode(SNAPSHOT_VERSION)
-        yield head + _state_encoder.encode(cut.next_trade_id), 0
-        for levels in cut.sides:
-            yield _array_header(len(levels)), 0
-            for level in levels:
-                order_ids, quantities = cut.orders(level)
-                state = LevelState(level.price, order_ids, quantities)
-                yield _state_encoder.encode(state), len(order_ids)
-
-    def step(self, budget: int) -> bytes:
-        """The next bytes: levels until ``budget`` orders are encoded or none is left (then
-        :attr:`done` is set and the book released)."""
-        parts = []
-        for data, orders in self._levels:
-            parts.append(data)
-            budget -= orders
-            if budget <= 0:
-                return b"".join(parts)
-        self.done = True
-        self.close()
-        return b"".join(parts)
-
-    def close(self) -> None:
-        self.cut.close()
 
 
 def _unknown(order_id: str, input_id: str | None) -> Event:

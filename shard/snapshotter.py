@@ -1,6 +1,6 @@
 """Snapshots written a slice at a time between batches, so a large book does not stall the shard.
 
-At a batch boundary the daemon opens a :class:`~shard.engine.SnapshotWriter` on its engine at the
+At a batch boundary the daemon opens a :class:`~shard.state.SnapshotWriter` on its engine at the
 committed checkpoint. A task on the daemon's event loop then encodes it in slices of
 ``snapshot_slice_orders`` orders (2k by default), one slice a millisecond at most,
 and writes each full chunk of a new generation as soon as it is encoded, over its own
@@ -41,11 +41,12 @@ import msgspec
 from shard import collector
 from shard.checkpoint import ZERO_ID, Checkpoint, SnapshotMeta, parse_id
 from shard.config import Config, Keys
-from shard.engine import Engine, SnapshotWriter
+from shard.engine import Engine
 from shard.logs import Log
 from shard.metrics import Metrics
 from shard.outage import Waits
 from shard.pipeline import Pipeline, ProtocolError
+from shard.state import SnapshotWriter
 from shard.store import Store
 from shard.tasks import wait_out
 from shard.transport import RETRIED, Channel, describe
