@@ -14,8 +14,8 @@ from typing import Any
 import msgspec
 import redis
 
+from shard.batch import apply_entries
 from shard.config import Config, Keys
-from shard.decode import decode_fields
 from shard.engine import Engine
 from shard.messages import Event, Trade
 from shard.wire import event_from_fields, trade_from_fields
@@ -59,16 +59,16 @@ def read_outputs(client: redis.Redis, keys: Keys) -> tuple[list[Trade], list[Eve
 
 def expected_outputs(
     entries: list[tuple[str, dict[bytes, bytes]]],
+    max_entry_bytes: int | None = None,
 ) -> tuple[list[Trade], list[Event]]:
-    """The trades and events an uninterrupted run publishes for these input entries: each
-    entry's flat fields decoded with ``decode_fields`` (timestamp = the entry ID's milliseconds)
-    and applied in order to one fresh Engine, in process, with no Redis."""
-    engine = Engine()
+    """The trades and events an uninterrupted run publishes for these input entries: applied in
+    order to one fresh Engine by the daemon's own decode-and-apply path
+    (:func:`shard.batch.apply_entries`), in process, with no Redis."""
     trades: list[Trade] = []
-    events = [
-        engine.apply(decode_fields(fields, int(entry_id.split("-")[0])), entry_id, trades)
-        for entry_id, fields in entries
-    ]
+    events: list[Event] = []
+    pairs = [(entry_id, [x for kv in fields.items() for x in kv]) for entry_id, fields in entries]
+    limit = max_entry_bytes or Config(pair=PAIR).max_entry_bytes  # the daemon's default
+    apply_entries(Engine(), pairs, limit, trades, events)
     return trades, events
 
 
