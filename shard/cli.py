@@ -51,8 +51,8 @@ def _run(args: argparse.Namespace) -> int:
 
     config = _config(args)
     setup(config.pair, config.log_level)
-    shard = Shard(config, max_inputs=args.max_inputs, exit_when_idle=args.exit_when_idle)
     try:
+        shard = Shard(config, max_inputs=args.max_inputs, exit_when_idle=args.exit_when_idle)
         uvloop.run(shard.run())
     except Exception:
         # A broken invariant or unrecoverable state: say so in the log, exit non-zero, and let

@@ -16,6 +16,7 @@ a failure deletes the entries already added and answers ``REFUSED`` (:class:`Com
 
 from __future__ import annotations
 
+import time
 from string import Template
 from typing import Any, Final
 
@@ -227,6 +228,8 @@ class Commit:
         self.output_maxlen = output_maxlen
         self.sha = redis.register_script(COMMIT_LUA).sha
         self._sent: list[Any] = []
+        self.sent_at = 0.0
+        """When the last commit went on the wire (``time.perf_counter``), for the metrics."""
 
     def command(self, batch: Batch) -> list[Any]:
         """The EVALSHA command that commits ``batch``. Cost: one msgpack encoding of its rows."""
@@ -241,6 +244,7 @@ class Commit:
 
     async def send(self, channel: Channel, batch: Batch) -> None:
         self._sent = self.command(batch)
+        self.sent_at = time.perf_counter()
         await channel.send(*self._sent)
 
     async def finish(self, channel: Channel) -> list[str]:

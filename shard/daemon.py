@@ -14,11 +14,12 @@ below it. Where each part lives:
 * :mod:`shard.snapshotter`: when to snapshot, the snapshot task, the trim after it;
 * :mod:`shard.outage` and :mod:`shard.transport`: waiting Redis out, and the link to it.
 
-Whatever goes wrong with Redis, the daemon drops its pipes and repairs (:class:`Repair`):
-resynchronise (continue if Redis holds what it believes: a commit whose reply was lost is
-recognised by the checkpoint, done or sent again as it was), recover (anything else: another
-daemon, a rollback after a Redis restart), or take the lease back. Errors Redis raises are
-waited out with backoff; anything else is a bug and stops the daemon.
+After an error the daemon drops its pipes and repairs (:class:`Repair`): a fenced commit means
+another daemon or a rollback, and it recovers; a lost lease, and it takes the pair back; a
+refused commit or an error that Redis raises because it cannot serve now (:func:`assess`) is
+waited out with backoff, then it resynchronises (a commit whose reply was lost is recognised by
+the checkpoint: done, or sent again as it was). Any other error, an error reply that says the
+command was wrong among them, is a bug and stops the daemon.
 
 Life cycle: SIGTERM/SIGINT let the batch in hand finish and commit, then the daemon exits 0.
 Bounded modes for tests: ``max_inputs`` and ``exit_when_idle``.
@@ -32,7 +33,7 @@ import enum
 import os
 import signal
 import time
-from typing import Final
+from typing import Final, NamedTuple
 
 from shard import collector
 from shard.commit import Commit, CommitRefused, Fenced
@@ -62,18 +63,32 @@ REFUSED: Final = {
 """Why a commit was refused with nothing written, for the log (see :class:`CommitRefused`)."""
 
 
-def trouble(exc: Exception) -> tuple[str, str, str]:
-    """What an error in the loop is, for the log: its kind, a sentence, the key concerned. A
-    fence or a lost lease is the protocol at work; a refused commit and the errors Redis
-    raises are waited out; anything else is a bug (or a batch the script cannot read) and is
-    raised again, to stop the daemon."""
+class Trouble(NamedTuple):
+    """An error the daemon waits out, for the log: its kind, a sentence, the key concerned."""
+
+    kind: str
+    why: str
+    key: str = ""
+
+
+PROTOCOL: Final = Trouble("", "")
+"""What :func:`assess` says of a fence or a lost lease: the protocol at work, not trouble."""
+
+
+def assess(exc: Exception) -> Trouble | None:
+    """What an error in the loop is: :data:`PROTOCOL` for a fence or a lost lease; the
+    :class:`Trouble` of a refused commit or of an error Redis raises because it cannot serve
+    now (both waited out); None for anything else, a bug (a batch the script cannot read, an
+    error reply that says the command was wrong), which stops the daemon."""
     if isinstance(exc, Fenced | LeaseLost):
-        return "", "", ""
-    if isinstance(exc, CommitRefused) and exc.why != "bad_rows":
-        return exc.why, f"{REFUSED.get(exc.why, exc.why)} ({exc.error})", exc.key
-    if not isinstance(exc, CommitRefused) and waited_out(exc):
-        return error_code(exc) or "connection", describe(exc), ""
-    raise exc
+        return PROTOCOL
+    if isinstance(exc, CommitRefused):
+        if exc.why == "bad_rows":
+            return None
+        return Trouble(exc.why, f"{REFUSED.get(exc.why, exc.why)} ({exc.error})", exc.key)
+    if waited_out(exc):
+        return Trouble(error_code(exc) or "connection", describe(exc))
+    return None
 
 
 class Repair(enum.Enum):
@@ -105,7 +120,6 @@ class Shard:
         self.waits = Waits(metrics, self._stop, config.reconnect_max_delay, self.lease.renew)
         self.snapshots = Snapshots(config, keys, store, metrics, self.waits)
         self.run_id: str | None = None
-        self._commit_sent = 0.0
 
     @property
     def inputs_done(self) -> int:
@@ -125,6 +139,11 @@ class Shard:
 
     async def run(self, *, install_signals: bool = True) -> None:
         """Take the pair over, then read, apply and commit batches until stopped."""
+        with collector.tuned():
+            await self._run(install_signals)
+        log.info("stopped", last_id=self.pipeline.committed.last_id, inputs=self.inputs_done)
+
+    async def _run(self, install_signals: bool) -> None:
         loop = asyncio.get_running_loop()
         signals = (signal.SIGTERM, signal.SIGINT) if install_signals else ()
         for sig in signals:
@@ -133,8 +152,7 @@ class Shard:
             self.metrics.serve(self.config.metrics_port, self.config.metrics_host)
         log.info("starting", orders=self.keys.orders, pid=os.getpid())
         try:
-            with collector.tuned():
-                await self._loop()
+            await self._loop()
         except Stopping as exc:
             log.info(f"stopped {exc}; uncommitted work is redone by the next holder")
         finally:
@@ -144,8 +162,8 @@ class Shard:
                 await self.lease.release()
             for sig in signals:
                 loop.remove_signal_handler(sig)
-            await self.redis.aclose()
-        log.info("stopped", last_id=self.pipeline.committed.last_id, inputs=self.inputs_done)
+            with contextlib.suppress(*RETRIED):  # a clean stop stays one
+                await self.redis.aclose()
 
     async def _loop(self) -> None:
         """Repair, then step, until stopped; after a stop, a batch already read ahead is still
@@ -165,30 +183,33 @@ class Shard:
                     repair = None
                 await self.step()
             except (Fenced, LeaseLost, CommitRefused, *RETRIED) as exc:
-                repair = await self._repair_after(exc)
+                if (trouble := assess(exc)) is None:
+                    raise
+                repair = await self._repair_after(exc, trouble)
         if repair is None:
             with contextlib.suppress(*RETRIED):
                 await self.snapshots.finish(self.engine, self.pipeline)
 
-    async def _repair_after(self, exc: Exception) -> Repair:
-        """The repair an error in the loop calls for (see :func:`trouble`)."""
-        kind, why, key = trouble(exc)
+    async def _repair_after(self, exc: Exception, trouble: Trouble) -> Repair:
+        """Drop the pipes and choose the repair for an error in the loop (see :func:`assess`):
+        recover after a fence, take the pair back after a lost lease, else back off and
+        resynchronise (which sends the batch again only if the checkpoint and outputs allow)."""
         await self._reset()
         if isinstance(exc, Fenced):
-            log.warning(
-                "commit refused; recovering", why=exc.why, checkpoint=exc.checkpoint.last_id
-            )
+            checkpoint = exc.checkpoint.last_id
+            log.warning("commit refused; recovering", why=exc.why, checkpoint=checkpoint)
             return Repair.RECOVER
-        during = ""
-        if not isinstance(exc, LeaseLost):
-            try:  # a resync sends the batch again only if the checkpoint and the outputs allow
-                await self.waits.failed(kind, why, key)
-                return Repair.RESYNC
-            except LeaseLost:
-                during = " while waiting"
-        log.warning(f"lease lost to another daemon{during}; standing by")
-        self.lease.held = False
-        return Repair.TAKE_OVER
+        if isinstance(exc, LeaseLost):
+            log.warning("lease lost to another daemon; standing by")
+            self.lease.lost()
+            return Repair.TAKE_OVER
+        try:
+            await self.waits.failed(trouble.kind, trouble.why, trouble.key)
+        except LeaseLost:
+            log.warning("lease lost to another daemon while waiting; standing by")
+            self.lease.lost()
+            return Repair.TAKE_OVER
+        return Repair.RESYNC
 
     async def _reset(self) -> None:
         """Drop both pipes and whatever was in flight on them: undelivered input is delivered
@@ -219,8 +240,10 @@ class Shard:
         if entries is None:
             if not reader.in_flight:
                 if self.stopping or (read := pipeline.next_read()) is None:
-                    self.stop()  # max_inputs reached (a resync may confirm the last batch)
-                    await self._confirm()  # nothing read ahead: only the commit in flight
+                    # Stopping, or max_inputs reached (a resync may confirm the last batch):
+                    # nothing is read ahead, only the commit in flight is left.
+                    self.stop()
+                    await self._confirm()
                     return
                 await reader.send(*read)
                 blocked = pipeline.read_blocks
@@ -231,7 +254,7 @@ class Shard:
             for reason in pipeline.apply(self.engine, entries).rejected:
                 self.metrics.reject(reason)
             await self._confirm()  # the previous batch's commit, which ran meanwhile
-            if pipeline.read_ahead_first:
+            if pipeline.read_ahead_first(reader.in_flight > 0):
                 pipeline.ahead = pipeline.received(await reader.recv()) or None
             await self._send_commit()
             if self._snapshot_due() or not (reader.in_flight or pipeline.ahead is not None):
@@ -249,7 +272,6 @@ class Shard:
             self.stop()
 
     async def _send_commit(self) -> None:
-        self._commit_sent = time.perf_counter()
         await self.commit.send(self.writer, self.pipeline.in_doubt)
 
     async def _confirm(self) -> None:
@@ -269,7 +291,7 @@ class Shard:
         except Fenced as fenced:
             if not self.pipeline.own_commit(fenced):
                 raise
-        self.metrics.commit_seconds.observe(time.perf_counter() - self._commit_sent)
+        self.metrics.commit_seconds.observe(time.perf_counter() - self.commit.sent_at)
         self._committed()
 
     def _committed(self) -> None:
@@ -278,7 +300,7 @@ class Shard:
         self.pipeline.confirmed(batch)
         if self.waits.troubled:
             self.waits.served()
-        self.snapshots.since += batch.inputs
+        self.snapshots.committed(batch.inputs)
         book = self.engine.book
         levels = len(book.bids.levels) + len(book.asks.levels)
         self.metrics.committed(batch.inputs, batch.trade_count, len(batch.acks), len(book), levels)

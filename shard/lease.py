@@ -84,6 +84,10 @@ class Lease:
         if announced:
             log.info("took over the pair", me=self.holder)
 
+    def lost(self) -> None:
+        """Another daemon holds the lease now (a renewal said so)."""
+        self.held = False
+
     async def renew(self) -> None:
         """Extend the lease if this daemon holds it; :class:`LeaseLost` if another does now."""
         if self.held and not await self.store.renew_lease(self.holder, self.ttl_ms):

@@ -14,8 +14,8 @@ pipeline holds:
   (:class:`shard.reads.ReadBudget`);
 * the reply of a read already received ahead of the commit it would otherwise wait behind.
 
-After any error the daemon drops both pipes (:meth:`Pipeline.reset`) and resynchronises: the
-stored checkpoint, against the batches in doubt, says what to do (:func:`resync`).
+After an error the daemon drops both pipes (:meth:`Pipeline.reset`); when it resynchronises,
+the stored checkpoint, against the batches in doubt, says what to do (:func:`resync`).
 """
 
 from __future__ import annotations
@@ -89,8 +89,6 @@ class Pipeline:
         """With reads by position: the last input entry read (None: from what was applied)."""
         self.backlog = False
         """The last read came back full: the next one is sent without BLOCK."""
-        self.reading = False
-        """A read is in flight."""
         self.asked = 0
         """The count of the last read sent."""
         self.read_blocks = True
@@ -110,13 +108,14 @@ class Pipeline:
         return count
 
     def next_read(self, taken: int = 0) -> Command | None:
-        """The read to send now, or None if ``max_inputs`` leaves no room. It blocks unless
-        the last read came back full. With ``ack = "setid"`` it reads after the last entry
-        read ahead, else after the last one applied."""
+        """The read to send now, noted as sent (its count and whether it blocks), or None if
+        ``max_inputs`` leaves no room. It blocks unless the last read came back full. With
+        ``ack = "setid"`` it reads after the last entry read ahead, else after the last one
+        applied."""
         count = self.room(taken)
         if count <= 0:
             return None
-        self.asked, self.read_blocks, self.reading = count, not self.backlog, True
+        self.asked, self.read_blocks = count, not self.backlog
         block: Command = ("BLOCK", self.block_ms) if self.read_blocks else ()
         if not self.by_position:
             return (
@@ -131,18 +130,17 @@ class Pipeline:
     def received(self, reply: object) -> Entries:
         """A read's reply (raw RESP2: ``[[stream, entries]]``, or nil after a BLOCK timed out)
         as its entries; notes the backlog and the read position."""
-        self.reading = False
         entries: Entries = reply[0][1] if reply else []  # type: ignore[index]
         self.backlog = len(entries) >= self.asked
         if entries:
             self.read_at = entries[-1][0].decode()
         return entries
 
-    @property
-    def read_ahead_first(self) -> bool:
-        """Whether the read in flight is received before the next commit is sent: only a read
-        without BLOCK, which the server answers at once (see :meth:`shard.daemon.Shard.step`)."""
-        return self.reading and not self.read_blocks
+    def read_ahead_first(self, reading: bool) -> bool:
+        """Whether the read in flight (``reading``: there is one) is received before the next
+        commit is sent: only a read without BLOCK, which the server answers at once (see
+        :meth:`shard.daemon.Shard.step`)."""
+        return reading and not self.read_blocks
 
     # -- batches ---------------------------------------------------------------------------------
 
@@ -186,7 +184,7 @@ class Pipeline:
         applied, with a count of one entry (what follows is not known)."""
         self.read_at = None
         self.budget.restart()
-        self.ahead, self.backlog, self.reading = None, False, False
+        self.ahead, self.backlog = None, False
 
     def resync(self, stored: Checkpoint | None) -> Resync:
         """:func:`resync` on this pipeline's state."""

@@ -219,7 +219,7 @@ class Snapshots:
         """Whether the book has joined the collector's frozen heap (see :mod:`shard.collector`)."""
         self._trimming: asyncio.Task[None] | None = None
         self._trim_below = ZERO_ID
-        self.stopping = False
+        self._closing = False
 
     def due(self, pending: int, now: float) -> bool:
         """Whether to snapshot once the ``pending`` inputs in doubt are committed."""
@@ -230,6 +230,10 @@ class Snapshots:
         return since >= config.snapshot_every_inputs or bool(
             since and now - self.began >= config.snapshot_every_seconds
         )
+
+    def committed(self, inputs: int) -> None:
+        """``inputs`` more were committed: they count towards the next snapshot."""
+        self.since += inputs
 
     def recovered(self, replayed: int, resting: int) -> None:
         """The engine was rebuilt with ``replayed`` inputs after its snapshot. A non-empty
@@ -284,8 +288,9 @@ class Snapshots:
             log.info("snapshot abandoned")
 
     async def finish_trim(self) -> None:
-        """Stop trimming (on the way out): the next snapshot's trim covers what is left."""
-        self.stopping = True
+        """On the way out: wait for the trim in flight; one that is failing gives up after its
+        next attempt (the next snapshot's trim covers what is left)."""
+        self._closing = True
         trimming, self._trimming = self._trimming, None
         if trimming is not None:
             await wait_out(trimming)
@@ -322,7 +327,7 @@ class Snapshots:
                     below=below,
                     error=describe(exc),
                 )
-                if self.stopping or self.waits.stop.is_set():
+                if self._closing or self.waits.stop.is_set():
                     return  # the next snapshot's trim covers these
                 await self.waits.pause(self.waits.backoff.compute(failures))
                 continue

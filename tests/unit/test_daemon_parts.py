@@ -14,7 +14,7 @@ from redis.exceptions import ResponseError
 from shard.checkpoint import Checkpoint
 from shard.commit import CommitRefused, Fenced
 from shard.config import Config, Keys
-from shard.daemon import trouble
+from shard.daemon import PROTOCOL, Trouble, assess
 from shard.lease import LeaseLost
 from shard.metrics import Metrics
 from shard.outage import Stopping, Waits
@@ -36,16 +36,20 @@ def waits(stop: asyncio.Event, max_delay: float = 0.05) -> Waits:
 
 
 def test_fences_and_a_lost_lease_are_the_protocol_at_work() -> None:
-    assert trouble(Fenced(Checkpoint(), "GAP")) == ("", "", "")
-    assert trouble(LeaseLost()) == ("", "", "")
+    assert assess(Fenced(Checkpoint(), "GAP")) is PROTOCOL
+    assert assess(LeaseLost()) is PROTOCOL
 
 
 def test_refused_commits_and_redis_errors_are_waited_out_with_their_kind() -> None:
-    kind, why, key = trouble(CommitRefused("wrong_type", "events:{P}", "the key holds a hash"))
-    assert (kind, key) == ("wrong_type", "events:{P}")
-    assert why.startswith("the key is not a stream") and why.endswith("(the key holds a hash)")
-    assert trouble(RedisConnectionError("Connection refused"))[0] == "connection"
-    assert trouble(ResponseError("NOGROUP No such key"))[0] == "NOGROUP"
+    refused = assess(CommitRefused("wrong_type", "events:{P}", "the key holds a hash"))
+    assert refused is not None and (refused.kind, refused.key) == ("wrong_type", "events:{P}")
+    assert refused.why.startswith("the key is not a stream")
+    assert refused.why.endswith("(the key holds a hash)")
+    lost = RedisConnectionError("Connection refused")
+    assert assess(lost) == Trouble("connection", "ConnectionError: Connection refused")
+    assert assess(ResponseError("NOGROUP No such key")) == Trouble(
+        "NOGROUP", "ResponseError: NOGROUP No such key"
+    )
 
 
 @pytest.mark.parametrize(
@@ -57,9 +61,8 @@ def test_refused_commits_and_redis_errors_are_waited_out_with_their_kind() -> No
         KeyError("x"),
     ],
 )
-def test_anything_else_is_a_bug_and_raised_again(exc: Exception) -> None:
-    with pytest.raises(type(exc)):
-        trouble(exc)
+def test_anything_else_is_a_bug_that_stops_the_daemon(exc: Exception) -> None:
+    assert assess(exc) is None
 
 
 # -- waits ---------------------------------------------------------------------------------------

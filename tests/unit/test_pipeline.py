@@ -67,6 +67,20 @@ def test_a_backlog_is_read_without_block_and_counts_double_to_the_batch_size() -
     assert at == 95 and p.committed.last_id == "1-95" and p.inputs_done == 95
 
 
+def test_a_backlog_that_ends_on_a_full_read_is_followed_by_a_blocking_read() -> None:
+    """The stream ends exactly where a full read ends: the read ahead (without BLOCK) comes
+    back empty, which ends the backlog, and the next read blocks."""
+    p, engine = pipeline(batch_size=4), Engine()
+    p.budget.count = 4
+    assert "BLOCK" in (p.next_read() or ())
+    got = p.received(reply(entries(4)))
+    ahead = p.next_read(len(got))
+    assert ahead is not None and "BLOCK" not in ahead and p.read_ahead_first(True)
+    p.apply(engine, got)
+    assert p.received(None) == [] and not p.backlog
+    assert "BLOCK" in (p.next_read() or ())
+
+
 def test_reads_by_position_go_after_the_last_entry_read_else_the_last_applied() -> None:
     p, engine = pipeline(batch_size=10), Engine()
     assert p.next_read()[-1] == "0-0"  # type: ignore[index]
