@@ -7,8 +7,7 @@ the server's main-thread CPU and the client's wall time per input:
 
 * ``lua-rows``: one EVALSHA per batch, outputs as one msgpack argument of rows, each a shape
   index and its values; the field names are constants in the script (the daemon's way);
-* ``lua-fields``: the same, but each entry as its list of names and values (the daemon's way
-  until 2026-11-22);
+* ``lua-fields``: the same, but each entry as its list of names and values;
 * ``multi``: MULTI, one XADD per output, EXEC, pre-packed with hiredis.
 
 The client's wall time includes building each batch's argument from the engine's outputs.
