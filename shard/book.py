@@ -40,6 +40,9 @@ from sortedcontainers import SortedList
 
 from shard.messages import Trade
 
+LevelView = tuple[int, int, int]
+"""A price level as market data shows it: (price, total quantity, number of orders)."""
+
 NO_LIMIT: Final = 1 << 65
 """Limit key of a market order: above every price key, so it crosses every level."""
 
@@ -47,7 +50,7 @@ NO_LIMIT: Final = 1 << 65
 class Level:
     """All resting orders at one price on one side, in FIFO order, with their cached total."""
 
-    __slots__ = ("held", "key", "orders", "owner", "price", "total")
+    __slots__ = ("changed", "held", "key", "orders", "owner", "price", "total")
 
     def __init__(self, price: int, key: int, owner: BookSide) -> None:
         self.price = price
@@ -56,15 +59,19 @@ class Level:
         self.orders: dict[str, int] = {}
         self.total = 0
         self.held = False  # an open Cut still needs these orders as they were when it opened
+        # In OrderBook.changed (see take_changes); a book that does not track changes makes its
+        # levels as recorded already, so the test on the matching path never records one.
+        self.changed = not owner.tracked
 
 
 class BookSide:
     """One side of the book: levels by key, keys in order, the best level cached."""
 
-    __slots__ = ("best", "keys", "levels", "name", "quantity", "sign")
+    __slots__ = ("best", "keys", "levels", "name", "quantity", "sign", "tracked")
 
-    def __init__(self, name: str, sign: int) -> None:
+    def __init__(self, name: str, sign: int, tracked: bool = False) -> None:
         self.name = name
+        self.tracked = tracked  # its levels' changes are recorded (OrderBook.take_changes)
         self.sign = sign  # key = sign * price: +1 for asks, -1 for bids
         self.levels: dict[int, Level] = {}
         self.keys: SortedList[int] = SortedList()
@@ -102,14 +109,33 @@ class BookSide:
 class OrderBook:
     """Resting orders of one pair and the matching primitives the engine builds order types from."""
 
-    __slots__ = ("_index", "asks", "bids", "cut", "next_trade_id")
+    __slots__ = (
+        "_index",
+        "asks",
+        "bids",
+        "changed",
+        "cut",
+        "last_trade",
+        "next_trade_id",
+        "notional",
+        "volume",
+    )
 
-    def __init__(self) -> None:
-        self.bids = BookSide("buy", -1)
-        self.asks = BookSide("sell", 1)
+    def __init__(self, track_changes: bool = False) -> None:
+        self.bids = BookSide("buy", -1, track_changes)
+        self.asks = BookSide("sell", 1, track_changes)
         self._index: dict[str, Level] = {}
         self.next_trade_id = 1
         self.cut: Cut | None = None
+        self.changed: list[Level] = []
+        """With ``track_changes``: levels changed since the last :meth:`take_changes`, each
+        once (their ``changed`` flag is set); a level removed and created again at one price
+        may appear twice. Whoever tracks changes takes them, or this list grows."""
+        self.volume = 0
+        """Sum of the quantities of every trade."""
+        self.notional = 0
+        """Sum of price x quantity of every trade (an exact integer)."""
+        self.last_trade: Trade | None = None
 
     def _keep(self, level: Level) -> None:
         """Called before the first change of a held level: the open cut copies it first."""
@@ -201,9 +227,13 @@ class OrderBook:
         index = self._index
         trade_id = self.next_trade_id
         append = trades.append
+        changed = self.changed
         while True:
             if level.held:
                 self._keep(level)
+            if not level.changed:
+                level.changed = True
+                changed.append(level)
             orders = level.orders
             level_price = level.price
             done: list[str] = []
@@ -242,6 +272,8 @@ class OrderBook:
                 del orders[maker]
                 del index[maker]
             opposite.quantity -= traded
+            self.volume += traded
+            self.notional += level_price * traded
             if orders:  # the level outlived the taker, so the taker is filled
                 level.total -= traded
                 break
@@ -253,6 +285,7 @@ class OrderBook:
                 break
             level = best
         self.next_trade_id = trade_id
+        self.last_trade = trades[-1]
         return quantity
 
     def add(self, order_id: str, side: str, price: int, quantity: int) -> None:
@@ -264,6 +297,9 @@ class OrderBook:
         level = book_side.level_for(price)
         if level.held:
             self._keep(level)
+        if not level.changed:
+            level.changed = True
+            self.changed.append(level)
         level.orders[order_id] = quantity
         level.total += quantity
         book_side.quantity += quantity
@@ -276,6 +312,9 @@ class OrderBook:
             return None
         if level.held:
             self._keep(level)
+        if not level.changed:
+            level.changed = True
+            self.changed.append(level)
         quantity = level.orders.pop(order_id)
         level.owner.quantity -= quantity
         if level.orders:
@@ -289,11 +328,48 @@ class OrderBook:
         level = self._index[order_id]
         if level.held:
             self._keep(level)
+        if not level.changed:
+            level.changed = True
+            self.changed.append(level)
         orders = level.orders
         less = orders[order_id] - quantity
         level.total -= less
         level.owner.quantity -= less
         orders[order_id] = quantity
+
+    # -- market data -----------------------------------------------------------------------------
+
+    def take_changes(self) -> tuple[list[LevelView], list[LevelView]]:
+        """The levels changed since the last call, conflated, as ``(price, quantity, orders)``
+        with their final values (``(price, 0, 0)`` for a level gone), bids and asks best first;
+        the record starts again empty. O(c log c) for c levels changed."""
+        changed = self.changed
+        if not changed:
+            return [], []
+        final: tuple[dict[int, LevelView], dict[int, LevelView]] = ({}, {})
+        bids = self.bids
+        for level in changed:
+            level.changed = False
+            side = level.owner
+            live = side.levels.get(level.key)
+            view = (
+                (level.price, 0, 0) if live is None else (level.price, live.total, len(live.orders))
+            )
+            final[side is not bids][level.key] = view
+        changed.clear()
+        return (
+            [final[0][key] for key in sorted(final[0])],
+            [final[1][key] for key in sorted(final[1])],
+        )
+
+    def top(self, side: str, n: int) -> list[LevelView]:
+        """The ``n`` best levels of a side as ``(price, quantity, orders)``, best first. O(n)."""
+        book_side = self.side(side)
+        levels = book_side.levels
+        return [
+            (level.price, level.total, len(level.orders))
+            for level in (levels[key] for key in book_side.keys.islice(0, n))
+        ]
 
     # -- state -----------------------------------------------------------------------------------
 
@@ -351,23 +427,25 @@ def _hold(side: BookSide) -> list[Level]:
 class Cut:
     """The book's orders as they stood at one instant, read level by level while it moves on.
 
-    Opening a cut records the next trade ID and the levels of both sides (best first) and marks
-    each level *held*. The book hands a held level to :meth:`keep` before it first changes it,
-    which copies the level's orders; :meth:`orders` returns a level's orders as they stood at
-    the cut (the copy, or the live orders of a level still untouched) and releases the level.
+    Opening a cut records the next trade ID, the trade totals and the levels of both sides
+    (best first) and marks each level *held*. The book hands a held level to :meth:`keep`
+    before it first changes it, which copies the level's orders; :meth:`orders` returns a
+    level's orders as they stood at the cut (the copy, or the live orders of a level still
+    untouched) and releases the level.
     So a snapshot can be encoded a slice at a time between batches, with no fork and no stall.
 
     Cost: O(L) to open and to close; O(orders of the level) for a copy, once per level changed
     before it is read; one attribute test per level the book changes, cut or no cut.
     """
 
-    __slots__ = ("book", "kept", "next_trade_id", "sides")
+    __slots__ = ("book", "kept", "last_trade", "next_trade_id", "notional", "sides", "volume")
 
     def __init__(self, book: OrderBook) -> None:
         if book.cut is not None:
             raise RuntimeError("one cut at a time: a bug in the caller")
         self.book = book
         self.next_trade_id = book.next_trade_id
+        self.volume, self.notional, self.last_trade = book.volume, book.notional, book.last_trade
         self.sides = (_hold(book.bids), _hold(book.asks))
         self.kept: dict[Level, tuple[list[str], list[int]]] = {}
         book.cut = self

@@ -33,11 +33,12 @@ per input here.
 from __future__ import annotations
 
 import hashlib
-from typing import Final
+from typing import Final, NamedTuple
 
 import msgspec
 
-from shard.book import OrderBook
+from shard.book import LevelView, OrderBook
+from shard.l2 import CHECKSUM_LEVELS, checksum
 from shard.messages import (
     AMENDED,
     CANCELLED,
@@ -68,13 +69,36 @@ DIGEST_SCHEME: Final = "d2:"
 _digest_encoder = msgspec.msgpack.Encoder()
 
 
+class Depth(NamedTuple):
+    """A batch's market data: the levels that changed, best first, as ``(price, quantity,
+    orders)`` (0, 0 when gone), the best level of each side after it (None when empty), and the
+    contract's checksum of the 10 best levels of each side."""
+
+    bids: list[LevelView]
+    asks: list[LevelView]
+    best_bid: LevelView | None
+    best_ask: LevelView | None
+    checksum: int
+
+
+class Ticker(NamedTuple):
+    """Trade totals: how many, the sum of quantities, the sum of price x quantity, the last."""
+
+    trade_count: int
+    volume: int
+    notional: int
+    last_trade: Trade | None
+
+
 class Engine:
     """One pair's matching engine: a book plus the message semantics of the contract."""
 
     __slots__ = ("book",)
 
-    def __init__(self) -> None:
-        self.book = OrderBook()
+    def __init__(self, track_depth: bool = False) -> None:
+        """``track_depth``: record which levels change, for :meth:`take_depth` (the daemon);
+        without it the book records nothing and costs nothing more."""
+        self.book = OrderBook(track_depth)
 
     def apply(self, msg: Input, input_id: str | None, trades: list[Trade]) -> Event:
         """Apply one input: append its trades to ``trades`` and return its one event."""
@@ -198,11 +222,37 @@ class Engine:
         return SnapshotWriter(self.book)
 
     @classmethod
-    def restore(cls, data: bytes) -> Engine:
-        """An engine that continues exactly like the one :meth:`snapshot` was taken from."""
-        engine = cls()
+    def restore(cls, data: bytes, track_depth: bool = False) -> Engine:
+        """An engine that continues exactly like the one :meth:`snapshot` was taken from; the
+        levels it restores are not changes."""
+        engine = cls(track_depth)
         load_state(engine.book, data)
         return engine
+
+    # -- market data -----------------------------------------------------------------------------
+
+    def take_depth(self) -> Depth | None:
+        """The market data of what changed since the last call (a batch): the changed levels,
+        conflated, with their final values, the best levels and the top-10 checksum; None if no
+        level changed. O(c log c) for c levels changed, plus O(1) for the checksum."""
+        bids, asks = self.book.take_changes()
+        if not bids and not asks:
+            return None
+        book = self.book
+        top_bids = book.top("buy", CHECKSUM_LEVELS)
+        top_asks = book.top("sell", CHECKSUM_LEVELS)
+        return Depth(
+            bids,
+            asks,
+            top_bids[0] if top_bids else None,
+            top_asks[0] if top_asks else None,
+            checksum(top_bids, top_asks),
+        )
+
+    def ticker(self) -> Ticker:
+        """The trade totals so far and the last trade. O(1)."""
+        book = self.book
+        return Ticker(book.next_trade_id - 1, book.volume, book.notional, book.last_trade)
 
     def digest(self) -> str:
         """A short fingerprint of the state, O(1), computed after every batch: the next trade

@@ -14,8 +14,12 @@ from typing import Final
 import msgspec
 
 from shard.book import Cut, OrderBook
+from shard.messages import Trade
 
-SNAPSHOT_VERSION: Final = 1
+SNAPSHOT_VERSION: Final = 2
+"""Version 2 added the trade totals (``volume``, ``notional``, ``last_trade``); a version 1
+snapshot restores with totals counted from zero."""
+READABLE_VERSIONS: Final = (1, 2)
 
 
 class LevelState(msgspec.Struct, array_like=True, gc=False):
@@ -33,8 +37,12 @@ class EngineState(msgspec.Struct, array_like=True):
     next_trade_id: int
     bids: list[LevelState]
     asks: list[LevelState]
+    volume: int = 0
+    notional: int = 0
+    last_trade: Trade | None = None
 
 
+FIELDS: Final = len(EngineState.__struct_fields__)
 _state_encoder = msgspec.msgpack.Encoder()
 _state_decoder = msgspec.msgpack.Decoder(EngineState)
 _NOTHING = msgspec.Raw(b"")
@@ -52,6 +60,9 @@ def book_state(book: OrderBook) -> EngineState:
         book.next_trade_id,
         [LevelState(lv.price, list(lv.orders), list(lv.orders.values())) for lv in book.bids],
         [LevelState(lv.price, list(lv.orders), list(lv.orders.values())) for lv in book.asks],
+        book.volume,
+        book.notional,
+        book.last_trade,
     )
 
 
@@ -63,9 +74,10 @@ def encode_state(book: OrderBook) -> bytes:
 def load_state(book: OrderBook, data: bytes) -> None:
     """Restore snapshot ``data`` into an empty ``book``; ValueError for another format version."""
     state = _state_decoder.decode(data)
-    if state.version != SNAPSHOT_VERSION:
+    if state.version not in READABLE_VERSIONS:
         raise ValueError(f"snapshot version {state.version}, expected {SNAPSHOT_VERSION}")
     book.next_trade_id = state.next_trade_id
+    book.volume, book.notional, book.last_trade = state.volume, state.notional, state.last_trade
     for side, levels in (("buy", state.bids), ("sell", state.asks)):
         for level in levels:
             book.load_level(side, level.price, level.order_ids, level.quantities)
@@ -93,7 +105,7 @@ class SnapshotWriter:
     def _encode(self) -> Iterator[tuple[bytes, int]]:
         """(bytes, orders in them) in snapshot order: the framing, then each side's levels."""
         cut = self.cut
-        head = _array_header(4) + _state_encoder.encode(SNAPSHOT_VERSION)
+        head = _array_header(FIELDS) + _state_encoder.encode(SNAPSHOT_VERSION)
         yield head + _state_encoder.encode(cut.next_trade_id), 0
         for levels in cut.sides:
             yield _array_header(len(levels)), 0
@@ -101,6 +113,8 @@ class SnapshotWriter:
                 order_ids, quantities = cut.orders(level)
                 state = LevelState(level.price, order_ids, quantities)
                 yield _state_encoder.encode(state), len(order_ids)
+        totals = (cut.volume, cut.notional, cut.last_trade)
+        yield b"".join(_state_encoder.encode(x) for x in totals), 0
 
     def step(self, budget: int) -> bytes:
         """The next bytes: levels until ``budget`` orders are encoded or none is left (then

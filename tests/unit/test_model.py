@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from shard.engine import Engine
+from shard.l2 import checksum
 from shard.messages import Amend, Cancel, Event, Order, Trade
 
 from .reference import ReferenceBook
@@ -27,10 +28,13 @@ def without_detail(event: Event) -> Event:
 class EngineMatchesReference(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.engine = Engine()
+        self.engine = Engine(track_depth=True)
         self.reference = ReferenceBook()
         self.ids: list[str] = []
         self.n = 0
+        # The L2 book a market-data client holds: built only from take_depth() after each input.
+        self.l2: dict[tuple[str, int], tuple[int, int]] = {}
+        self.volume = self.notional = 0
 
     def _apply(self, msg) -> None:
         self.n += 1
@@ -40,9 +44,42 @@ class EngineMatchesReference(RuleBasedStateMachine):
         got = self.engine.apply(msg, input_id, got_trades)
         want = self.reference.apply(msg, input_id, want_trades)
         assert got_trades == want_trades
+        self._follow_depth(got_trades)
         assert without_detail(got) == without_detail(want)
         if got.reason:
             assert got.detail, f"{got.reason} without a detail sentence"
+
+    def _follow_depth(self, trades: list[Trade]) -> None:
+        """Apply this input's depth changes to the client's L2 book, as the contract says."""
+        depth = self.engine.take_depth()
+        if depth is not None:
+            assert depth.bids or depth.asks, "a depth entry changes at least one level"
+            for side, levels in (("buy", depth.bids), ("sell", depth.asks)):
+                prices = [price for price, _, _ in levels]
+                assert prices == sorted(prices, reverse=side == "buy"), "best first"
+                assert len(set(prices)) == len(prices), "each level once: conflated"
+                for price, qty, orders in levels:
+                    if qty == 0:
+                        assert orders == 0 and (side, price) in self.l2
+                        del self.l2[(side, price)]
+                    else:
+                        self.l2[(side, price)] = (qty, orders)
+            bids, asks = self._l2_sides()
+            assert depth.best_bid == (bids[0] if bids else None)
+            assert depth.best_ask == (asks[0] if asks else None)
+            assert depth.checksum == checksum(bids, asks)
+        for t in trades:
+            self.volume += t.quantity
+            self.notional += t.price * t.quantity
+        ticker = self.engine.ticker()
+        assert (ticker.volume, ticker.notional) == (self.volume, self.notional)
+        if trades:
+            assert ticker.last_trade == trades[-1]
+
+    def _l2_sides(self) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]:
+        bids = sorted(((p, q, n) for (s, p), (q, n) in self.l2.items() if s == "buy"), reverse=True)
+        asks = sorted((p, q, n) for (s, p), (q, n) in self.l2.items() if s == "sell")
+        return bids, asks
 
     def _new_id(self) -> str:
         oid = f"o{len(self.ids)}"
@@ -79,6 +116,12 @@ class EngineMatchesReference(RuleBasedStateMachine):
         want = {o.order_id: (o.side, o.price, o.quantity) for o in self.reference.orders}
         assert {oid: book.get(oid) for oid in want} == want
         assert len(book) == len(want)
+        # The client's L2 book, from depth changes only, is the reference book aggregated.
+        levels: dict[tuple[str, int], tuple[int, int]] = {}
+        for o in self.reference.orders:
+            qty, n = levels.get((o.side, o.price), (0, 0))
+            levels[(o.side, o.price)] = (qty + o.quantity, n + 1)
+        assert self.l2 == levels
 
 
 EngineMatchesReference.TestCase.settings = settings(

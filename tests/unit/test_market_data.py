@@ -1,0 +1,77 @@
+"""The engine's market data, without a server: the contract's checksum, depth after a restore,
+and the trade totals carried by snapshots (older snapshots still restore)."""
+
+from __future__ import annotations
+
+import zlib
+
+import msgspec
+
+from shard.decode import decode_json
+from shard.engine import Engine
+from shard.l2 import checksum
+from shard.messages import Order, Trade
+from shard.state import LevelState
+from shard.workload import standard_mix
+
+
+def test_the_contracts_checksum_example() -> None:
+    """Bids 101x5 and 100x7 with one ask 102x3 give ``101:5,100:7|102:3``."""
+    assert checksum([(101, 5, 1), (100, 7, 2)], [(102, 3, 1)]) == zlib.crc32(b"101:5,100:7|102:3")
+    assert checksum([], []) == zlib.crc32(b"|")
+    eleven = [(100 - i, 1) for i in range(11)]  # only the 10 best of a side count
+    assert checksum(eleven, []) == checksum(eleven[:10], [])
+
+
+def test_a_batch_reports_each_changed_level_once_with_its_final_value() -> None:
+    engine = Engine(track_depth=True)
+    trades: list[Trade] = []
+    book = [("a", "buy", 5, 101), ("b", "buy", 7, 100), ("c", "sell", 3, 102)]
+    for oid, side, qty, price in book:
+        engine.apply(Order(oid, side, qty, price, "limit", 1), "1-1", trades)
+    engine.apply(Order("d", "buy", 2, 100, "limit", 1), "1-2", trades)  # 100 changes twice
+    depth = engine.take_depth()
+    assert depth is not None
+    assert depth.bids == [(101, 5, 1), (100, 9, 2)] and depth.asks == [(102, 3, 1)]
+    assert (depth.best_bid, depth.best_ask) == ((101, 5, 1), (102, 3, 1))
+    assert depth.checksum == zlib.crc32(b"101:5,100:9|102:3")
+    assert engine.take_depth() is None  # nothing changed since
+    engine.apply(Order("e", "sell", 8, 100, "limit", 2), "1-3", trades)  # 101 gone, 100 left
+    depth = engine.take_depth()
+    assert depth is not None and depth.bids == [(101, 0, 0), (100, 6, 2)] and depth.asks == []
+    assert engine.ticker() == (2, 8, 101 * 5 + 100 * 3, trades[-1])
+
+
+def test_an_engine_without_tracking_records_nothing() -> None:
+    engine = Engine()
+    engine.apply(Order("a", "buy", 5, 101, "limit", 1), "1-1", [])
+    assert engine.book.changed == [] and engine.take_depth() is None
+
+
+def test_a_restored_engine_continues_the_ticker_and_reports_no_restored_level() -> None:
+    msgs = [decode_json(msgspec.json.encode(m)) for m in standard_mix(3000, seed=5)]
+    original = Engine(track_depth=True)
+    for n, msg in enumerate(msgs[:2000]):
+        original.apply(msg, f"1-{n}", [])
+    original.take_depth()
+    restored = Engine.restore(original.snapshot(), track_depth=True)
+    assert restored.ticker() == original.ticker() and restored.ticker().volume > 0
+    assert restored.take_depth() is None  # the levels it restored are not changes
+    writer = original.snapshot_writer()  # sliced encoding carries the totals too
+    sliced = b"".join(writer.step(100) for _ in iter(lambda: writer.done, True))
+    assert sliced == original.snapshot()
+    for n, msg in enumerate(msgs[2000:], 2000):
+        original.apply(msg, f"1-{n}", [])
+        restored.apply(msg, f"1-{n}", [])
+        assert restored.take_depth() == original.take_depth()
+    assert restored.ticker() == original.ticker()
+
+
+def test_a_version_1_snapshot_restores_with_totals_from_zero() -> None:
+    """Snapshots written before the trade totals (version 1, four fields) still restore."""
+    old = msgspec.msgpack.encode(
+        [1, 4, [LevelState(100, ["a", "b"], [3, 4])], [LevelState(105, ["c"], [2])]]
+    )
+    engine = Engine.restore(old)
+    assert engine.book.get("b") == ("buy", 100, 4) and engine.book.next_trade_id == 4
+    assert engine.ticker() == (3, 0, 0, None)
