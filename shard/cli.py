@@ -165,6 +165,25 @@ def _up(args: argparse.Namespace) -> int:
     return Cluster(pairs, url, Path(args.data_dir), args.port).run()
 
 
+def _book(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from shard.marketdata import run_book
+
+    config = _config(args)
+    if args.depth is not None and args.depth < 1:
+        raise SystemExit("shard book: --depth must be at least 1")
+    try:
+        return asyncio.run(
+            run_book(config, depth=args.depth, follow=args.follow, as_json=args.json)
+        )
+    except KeyboardInterrupt:
+        return 0
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
 def _load(args: argparse.Namespace) -> int:
     from shard.load.main import main as load_main
 
@@ -263,6 +282,28 @@ def build_parser() -> argparse.ArgumentParser:
     trades.add_argument("--group", help="consumer group (created if missing)")
     trades.add_argument("--consumer", help="consumer name in the group (default host-pid)")
     trades.set_defaults(handler=_trades)
+
+    book = commands.add_parser(
+        "book",
+        help="print the pair's order book (L2), spread and ticker",
+        description="Sync a local copy of book:{P} and depth:{P} (checking every entry's seq "
+        "and checksum) and print the ladder: asks above bids with price, quantity, orders and "
+        "cumulative quantity, the spread, and the ticker:{P} fields there are.",
+    )
+    _common(book)
+    book.add_argument(
+        "--depth", type=int, help="levels a side (default 10 on the ladder, all with --json)"
+    )
+    book.add_argument(
+        "--follow", action="store_true", help="redraw as the book changes; report resyncs"
+    )
+    book.add_argument(
+        "--json",
+        action="store_true",
+        help="print the snapshot as JSON, integers as in the contract (a line per change "
+        "with --follow)",
+    )
+    book.set_defaults(handler=_book)
 
     up = commands.add_parser(
         "up",
