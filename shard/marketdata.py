@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from shard.config import Config
 
 log = logging.getLogger("shard.marketdata")
+log.addHandler(logging.NullHandler())  # a library: the program decides where warnings go
 
 PRICE_SCALE: Final = 10**8
 """Contract prices are integers, price x 10^8."""
@@ -65,6 +66,11 @@ or timed out), ``unavailable`` (an error reply that says "not now": LOADING, NOP
 class MalformedError(ValueError):
     """A ``book:{P}`` or ``depth:{P}`` field that does not follow the contract; the message
     names the field and the value."""
+
+
+class SyncError(Exception):
+    """:meth:`BookView.sync` gave up after the attempts it was allowed; the message is the last
+    cause."""
 
 
 class Level(NamedTuple):
@@ -344,16 +350,20 @@ class BookView:
 
     # Syncing.
 
-    async def sync(self) -> Update:
+    async def sync(self, attempts: int | None = None) -> Update:
         """Load ``book:{P}`` now, retrying (with backoff, counted in :attr:`resyncs`) until a
-        snapshot passes its check. Redis errors that are not "not now" replies are raised."""
+        snapshot passes its check, or :class:`SyncError` after ``attempts`` failures (None: no
+        limit). Redis errors that are not "not now" replies are raised."""
         reason: Reason | None = None
+        failed = 0
         while True:
             try:
                 await self._load()
             except _Resync as exc:
                 self._note(exc.reason, str(exc))
-                reason = exc.reason
+                reason, failed = exc.reason, failed + 1
+                if attempts is not None and failed >= attempts:
+                    raise SyncError(str(exc)) from None
                 await asyncio.sleep(self.backoff.compute(self._failures))
                 continue
             return Update(self.seq, self.input_id, None, reason)
@@ -634,9 +644,10 @@ async def run_book(
     out: TextIO = sys.stdout,
     interval: float = 0.1,
 ) -> int:
-    """``shard book``: print the book once, or with ``follow`` redraw it (at most once per
-    ``interval`` s) until cancelled. ANSI redraw on a terminal; frames one after another
-    (separated by a blank line) or JSON lines otherwise."""
+    """``shard book``: print the book once (exit status 1 when 5 attempts fail), or with
+    ``follow`` redraw it (at most once per ``interval`` s) until cancelled, through outages.
+    ANSI redraw on a terminal; frames one after another (separated by a blank line) or JSON
+    lines otherwise."""
     client = connect(config)
     view = BookView(
         client,
@@ -662,7 +673,11 @@ async def run_book(
 
     try:
         if not follow:
-            await view.sync()
+            try:
+                await view.sync(attempts=5)
+            except SyncError as exc:
+                print(f"shard book: cannot read the book of {config.pair}: {exc}", file=sys.stderr)
+                return 1
             await show()
             return 0
         if tty:

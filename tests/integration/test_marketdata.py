@@ -17,7 +17,7 @@ import redis
 
 from shard.l2 import checksum
 from shard.marketdata import BookView, Level, Update, connect
-from shard.server import LocalServer
+from shard.server import LocalServer, free_port
 
 from .helpers import PAIR, config
 
@@ -296,6 +296,12 @@ def test_shard_book_prints_the_ladder(r: redis.Redis, server: LocalServer) -> No
         "ticker: last 10.00 x 5 (taker sell) at 2023-03-15T13:20:00.001Z trade #17; "
         "trade_count 17, volume 120, notional 1200.00"
     )
+
+
+def test_shard_book_says_when_it_cannot_read_the_book() -> None:
+    result = shard_book(f"redis://127.0.0.1:{free_port()}/0")
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"shard book: cannot read the book of {PAIR}: ")
 
 
 def test_shard_book_json(r: redis.Redis, server: LocalServer) -> None:
