@@ -17,7 +17,7 @@ import msgspec
 
 from shard.checkpoint import Checkpoint, parse_id
 from shard.decode import OVERSIZE, decode_entry
-from shard.engine import Engine
+from shard.engine import Depth, Engine, Ticker
 from shard.messages import Event, Trade
 from shard.wire import Row, add_event, add_trade
 
@@ -50,6 +50,15 @@ class Batch(msgspec.Struct):
     oversize: int
     """The size of its largest ``oversize`` entry (0 if none): what the next read's count is
     made from (see :mod:`shard.reads`)."""
+    depth: list[str]
+    """Its ``depth:{P}`` entry's values (bids, asks, best_bid, best_ask, checksum), or empty
+    when it changed no level (see :func:`market_data`)."""
+    book_set: list[str]
+    """The ``book:{P}`` fields it sets, flat (``b:<price>``, ``<quantity>:<orders>``, ...)."""
+    book_del: list[str]
+    """The ``book:{P}`` fields of the levels it emptied."""
+    ticker: list[str]
+    """The ``ticker:{P}`` fields it sets, flat, or empty when it made no trade."""
 
 
 def apply_entries(
@@ -101,11 +110,13 @@ def build_batch(
     trade_rows: Row = []
     for trade in trades:
         add_trade(trade_rows, trade)
+    depth, book_set, book_del = market_data(engine.take_depth())
     target = Checkpoint(
         applied[-1] if applied else committed.last_id,
         engine.book.next_trade_id - 1,
         committed.events + len(applied),
         engine.digest(),
+        committed.seq + 1 if depth else committed.seq,
     )
     return Batch(
         applied[0] if applied else "",
@@ -118,4 +129,42 @@ def build_batch(
         len(trades),
         rejected,
         biggest,
+        depth,
+        book_set,
+        book_del,
+        ticker_fields(engine.ticker()) if trades else [],
     )
+
+
+def market_data(depth: Depth | None) -> tuple[list[str], list[str], list[str]]:
+    """A batch's market data as the commit writes it: the ``depth:{P}`` entry's values
+    (``bids``, ``asks``: each changed level ``<price>:<quantity>:<orders>`` best first, joined by
+    ``,``; ``best_bid``, ``best_ask``: ``<price>:<quantity>`` or empty; ``checksum``), the
+    ``book:{P}`` fields to set (flat) and those to delete (levels gone). O(levels changed)."""
+    if depth is None:
+        return [], [], []
+    book_set: list[str] = []
+    book_del: list[str] = []
+    sides = []
+    for prefix, levels in (("b:", depth.bids), ("a:", depth.asks)):
+        for price, quantity, orders in levels:
+            if quantity:
+                book_set += (f"{prefix}{price}", f"{quantity}:{orders}")
+            else:
+                book_del.append(f"{prefix}{price}")
+        sides.append(",".join(f"{p}:{q}:{n}" for p, q, n in levels))
+    best = [f"{b[0]}:{b[1]}" if b else "" for b in (depth.best_bid, depth.best_ask)]
+    return [*sides, *best, str(depth.checksum)], book_set, book_del
+
+
+def ticker_fields(ticker: Ticker) -> list[str]:
+    """``ticker:{P}``'s fields, flat, after a batch that traded."""
+    last = ticker.last_trade
+    if last is None:
+        return []
+    return [
+        "last_trade_id", str(last.trade_id), "last_price", str(last.price),
+        "last_quantity", str(last.quantity), "last_timestamp", str(last.timestamp),
+        "last_taker_side", last.taker_side, "trade_count", str(ticker.trade_count),
+        "volume", str(ticker.volume), "notional", str(ticker.notional),
+    ]  # fmt: skip

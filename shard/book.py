@@ -50,7 +50,7 @@ NO_LIMIT: Final = 1 << 65
 class Level:
     """All resting orders at one price on one side, in FIFO order, with their cached total."""
 
-    __slots__ = ("changed", "held", "key", "orders", "owner", "price", "total")
+    __slots__ = ("changed", "fresh", "held", "key", "orders", "owner", "price", "total")
 
     def __init__(self, price: int, key: int, owner: BookSide) -> None:
         self.price = price
@@ -62,6 +62,7 @@ class Level:
         # In OrderBook.changed (see take_changes); a book that does not track changes makes its
         # levels as recorded already, so the test on the matching path never records one.
         self.changed = not owner.tracked
+        self.fresh = True  # made since the last take_changes: absent from the last report
 
 
 class BookSide:
@@ -341,25 +342,28 @@ class OrderBook:
 
     def take_changes(self) -> tuple[list[LevelView], list[LevelView]]:
         """The levels changed since the last call, conflated, as ``(price, quantity, orders)``
-        with their final values (``(price, 0, 0)`` for a level gone), bids and asks best first;
-        the record starts again empty. O(c log c) for c levels changed."""
+        with their final values (``(price, 0, 0)`` for a level gone; a level made and emptied
+        since the last call is left out), bids and asks best first; the record starts again
+        empty. O(c log c) for c levels changed."""
         changed = self.changed
         if not changed:
             return [], []
-        final: tuple[dict[int, LevelView], dict[int, LevelView]] = ({}, {})
+        final: tuple[dict[int, LevelView | None], dict[int, LevelView | None]] = ({}, {})
         bids = self.bids
-        for level in changed:
+        for level in changed:  # the first recorded at a price is the one there at the start
             level.changed = False
-            side = level.owner
-            live = side.levels.get(level.key)
-            view = (
-                (level.price, 0, 0) if live is None else (level.price, live.total, len(live.orders))
-            )
-            final[side is not bids][level.key] = view
+            seen = final[level.owner is not bids]
+            if level.key not in seen:
+                live = level.owner.levels.get(level.key)
+                if live is not None:
+                    seen[level.key] = (level.price, live.total, len(live.orders))
+                else:  # gone; unless it was made since the last call, which never reported it
+                    seen[level.key] = None if level.fresh else (level.price, 0, 0)
+            level.fresh = False
         changed.clear()
         return (
-            [final[0][key] for key in sorted(final[0])],
-            [final[1][key] for key in sorted(final[1])],
+            [view for key in sorted(final[0]) if (view := final[0][key]) is not None],
+            [view for key in sorted(final[1]) if (view := final[1][key]) is not None],
         )
 
     def top(self, side: str, n: int) -> list[LevelView]:
@@ -379,6 +383,7 @@ class OrderBook:
         """Append orders in FIFO order to a level (used by snapshot restore). O(n) + O(log L)."""
         book_side = self.side(side)
         level = book_side.level_for(price)
+        level.fresh = False  # a restored level is the book as it stands
         if level.held:
             self._keep(level)
         level.orders.update(zip(order_ids, quantities, strict=True))

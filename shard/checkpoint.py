@@ -21,12 +21,14 @@ def parse_id(entry_id: str) -> StreamId:
 
 class Checkpoint(msgspec.Struct, frozen=True):
     """Where the published outputs stand: after input ``last_id``, ``trades``/``events`` total,
-    and the engine's state ``digest`` there."""
+    the engine's state ``digest`` there, and the market data's ``seq``."""
 
     last_id: str = ZERO_ID
     trades: int = 0
     events: int = 0
     digest: str = ""
+    seq: int = 0
+    """The ``seq`` of the last ``depth:{P}`` entry published (0: none yet)."""
 
     def same_place(self, other: Checkpoint) -> bool:
         """The same input, trade and event counts (the digest aside: a fenced reply has none)."""

@@ -81,10 +81,11 @@ EVENT_SHAPES_LUA: Final = _lua_shapes(EVENT_SHAPES)
 COMMIT_LUA: Final = Template(r"""#!lua
 -- The shebang declares a script that may write: Redis refuses it whole, before it runs, when
 -- over maxmemory (without it, the limit is checked only at the first command that adds memory).
--- KEYS: trades, events, orders, checkpoint
+-- KEYS: trades, events, orders, checkpoint, depth, book, ticker
 -- ARGV: group, expected last_id, new last_id, trades total, events total, digest,
---       output maxlen (0: none), msgpack [trade rows, event rows, [ack ids]],
---       first input applied ('' if none), ack mode ('xack' or 'setid')
+--       output maxlen (0: none), msgpack [trade rows, event rows, [ack ids], depth values,
+--       book fields to set, book fields to delete, ticker fields], first input applied
+--       ('' if none), ack mode ('xack' or 'setid'), new seq, depth maxlen (0: none)
 
 -- 1. Checks that write nothing: the fence, the gap, the output streams' types.
 local cp = redis.call('HMGET', KEYS[4], 'last_id', 'trades', 'events')
@@ -99,24 +100,43 @@ if ARGV[9] ~= '' then  -- the batch starts with the entry that follows the check
   end
 end
 local batch = cmsgpack.unpack(ARGV[8])
-local keys, rows, published = {KEYS[1], KEYS[2]}, {batch[1], batch[2]}, {cp[2], cp[3]}
+local keys, rows, published = {KEYS[1], KEYS[2], KEYS[5]}, {batch[1], batch[2]}, {cp[2], cp[3]}
+local depth, book_set, book_del, tick = batch[4], batch[5], batch[6], batch[7]
 local shapes = {$trade_shapes, $event_shapes}
-local maxlen = tonumber(ARGV[7])
-local existed, added, notes = {}, {0, 0}, {}
-for s = 1, 2 do
-  if #rows[s] > 0 or maxlen > 0 then
-    local kind = redis.call('TYPE', keys[s])['ok']
-    if kind ~= 'stream' and kind ~= 'none' then
-      return {'REFUSED', 'wrong_type', keys[s], 'the key holds a ' .. kind}
+local maxlen, depthmax = tonumber(ARGV[7]), tonumber(ARGV[12])
+local existed, added, notes = {}, {0, 0, 0}, {}
+local function is(key, want)
+  local kind = redis.call('TYPE', key)['ok']
+  if kind ~= want and kind ~= 'none' then
+    return false, {'REFUSED', 'wrong_type', key, 'the key holds a ' .. kind}
+  end
+  return kind == want, nil
+end
+local wrong
+for s = 1, 3 do
+  local n = s < 3 and #rows[s] or #depth
+  if n > 0 or (s < 3 and maxlen > 0) or (s == 3 and depthmax > 0) then
+    existed[s], wrong = is(keys[s], 'stream')
+    if wrong then
+      return wrong
     end
-    existed[s] = kind == 'stream'
+  end
+end
+local _, wrong_book = is(KEYS[6], 'hash')
+if wrong_book then
+  return wrong_book
+end
+if #tick > 0 then
+  local _, wrong_ticker = is(KEYS[7], 'hash')
+  if wrong_ticker then
+    return wrong_ticker
   end
 end
 
 -- 2. The writes that can fail, each through pcall; a failure undoes the entries added.
 $xadd_rows
 local function undo()
-  for s = 1, 2 do
+  for s = 1, 3 do
     if added[s] > 0 and not existed[s] then
       redis.pcall('DEL', keys[s])
     elseif added[s] > 0 then
@@ -156,6 +176,17 @@ for s = 1, 2 do
     end
   end
 end
+local depth_id = nil
+if #depth > 0 then
+  local r = redis.pcall('XADD', KEYS[5], '*', 'seq', ARGV[11], 'input_id', ARGV[3],
+                        'bids', depth[1], 'asks', depth[2], 'best_bid', depth[3],
+                        'best_ask', depth[4], 'checksum', depth[5])
+  if type(r) == 'table' and r.err then
+    return refused(r.err, KEYS[5], 'xadd_failed')
+  end
+  added[3] = 1
+  depth_id = r
+end
 if ARGV[10] == 'setid' then
   -- Inputs read with XREAD: the group moves past them (entries-read keeps its lag exact).
   local r = redis.pcall('XGROUP', 'SETID', KEYS[3], ARGV[1], ARGV[3], 'ENTRIESREAD', ARGV[5])
@@ -171,13 +202,33 @@ else
   end
 end
 
--- 3. The writes that cannot fail: the trims (of a stream, or of none) and the checkpoint.
+-- 3. The writes that cannot fail (the types are checked): the trims (of a stream, or of none),
+-- the book and the ticker (hashes, or none), the checkpoint.
 if maxlen > 0 then
   redis.pcall('XTRIM', KEYS[1], 'MAXLEN', '~', maxlen)
   redis.pcall('XTRIM', KEYS[2], 'MAXLEN', '~', maxlen)
 end
+if depthmax > 0 then
+  redis.pcall('XTRIM', KEYS[5], 'MAXLEN', '~', depthmax)
+end
+for i = 1, #book_del, $chunk do
+  redis.call('HDEL', KEYS[6], unpack(book_del, i, math.min(i + $chunk - 1, #book_del)))
+end
+for i = 1, #book_set, 2 * $chunk do
+  redis.call('HSET', KEYS[6], unpack(book_set, i, math.min(i + 2 * $chunk - 1, #book_set)))
+end
+if depth_id then
+  redis.call('HSET', KEYS[6], 'input_id', ARGV[3], 'seq', ARGV[11], 'depth_id', depth_id)
+elseif ARGV[11] == '0' then
+  redis.call('HSET', KEYS[6], 'input_id', ARGV[3], 'seq', '0', 'depth_id', '0-0')
+else
+  redis.call('HSET', KEYS[6], 'input_id', ARGV[3])
+end
+if #tick > 0 then
+  redis.call('HSET', KEYS[7], unpack(tick))
+end
 redis.call('HSET', KEYS[4], 'last_id', ARGV[3], 'trades', ARGV[4], 'events', ARGV[5],
-           'digest', ARGV[6])
+           'digest', ARGV[6], 'seq', ARGV[11])
 return {'OK', unpack(notes)}
 """).substitute(
     trade_shapes=TRADE_SHAPES_LUA,
@@ -220,12 +271,21 @@ class Commit:
     EVALSHA on the wire, :meth:`finish` reads its reply, loading the script and sending the
     same command again if the server lost it (a restart)."""
 
-    def __init__(self, redis: Redis, keys: Keys, group: str, ack: str, output_maxlen: int) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        group: str,
+        ack: str,
+        output_maxlen: int,
+        depth_maxlen: int = 0,
+    ) -> None:
         self.redis = redis
         self.keys = keys
         self.group = group
         self.ack = ack  # see Config.ack
         self.output_maxlen = output_maxlen
+        self.depth_maxlen = depth_maxlen
         self.sha = redis.register_script(COMMIT_LUA).sha
         self._sent: list[Any] = []
         self.sent_at = 0.0
@@ -234,12 +294,17 @@ class Commit:
     def command(self, batch: Batch) -> list[Any]:
         """The EVALSHA command that commits ``batch``. Cost: one msgpack encoding of its rows."""
         keys, target = self.keys, batch.target
-        rows = (batch.trades, batch.events, batch.acks if self.ack == "xack" else ())
+        rows = (
+            batch.trades, batch.events, batch.acks if self.ack == "xack" else (),
+            batch.depth, batch.book_set, batch.book_del, batch.ticker,
+        )  # fmt: skip
         return [
-            "EVALSHA", self.sha, 4,
+            "EVALSHA", self.sha, 7,
             keys.trades, keys.events, keys.orders, keys.checkpoint,
+            keys.depth, keys.book, keys.ticker,
             self.group, batch.expected.last_id, target.last_id, target.trades, target.events,
             target.digest, self.output_maxlen, _batch_encoder.encode(rows), batch.first, self.ack,
+            target.seq, self.depth_maxlen,
         ]  # fmt: skip
 
     async def send(self, channel: Channel, batch: Batch) -> None:

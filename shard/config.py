@@ -81,6 +81,9 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     keep_inputs_ms: int = 0
     output_maxlen: int = 0
     """Approximate cap on ``trades:{P}``/``events:{P}`` (XADD MAXLEN ~); 0 keeps everything."""
+    depth_maxlen: int = 100_000
+    """Approximate cap on ``depth:{P}`` (XTRIM MAXLEN ~ in the commit); 0 keeps everything. A
+    client that falls behind the trim resyncs from ``book:{P}``, which is never trimmed."""
     max_entry_bytes: int = 16_384
     """An input entry larger than this (names + values) is rejected as ``oversize``."""
     read_budget_bytes: int = 16 * 2**20
@@ -120,6 +123,9 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
                 f"block_ms ({self.block_ms}) must be shorter than socket_timeout "
                 f"({self.socket_timeout} s), or a blocked read would time out"
             )
+        for name in ("output_maxlen", "depth_maxlen"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if self.lease_ttl <= 2:
             raise ConfigError(f"lease_ttl must be > 2 seconds, got {self.lease_ttl!r}")
         _check_url(self.redis_url)
@@ -326,6 +332,7 @@ class Keys:
     __slots__ = (
         "book",
         "checkpoint",
+        "depth",
         "events",
         "health",
         "lease",
@@ -334,6 +341,7 @@ class Keys:
         "prefix",
         "snapshot",
         "snapshot_writing",
+        "ticker",
         "trades",
     )
 
@@ -345,6 +353,8 @@ class Keys:
         self.trades = f"{prefix}trades:{tag}"
         self.events = f"{prefix}events:{tag}"
         self.book = f"{prefix}book:{tag}"
+        self.depth = f"{prefix}depth:{tag}"
+        self.ticker = f"{prefix}ticker:{tag}"
         self.checkpoint = f"{prefix}shard:{tag}:checkpoint"
         self.snapshot = f"{prefix}shard:{tag}:snapshot"
         self.snapshot_writing = f"{prefix}shard:{tag}:snapshot-writing"

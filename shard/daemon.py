@@ -109,11 +109,13 @@ class Shard:
         self.keys = keys = Keys(config.pair, config.key_prefix)
         self.exit_when_idle = exit_when_idle
         self.metrics = metrics = Metrics(config.pair)
-        self.engine = Engine()
+        self.engine = Engine(track_depth=True)
         self.pipeline = Pipeline(config, keys, max_inputs)
         self.redis = redis = connect(config)  # connects on first use
         self.store = store = Store(redis, keys, config.group, config.ack)
-        self.commit = Commit(redis, keys, config.group, config.ack, config.output_maxlen)
+        self.commit = Commit(
+            redis, keys, config.group, config.ack, config.output_maxlen, config.depth_maxlen
+        )
         self.reader, self.writer = Channel(redis), Channel(redis)
         self._stop = asyncio.Event()
         self.lease = Lease(config, keys, store, metrics, self._stop)
@@ -301,6 +303,9 @@ class Shard:
         if self.waits.troubled:
             self.waits.served()
         self.snapshots.committed(batch.inputs)
+        if batch.depth:
+            self.metrics.depth_entries.inc()
+            self.metrics.level_changes.observe(len(batch.book_set) // 2 + len(batch.book_del))
         book = self.engine.book
         levels = len(book.bids.levels) + len(book.asks.levels)
         self.metrics.committed(batch.inputs, batch.trade_count, len(batch.acks), len(book), levels)

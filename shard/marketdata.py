@@ -40,6 +40,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import AbstractBackoff, ExponentialWithJitterBackoff, NoBackoff
 from sortedcontainers import SortedList
 
+from shard.config import Keys
 from shard.l2 import CHECKSUM_LEVELS, checksum
 from shard.transport import REDIS_ERRORS, RETRIED, describe, waited_out
 
@@ -307,10 +308,8 @@ class BookView:
     ) -> None:
         self.client = client
         self.pair = pair
-        # Built as shard.config.Keys will build them (Keys.depth and Keys.ticker are coming).
-        self.book_key = f"{prefix}book:{{{pair}}}"
-        self.depth_key = f"{prefix}depth:{{{pair}}}"
-        self.ticker_key = f"{prefix}ticker:{{{pair}}}"
+        keys = Keys(pair, prefix)
+        self.book_key, self.depth_key, self.ticker_key = keys.book, keys.depth, keys.ticker
         self.block_ms = block_ms
         self.count = count
         self.backoff = backoff or ExponentialWithJitterBackoff(cap=2.0, base=0.05)

@@ -33,6 +33,13 @@ class Metrics:
             "Seconds from sending one atomic commit to reading its reply.",
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
         )  # fmt: skip
+        self.depth_entries = one(
+            Counter, "shard_depth_entries", "Market data entries published to depth:{P}."
+        )
+        self.level_changes = one(
+            Histogram, "shard_depth_levels", "Price levels changed per depth:{P} entry.",
+            buckets=(1, 2, 5, 10, 25, 50, 100, 250, 1000),
+        )  # fmt: skip
         self.lag = one(Gauge, "shard_consumer_lag", "Input entries not yet read by the group.")
         self.resting_orders = one(Gauge, "shard_resting_orders", "Live orders in the book.")
         self.price_levels = one(

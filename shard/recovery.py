@@ -123,15 +123,53 @@ async def recover(store: Store, config: Config, renew: Renew) -> Recovered:
             "snapshot and checkpoint that go with what is left of it"
         )
     await check_outputs(store, checkpoint)
+    await sync_book(store, engine, checkpoint)
     return Recovered(engine, checkpoint, done.replayed, meta.input_id if meta else None)
+
+
+def book_of(engine: Engine) -> dict[str, str]:
+    """The engine's L2 book as ``book:{P}``'s level fields. O(levels)."""
+    fields: dict[str, str] = {}
+    for prefix, side in (("b:", engine.book.bids), ("a:", engine.book.asks)):
+        for level in side:
+            fields[f"{prefix}{level.price}"] = f"{level.total}:{len(level.orders)}"
+    return fields
+
+
+async def sync_book(store: Store, engine: Engine, checkpoint: Checkpoint) -> None:
+    """Make ``book:{P}`` hold the recovered engine's book at ``checkpoint``: it may be missing
+    (a pair older than market data, an operator's DEL) or not match (a field changed by hand).
+    Rebuilt all at once, keeping its ``depth_id`` when its ``seq`` is the checkpoint's (else the
+    last ``depth:{P}`` entry's, or ``0-0``), and said so. Cost: O(levels), once per recovery."""
+    keys = store.keys
+    stored = await store.book_fields()
+    want = book_of(engine)
+    levels = {k: v for k, v in stored.items() if k[:2] in ("b:", "a:")}
+    seq = str(checkpoint.seq)
+    if levels == want and stored.get("seq") == seq and stored.get("input_id") == checkpoint.last_id:
+        return
+    depth_id = stored.get("depth_id", "") if stored.get("seq") == seq else ""
+    if not depth_id:
+        last = await store.last_entry(keys.depth)
+        depth_id = last[0] if last and last[1].get("seq") == seq else ZERO_ID
+    await store.replace_book(
+        {"seq": seq, "depth_id": depth_id, "input_id": checkpoint.last_id, **want}
+    )
+    log.warning(
+        "book:{P} did not hold the recovered book; rebuilt from the engine",
+        key=keys.book,
+        why="missing" if not stored else "levels differ" if levels != want else "seq or input_id",
+        levels=len(want),
+        seq=checkpoint.seq,
+    )
 
 
 async def load_snapshot(store: Store, meta: SnapshotMeta | None) -> tuple[Engine, str, int]:
     """The engine of the stored snapshot, the last input it covers and its event count (an
     empty engine at ``0-0`` without one)."""
     if meta is None:
-        return Engine(), ZERO_ID, 0
-    engine = Engine.restore(await store.load_snapshot(meta))
+        return Engine(track_depth=True), ZERO_ID, 0
+    engine = Engine.restore(await store.load_snapshot(meta), track_depth=True)
     if meta.digest.startswith(DIGEST_SCHEME) and engine.digest() != meta.digest:
         raise RecoveryError(f"snapshot at {meta.input_id} does not match its own digest")
     return engine, meta.input_id, meta.events
@@ -153,6 +191,7 @@ async def replay(
             break
         entries = [(raw_id.decode(), fields) for raw_id, fields in page]
         pages.taken(apply_entries(engine, entries, config.max_entry_bytes, trades, page_events))
+        engine.book.take_changes()  # replayed changes were published already: not market data
         at = entries[-1][0]
         events += len(entries)
         replayed += len(entries)
@@ -248,7 +287,10 @@ async def rebuild_checkpoint(store: Store, config: Config, renew: Renew) -> Chec
             "(inputs trimmed or deleted, or entries forged in the outputs). Restore "
             f"{keys.checkpoint} from a backup"
         )
-    checkpoint = Checkpoint(until, trades, done.events, engine.digest())
+    last_depth = await store.last_entry(keys.depth)  # seq goes on after the last published
+    depth_seq = last_depth[1].get("seq", "") if last_depth else ""
+    seq = int(depth_seq) if depth_seq.isdigit() else 0
+    checkpoint = Checkpoint(until, trades, done.events, engine.digest(), seq)
     if not await store.write_rebuilt_checkpoint(checkpoint):
         stored = await store.checkpoint()  # another daemon rebuilt it first
         if stored is None:

@@ -215,6 +215,22 @@ class Store:
             if isinstance(v, bytes | str | int) and not isinstance(v, bool)
         }
 
+    # -- market data -----------------------------------------------------------------------------
+
+    async def book_fields(self) -> dict[str, str]:
+        """``book:{P}`` as text (empty if there is none)."""
+        raw = await self.redis.hgetall(self.keys.book)
+        return {str(text(k)): str(text(v)) for k, v in raw.items()}
+
+    async def replace_book(self, fields: dict[str, str]) -> None:
+        """Write ``book:{P}`` anew, all at once (MULTI: DEL, then HSET in chunks)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self.keys.book)
+            items = list(fields.items())
+            for i in range(0, len(items), 1000):
+                pipe.hset(self.keys.book, mapping=dict(items[i : i + 1000]))
+            await pipe.execute()
+
     # -- snapshots -------------------------------------------------------------------------------
 
     async def snapshot_meta(self) -> SnapshotMeta | None:

@@ -48,8 +48,9 @@ def commit(url: str, keys: Keys, trades: list[Trade], events: list[Event], maxle
             add_event(event_rows, e)
         target = Checkpoint("1-31", len(trades), len(events), "d")
         batch = Batch(
-            "", Checkpoint(), target, trade_rows, event_rows, [], len(events), len(trades), [], 0
-        )
+            "", Checkpoint(), target, trade_rows, event_rows, [], len(events), len(trades), [], 0,
+            [], [], [], [],
+        )  # fmt: skip
         committer = Commit(client, keys, "shard", "setid", maxlen)
         channel = Channel(client)
         try:

@@ -42,6 +42,19 @@ def test_a_batch_reports_each_changed_level_once_with_its_final_value() -> None:
     assert engine.ticker() == (2, 8, 101 * 5 + 100 * 3, trades[-1])
 
 
+def test_a_level_made_and_emptied_within_a_batch_is_not_reported() -> None:
+    engine = Engine(track_depth=True)
+    engine.apply(Order("a", "buy", 5, 101, "limit", 1), "1-1", [])
+    engine.apply(Order("b", "sell", 5, 101, "limit", 1), "1-2", [])  # trades it away
+    assert engine.take_depth() is None  # the client never had it: nothing to say
+    engine.apply(Order("c", "buy", 5, 99, "limit", 1), "1-3", [])
+    engine.take_depth()
+    engine.apply(Order("d", "sell", 5, 99, "limit", 1), "1-4", [])  # reported, then gone
+    engine.apply(Order("e", "buy", 2, 99, "limit", 1), "1-5", [])  # a new level at 99
+    depth = engine.take_depth()
+    assert depth is not None and depth.bids == [(99, 2, 1)]
+
+
 def test_an_engine_without_tracking_records_nothing() -> None:
     engine = Engine()
     engine.apply(Order("a", "buy", 5, 101, "limit", 1), "1-1", [])

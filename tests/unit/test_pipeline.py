@@ -37,7 +37,7 @@ def pipeline(**overrides: object) -> Pipeline:
 
 
 def batch_at(expected: Checkpoint, target: Checkpoint) -> Batch:
-    return Batch("1-1", expected, target, [], [], ["1-1"], 1, 0, [], 0)
+    return Batch("1-1", expected, target, [], [], ["1-1"], 1, 0, [], 0, [], [], [], [])
 
 
 # -- reads -------------------------------------------------------------------------------------

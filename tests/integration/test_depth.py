@@ -1,0 +1,162 @@
+"""Market data committed with the batch, against a real server: a client that builds its book
+from ``book:{P}`` and ``depth:{P}`` alone holds the engine's book after every entry's
+``input_id``; ``ticker:{P}`` holds the trade totals; a deleted ``book:{P}`` is rebuilt."""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis
+
+from shard.batch import apply_entries
+from shard.config import Keys
+from shard.daemon import Shard
+from shard.engine import Engine
+from shard.l2 import checksum
+from shard.messages import Event, Trade
+from shard.server import LocalServer
+from shard.workload import standard_mix
+
+from .helpers import config, publish
+
+
+def run_until_idle(url: str, **overrides: object) -> None:
+    asyncio.run(Shard(config(url, **overrides), exit_when_idle=True).run(install_signals=False))
+
+
+def engine_books(r: redis.Redis, keys: Keys) -> dict[str, dict[tuple[str, int], tuple[int, int]]]:
+    """The engine's L2 book after each input, by input ID (the oracle: the daemon's own path)."""
+    engine, books = Engine(), {}
+    for raw_id, fields in r.xrange(keys.orders):
+        pairs = [x for kv in fields.items() for x in kv]
+        apply_entries(engine, [(raw_id.decode(), pairs)], 16384, [], [])
+        books[raw_id.decode()] = {
+            (side.name, level.price): (level.total, len(level.orders))
+            for side in (engine.book.bids, engine.book.asks)
+            for level in side
+        }
+    return books
+
+
+def sides(book: dict[tuple[str, int], tuple[int, int]]) -> tuple[list[tuple[int, int]], ...]:
+    bids = sorted(((p, q) for (s, p), (q, _) in book.items() if s == "buy"), reverse=True)
+    asks = sorted((p, q) for (s, p), (q, _) in book.items() if s == "sell")
+    return bids, asks
+
+
+def follow(r: redis.Redis, keys: Keys) -> dict[tuple[str, int], tuple[int, int]]:
+    """Apply every depth:{P} entry to an empty book as the contract says, checking seq, the
+    checksum and the best levels; return the book after each entry, checked by the caller."""
+    book: dict[tuple[str, int], tuple[int, int]] = {}
+    books = engine_books(r, keys)
+    entries = r.xrange(keys.depth)
+    assert entries, "the stream made no depth entry"
+    for seq, (_, raw) in enumerate(entries, 1):
+        f = {k.decode(): v.decode() for k, v in raw.items()}
+        assert int(f["seq"]) == seq, "seq is contiguous from 1"
+        for side, text in (("buy", f["bids"]), ("sell", f["asks"])):
+            for level in filter(None, text.split(",")):
+                price, qty, orders = map(int, level.split(":"))
+                if qty:
+                    book[(side, price)] = (qty, orders)
+                else:
+                    del book[(side, price)]
+        assert book == books[f["input_id"]], f"the book after {f['input_id']}"
+        bids, asks = sides(book)
+        assert int(f["checksum"]) == checksum(bids, asks)
+        assert f["best_bid"] == (f"{bids[0][0]}:{bids[0][1]}" if bids else "")
+        assert f["best_ask"] == (f"{asks[0][0]}:{asks[0][1]}" if asks else "")
+    return book
+
+
+def stored_book(r: redis.Redis, keys: Keys) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in r.hgetall(keys.book).items()}
+
+
+def as_fields(book: dict[tuple[str, int], tuple[int, int]]) -> dict[str, str]:
+    return {f"{'b' if s == 'buy' else 'a'}:{p}": f"{q}:{n}" for (s, p), (q, n) in book.items()}
+
+
+def test_a_client_of_book_and_depth_holds_the_engines_book(
+    server: LocalServer, r: redis.Redis, keys: Keys
+) -> None:
+    ids = publish(r, list(standard_mix(1500, seed=11)))
+    run_until_idle(server.url, batch_size=7)
+    book = follow(r, keys)
+    stored = stored_book(r, keys)
+    ((last_id, _),) = r.xrevrange(keys.depth, count=1)
+    assert {k: v for k, v in stored.items() if k[1] == ":"} == as_fields(book)
+    assert stored["seq"] == str(r.xlen(keys.depth)) and stored["depth_id"] == last_id.decode()
+    assert stored["input_id"] == ids[-1]
+    checkpoint = {k.decode(): v.decode() for k, v in r.hgetall(keys.checkpoint).items()}
+    assert checkpoint["seq"] == stored["seq"]
+    # The ticker: the trade totals and the last trade.
+    trades: list[Trade] = []
+    events: list[Event] = []
+    pairs = [(i.decode(), [x for kv in f.items() for x in kv]) for i, f in r.xrange(keys.orders)]
+    apply_entries(Engine(), pairs, 16384, trades, events)
+    ticker = {k.decode(): v.decode() for k, v in r.hgetall(keys.ticker).items()}
+    assert ticker == {
+        "last_trade_id": str(trades[-1].trade_id),
+        "last_price": str(trades[-1].price),
+        "last_quantity": str(trades[-1].quantity),
+        "last_timestamp": str(trades[-1].timestamp),
+        "last_taker_side": trades[-1].taker_side,
+        "trade_count": str(len(trades)),
+        "volume": str(sum(t.quantity for t in trades)),
+        "notional": str(sum(t.price * t.quantity for t in trades)),
+    }
+
+
+def test_seq_goes_on_across_restarts_and_a_deleted_book_is_rebuilt(
+    server: LocalServer, r: redis.Redis, keys: Keys
+) -> None:
+    messages = list(standard_mix(900, seed=12))
+    publish(r, messages[:300])
+    run_until_idle(server.url, batch_size=10)
+    publish(r, messages[300:600])
+    run_until_idle(server.url, batch_size=10)  # a restart: seq goes on
+    r.delete(keys.book)  # an operator's mistake
+    publish(r, messages[600:])
+    run_until_idle(server.url, batch_size=10)
+    book = follow(r, keys)  # seq contiguous over the three runs, every entry right
+    stored = stored_book(r, keys)
+    assert {k: v for k, v in stored.items() if k[1] == ":"} == as_fields(book)
+    assert stored["seq"] == str(r.xlen(keys.depth))
+
+
+def test_a_corrupted_book_field_is_repaired_at_the_next_recovery(
+    server: LocalServer, r: redis.Redis, keys: Keys
+) -> None:
+    publish(r, list(standard_mix(400, seed=13)))
+    run_until_idle(server.url, batch_size=50)
+    before = stored_book(r, keys)
+    field = next(k for k in before if k.startswith("b:"))
+    r.hset(keys.book, field, "1:1")
+    r.hset(keys.book, "b:1", "5:1")  # a level that does not exist
+    run_until_idle(server.url, batch_size=50)
+    assert stored_book(r, keys) == before
+
+
+def test_a_book_view_syncs_from_the_daemons_output(
+    server: LocalServer, r: redis.Redis, keys: Keys
+) -> None:
+    """BookView (shard.marketdata) on what the daemon really publishes: the engine's book."""
+    from shard.marketdata import BookView, connect
+
+    publish(r, list(standard_mix(1200, seed=14)))
+    run_until_idle(server.url, batch_size=25)
+    book = follow(r, keys)
+    bids, asks = sides(book)
+
+    async def view() -> tuple[list[tuple[int, int]], list[tuple[int, int]], int]:
+        client = connect(config(server.url))
+        try:
+            v = BookView(client, keys.pair)
+            await v.sync(attempts=3)
+            return [(x[0], x[1]) for x in v.bids()], [(x[0], x[1]) for x in v.asks()], v.seq
+        finally:
+            await client.aclose()
+
+    got_bids, got_asks, seq = asyncio.run(view())
+    assert (got_bids, got_asks) == (bids, asks) and seq == r.xlen(keys.depth)
