@@ -36,13 +36,12 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple, TextIO
 
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import AbstractBackoff, ExponentialWithJitterBackoff, NoBackoff
+from redis.backoff import AbstractBackoff, ExponentialWithJitterBackoff
 from sortedcontainers import SortedList
 
 from shard.config import Keys
 from shard.l2 import CHECKSUM_LEVELS, checksum
-from shard.transport import REDIS_ERRORS, RETRIED, describe, waited_out
+from shard.transport import REDIS_ERRORS, RETRIED, describe, plain_async_client, waited_out
 
 if TYPE_CHECKING:
     from shard.config import Config
@@ -487,15 +486,7 @@ def _resp3(entries: Any) -> Iterator[tuple[Any, Any]]:
 def connect(config: Config) -> Redis:
     """An async client for views and ``shard book``: the config's URL, timeouts and TLS keys;
     redis-py's retries off, so a dropped connection shows as a ``reconnect`` resync."""
-    return Redis.from_url(
-        config.redis_url,
-        socket_timeout=config.socket_timeout,
-        socket_connect_timeout=config.connect_timeout,
-        socket_keepalive=True,
-        retry=Retry(NoBackoff(), 0),
-        protocol=2,
-        **config.tls_options(),
-    )
+    return plain_async_client(config)
 
 
 # `shard book`: the ladder for people, the snapshot as JSON for scripts.

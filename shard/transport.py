@@ -99,21 +99,27 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def connect(config: Config) -> Redis:
-    """A client for the daemon, with the config's TLS keys on a rediss:// URL (the URL carries
-    no query parameters, so none of these options is overridden). Connection-level retries are
-    off on purpose: a silently re-sent XREADGROUP could skip entries; the daemon resynchronises
-    instead."""
-    client = Redis.from_url(
+def plain_async_client(config: Config, **options: Any) -> Redis:
+    """An async RESP2 client from the config's URL, timeouts and TLS keys (the URL carries no
+    query parameters, so none of these is overridden), without redis-py's connection-level
+    retries: the caller resynchronises instead."""
+    return Redis.from_url(
         config.redis_url,
         socket_timeout=config.socket_timeout,
         socket_connect_timeout=config.connect_timeout,
         socket_keepalive=True,
         retry=Retry(NoBackoff(), 0),
-        client_name=f"shard:{config.pair}",
-        protocol=2,  # the raw stream replies below are read in their RESP2 shape
+        protocol=2,
         **config.tls_options(),
+        **options,
     )
+
+
+def connect(config: Config) -> Redis:
+    """A client for the daemon (:func:`plain_async_client`). Connection-level retries are off
+    on purpose: a silently re-sent XREADGROUP could skip entries; the daemon resynchronises
+    instead."""
+    client = plain_async_client(config, client_name=f"shard:{config.pair}")
     # XRANGE replies stay raw ([id, [name, value, ...]]): the decoder reads the flat list, which
     # saves building a dict per entry in redis-py.
     client.set_response_callback("XRANGE", _raw)

@@ -3,6 +3,7 @@ subprocess. The pytest fixtures (``server``, ``r``, ``keys``) live in conftest.p
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -120,3 +121,12 @@ def stop_daemon(
 def no_input_id(items: list[Any]) -> list[Any]:
     """The trades or events with ``input_id`` cleared, to compare runs whose entry IDs differ."""
     return [msgspec.structs.replace(x, input_id=None) for x in items]
+
+
+def run_until_idle(url: str, **overrides: Any) -> Any:
+    """Run a daemon in process until a read that blocked finds nothing; the Shard."""
+    from shard.daemon import Shard
+
+    shard = Shard(config(url, **overrides), exit_when_idle=True)
+    asyncio.run(shard.run(install_signals=False))
+    return shard

@@ -33,16 +33,11 @@ from .helpers import (
     no_input_id,
     publish,
     read_outputs,
+    run_until_idle,
     start_daemon,
     stop_daemon,
     wait_events,
 )
-
-
-def run_until_idle(url: str, **overrides) -> Shard:  # type: ignore[no-untyped-def]
-    shard = Shard(config(url, **overrides), exit_when_idle=True)
-    asyncio.run(shard.run(install_signals=False))
-    return shard
 
 
 def test_seed_example_through_redis(server: LocalServer, r: redis.Redis, keys: Keys) -> None:

@@ -10,18 +10,12 @@ import redis
 
 from shard.batch import apply_entries
 from shard.config import Keys
-from shard.daemon import Shard
 from shard.engine import Engine
 from shard.l2 import checksum
-from shard.messages import Event, Trade
 from shard.server import LocalServer
 from shard.workload import standard_mix
 
-from .helpers import config, publish
-
-
-def run_until_idle(url: str, **overrides: object) -> None:
-    asyncio.run(Shard(config(url, **overrides), exit_when_idle=True).run(install_signals=False))
+from .helpers import config, expected_outputs, publish, run_until_idle
 
 
 def engine_books(r: redis.Redis, keys: Keys) -> dict[str, dict[tuple[str, int], tuple[int, int]]]:
@@ -91,10 +85,7 @@ def test_a_client_of_book_and_depth_holds_the_engines_book(
     checkpoint = {k.decode(): v.decode() for k, v in r.hgetall(keys.checkpoint).items()}
     assert checkpoint["seq"] == stored["seq"]
     # The ticker: the trade totals and the last trade.
-    trades: list[Trade] = []
-    events: list[Event] = []
-    pairs = [(i.decode(), [x for kv in f.items() for x in kv]) for i, f in r.xrange(keys.orders)]
-    apply_entries(Engine(), pairs, 16384, trades, events)
+    trades, _ = expected_outputs([(i.decode(), f) for i, f in r.xrange(keys.orders)])
     ticker = {k.decode(): v.decode() for k, v in r.hgetall(keys.ticker).items()}
     assert ticker == {
         "last_trade_id": str(trades[-1].trade_id),
