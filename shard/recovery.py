@@ -206,22 +206,25 @@ async def replay(
 
 async def check_outputs(store: Store, checkpoint: Checkpoint) -> None:
     """Before publishing after ``checkpoint``: the outputs must end where it says. An event of
-    a later input, or a trade past its count, means a commit half-written (which the commit
-    script is built never to leave) or forged entries; publishing on top of them would
-    duplicate outputs, so recovery stops instead. Read in one script with the checkpoint: if
-    that has moved meanwhile, another daemon is publishing, and the fence settles it."""
+    a later input, a trade past its count or a depth entry past its ``seq`` means a commit
+    half-written (which the commit script is built never to leave) or forged entries;
+    publishing on top of them would repeat outputs (or a ``seq``, which every client's gap
+    check trusts), so recovery stops instead. Read in one script with the checkpoint: if that
+    has moved meanwhile, another daemon is publishing, and the fence settles it."""
     keys = store.keys
-    last, input_id, trade_id = await store.tails()
+    last, input_id, trade_id, seq = await store.tails()
     if last != checkpoint.last_id:
         return
     event_after = STREAM_ID.fullmatch(input_id) and parse_id(input_id) > parse_id(last)
-    if event_after or (trade_id.isdigit() and int(trade_id) > checkpoint.trades):
+    trade_after = trade_id.isdigit() and int(trade_id) > checkpoint.trades
+    seq_after = seq.isdigit() and int(seq) > checkpoint.seq
+    if event_after or trade_after or seq_after:
         raise RecoveryError(
             f"the outputs go past the checkpoint at {checkpoint.last_id} (last event for "
-            f"input {input_id or '-'}, last trade_id {trade_id or '-'} of "
-            f"{checkpoint.trades}): a commit was half-written or entries were forged into "
-            f"{keys.trades}/{keys.events}. Delete the entries after the checkpoint (XDEL), "
-            "then start the daemon again"
+            f"input {input_id or '-'}, last trade_id {trade_id or '-'} of {checkpoint.trades}, "
+            f"last depth seq {seq or '-'} of {checkpoint.seq}): a commit was half-written or "
+            f"entries were forged into {keys.trades}/{keys.events}/{keys.depth}. Delete the "
+            "entries after the checkpoint (XDEL), then start the daemon again"
         )
 
 

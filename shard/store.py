@@ -28,8 +28,9 @@ from shard.config import Keys
 from shard.transport import text
 
 TAILS_LUA: Final = """#!lua flags=no-writes
--- KEYS: checkpoint, events, trades. One consistent read of where the checkpoint and the two
--- output streams end: its last_id, the last event's input_id, the last trade's trade_id.
+-- KEYS: checkpoint, events, trades, depth. One consistent read of where the checkpoint and
+-- the output streams end: its last_id, the last event's input_id, the last trade's trade_id,
+-- the last depth entry's seq.
 local function field(entries, name)
   if #entries == 0 then
     return ''
@@ -45,7 +46,8 @@ end
 local last = redis.call('HGET', KEYS[1], 'last_id') or ''
 local events = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
 local trades = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)
-return {last, field(events, 'input_id'), field(trades, 'trade_id')}
+local depth = redis.call('XREVRANGE', KEYS[4], '+', '-', 'COUNT', 1)
+return {last, field(events, 'input_id'), field(trades, 'trade_id'), field(depth, 'seq')}
 """
 
 REBUILD_LUA: Final = """
@@ -190,14 +192,13 @@ class Store:
         entry_id, fields = reply[0]
         return str(text(entry_id)), {str(text(k)): str(text(v)) for k, v in fields.items()}
 
-    async def tails(self) -> tuple[str, str, str]:
-        """Read together: the checkpoint's ``last_id``, the last event's ``input_id`` and the
-        last trade's ``trade_id`` (``''`` where there is none)."""
-        reply: Any = await self._tails(
-            keys=[self.keys.checkpoint, self.keys.events, self.keys.trades]
-        )
-        last, input_id, trade_id = (str(text(x) or "") for x in reply)
-        return last, input_id, trade_id
+    async def tails(self) -> tuple[str, str, str, str]:
+        """Read together: the checkpoint's ``last_id``, the last event's ``input_id``, the
+        last trade's ``trade_id`` and the last depth entry's ``seq`` (``''`` where none)."""
+        keys = self.keys
+        reply: Any = await self._tails(keys=[keys.checkpoint, keys.events, keys.trades, keys.depth])
+        last, input_id, trade_id, seq = (str(text(x) or "") for x in reply)
+        return last, input_id, trade_id, seq
 
     async def entries_added(self, key: str) -> int:
         """How many entries were ever added to stream ``key`` (trimmed ones too); 0 if none."""

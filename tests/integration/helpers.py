@@ -18,6 +18,7 @@ import redis
 from shard.batch import apply_entries
 from shard.config import Config, Keys
 from shard.engine import Engine
+from shard.l2 import checksum
 from shard.messages import Event, Trade
 from shard.wire import event_from_fields, trade_from_fields
 
@@ -130,3 +131,83 @@ def run_until_idle(url: str, **overrides: Any) -> Any:
     shard = Shard(config(url, **overrides), exit_when_idle=True)
     asyncio.run(shard.run(install_signals=False))
     return shard
+
+
+L2 = dict[tuple[str, int], tuple[int, int]]
+"""An L2 book: (side, price) -> (quantity, orders)."""
+
+
+def engine_book(engine: Engine) -> L2:
+    """The engine's L2 book."""
+    return {
+        (side.name, level.price): (level.total, len(level.orders))
+        for side in (engine.book.bids, engine.book.asks)
+        for level in side
+    }
+
+
+def sides(book: L2) -> tuple[list[tuple[int, int]], ...]:
+    """The bids (best first) and asks (best first) of ``book`` as (price, quantity)."""
+    bids = sorted(((p, q) for (s, p), (q, _) in book.items() if s == "buy"), reverse=True)
+    asks = sorted((p, q) for (s, p), (q, _) in book.items() if s == "sell")
+    return bids, asks
+
+
+def follow(
+    r: redis.Redis, keys: Keys, entries: list[tuple[str, dict[bytes, bytes]]] | None = None
+) -> L2:
+    """Apply every depth:{P} entry to an empty book as the contract says, asserting that seq
+    goes 1, 2, 3 … with no gap or repeat, and that after each entry the book equals the
+    engine's after its ``input_id`` (run on ``entries``, else on the input stream), with the
+    entry's checksum and best levels; the final book."""
+    book: L2 = {}
+    if entries is None:
+        entries = [(i.decode(), f) for i, f in r.xrange(keys.orders)]
+    engine, limit, inputs = Engine(), Config(pair=PAIR).max_entry_bytes, iter(entries)
+    depth = r.xrange(keys.depth)
+    assert depth, "the stream made no depth entry"
+    for seq, (_, raw) in enumerate(depth, 1):
+        f = {k.decode(): v.decode() for k, v in raw.items()}
+        assert int(f["seq"]) == seq, "seq is contiguous from 1"
+        for side, text in (("buy", f["bids"]), ("sell", f["asks"])):
+            for level in filter(None, text.split(",")):
+                price, qty, orders = map(int, level.split(":"))
+                if qty:
+                    book[(side, price)] = (qty, orders)
+                else:
+                    del book[(side, price)]
+        for entry_id, fields in inputs:  # the engine, up to this entry's input
+            pairs = [x for kv in fields.items() for x in kv]
+            apply_entries(engine, [(entry_id, pairs)], limit, [], [])
+            if entry_id == f["input_id"]:
+                break
+        assert book == engine_book(engine), f"the book after {f['input_id']}"
+        bids, asks = sides(book)
+        assert int(f["checksum"]) == checksum(bids, asks)
+        assert f["best_bid"] == (f"{bids[0][0]}:{bids[0][1]}" if bids else "")
+        assert f["best_ask"] == (f"{asks[0][0]}:{asks[0][1]}" if asks else "")
+    return book
+
+
+def stored_book(r: redis.Redis, keys: Keys) -> dict[str, str]:
+    """``book:{P}`` as text."""
+    return {k.decode(): v.decode() for k, v in r.hgetall(keys.book).items()}
+
+
+def as_fields(book: L2) -> dict[str, str]:
+    """An L2 book as ``book:{P}``'s level fields."""
+    return {f"{'b' if s == 'buy' else 'a'}:{p}": f"{q}:{n}" for (s, p), (q, n) in book.items()}
+
+
+def assert_market_data(
+    r: redis.Redis, keys: Keys, entries: list[tuple[str, dict[bytes, bytes]]] | None = None
+) -> None:
+    """The market data is exactly once: ``depth:{P}`` followed from seq 1 holds the engine's
+    book after every entry (:func:`follow`), and ``book:{P}`` holds the final book with the
+    last entry's ``seq``, which is the checkpoint's."""
+    book = follow(r, keys, entries)
+    stored = stored_book(r, keys)
+    assert {k: v for k, v in stored.items() if k[1] == ":"} == as_fields(book)
+    ((last_id, last),) = r.xrevrange(keys.depth, count=1)
+    assert stored["seq"] == last[b"seq"].decode() == r.hget(keys.checkpoint, "seq").decode()
+    assert stored["depth_id"] == last_id.decode()

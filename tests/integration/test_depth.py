@@ -8,67 +8,20 @@ import asyncio
 
 import redis
 
-from shard.batch import apply_entries
 from shard.config import Keys
-from shard.engine import Engine
-from shard.l2 import checksum
 from shard.server import LocalServer
 from shard.workload import standard_mix
 
-from .helpers import config, expected_outputs, publish, run_until_idle
-
-
-def engine_books(r: redis.Redis, keys: Keys) -> dict[str, dict[tuple[str, int], tuple[int, int]]]:
-    """The engine's L2 book after each input, by input ID (the oracle: the daemon's own path)."""
-    engine, books = Engine(), {}
-    for raw_id, fields in r.xrange(keys.orders):
-        pairs = [x for kv in fields.items() for x in kv]
-        apply_entries(engine, [(raw_id.decode(), pairs)], 16384, [], [])
-        books[raw_id.decode()] = {
-            (side.name, level.price): (level.total, len(level.orders))
-            for side in (engine.book.bids, engine.book.asks)
-            for level in side
-        }
-    return books
-
-
-def sides(book: dict[tuple[str, int], tuple[int, int]]) -> tuple[list[tuple[int, int]], ...]:
-    bids = sorted(((p, q) for (s, p), (q, _) in book.items() if s == "buy"), reverse=True)
-    asks = sorted((p, q) for (s, p), (q, _) in book.items() if s == "sell")
-    return bids, asks
-
-
-def follow(r: redis.Redis, keys: Keys) -> dict[tuple[str, int], tuple[int, int]]:
-    """Apply every depth:{P} entry to an empty book as the contract says, checking seq, the
-    checksum and the best levels; return the book after each entry, checked by the caller."""
-    book: dict[tuple[str, int], tuple[int, int]] = {}
-    books = engine_books(r, keys)
-    entries = r.xrange(keys.depth)
-    assert entries, "the stream made no depth entry"
-    for seq, (_, raw) in enumerate(entries, 1):
-        f = {k.decode(): v.decode() for k, v in raw.items()}
-        assert int(f["seq"]) == seq, "seq is contiguous from 1"
-        for side, text in (("buy", f["bids"]), ("sell", f["asks"])):
-            for level in filter(None, text.split(",")):
-                price, qty, orders = map(int, level.split(":"))
-                if qty:
-                    book[(side, price)] = (qty, orders)
-                else:
-                    del book[(side, price)]
-        assert book == books[f["input_id"]], f"the book after {f['input_id']}"
-        bids, asks = sides(book)
-        assert int(f["checksum"]) == checksum(bids, asks)
-        assert f["best_bid"] == (f"{bids[0][0]}:{bids[0][1]}" if bids else "")
-        assert f["best_ask"] == (f"{asks[0][0]}:{asks[0][1]}" if asks else "")
-    return book
-
-
-def stored_book(r: redis.Redis, keys: Keys) -> dict[str, str]:
-    return {k.decode(): v.decode() for k, v in r.hgetall(keys.book).items()}
-
-
-def as_fields(book: dict[tuple[str, int], tuple[int, int]]) -> dict[str, str]:
-    return {f"{'b' if s == 'buy' else 'a'}:{p}": f"{q}:{n}" for (s, p), (q, n) in book.items()}
+from .helpers import (
+    as_fields,
+    config,
+    expected_outputs,
+    follow,
+    publish,
+    run_until_idle,
+    sides,
+    stored_book,
+)
 
 
 def test_a_client_of_book_and_depth_holds_the_engines_book(

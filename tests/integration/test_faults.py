@@ -1,6 +1,7 @@
 """Exactly-once through faults: the daemon SIGKILLed at random points, Redis killed and
 restarted with its append-only file, restarts after snapshots and trims, two daemons at once.
-In every case the output streams must equal an uninterrupted run's, byte for byte."""
+In every case the output streams must equal an uninterrupted run's, byte for byte, and the
+market data must follow the book with no ``seq`` gap or repeat and every checksum right."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from shard.server import LocalServer
 from shard.workload import standard_mix
 
 from .helpers import (
+    assert_market_data,
     expected_outputs,
     finish_daemon,
     publish,
@@ -44,6 +46,7 @@ def assert_exactly_once(client: redis.Redis, keys: Keys, entries: list) -> None:
     assert events == want_events
     assert trades == want_trades
     assert [t.trade_id for t in trades] == list(range(1, len(trades) + 1))
+    assert_market_data(client, keys, entries)
 
 
 @pytest.mark.parametrize("ack", ["xack", "setid"])

@@ -535,3 +535,20 @@ def test_outputs_past_the_checkpoint_stop_the_daemon_before_it_publishes(
     code, log = _run_idle(server.url)
     assert code == 70 and "the outputs go past the checkpoint" in log
     assert r.xlen(keys.events) == events
+
+
+def test_a_depth_entry_past_the_checkpoints_seq_stops_the_daemon_before_it_publishes(
+    server: LocalServer, r: redis.Redis, keys: Keys
+) -> None:
+    """A ``depth:{P}`` entry with a ``seq`` past the checkpoint's: publishing would repeat that
+    ``seq`` and break every client's gap check, so the daemon stops with exit 70 instead."""
+    publish(r, list(standard_mix(50, seed=18)))
+    assert _run_idle(server.url)[0] == 0
+    seq = int(r.hget(keys.checkpoint, "seq") or 0)
+    r.xadd(keys.depth, {"seq": seq + 1, "input_id": "99999999999999-0", "bids": "", "asks": ""})
+    entries = r.xlen(keys.depth)
+    publish(r, list(standard_mix(10, seed=19)))
+    code, log = _run_idle(server.url)
+    assert code == 70 and "the outputs go past the checkpoint" in log
+    assert f"seq {seq + 1}" in log and keys.depth in log
+    assert r.xlen(keys.depth) == entries
