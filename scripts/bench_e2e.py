@@ -14,7 +14,9 @@
    batches, the ceiling of any commit through Lua); prints the shard's output rate as a
    fraction of each, and the CPU per input of the shard and of the server's main thread (and of
    that, the commit script's, from INFO commandstats).
-5. With --runs N, repeats all of it on a new server each time and prints the median and range
+5. Prints the depth:{BENCH} entries made (one per batch that changed a level), per second, and
+   their size: bytes of field names and values, and of server memory (MEMORY USAGE).
+6. With --runs N, repeats all of it on a new server each time and prints the median and range
    of each figure: the machine's speed moves by up to 2x within minutes, and the Lua XADD rate
    printed beside shows what each run met.
 
@@ -158,6 +160,15 @@ def run_once(args: argparse.Namespace, tmp: str) -> Run:
             f"end to end: {n:,} inputs -> {trades:,} trades + {n:,} events in {span:.2f} s "
             f"of commits = {rate:,.0f} msgs/s (process wall {wall:.2f} s incl. start)"
         )
+        depth = client.xrange(f"depth:{{{PAIR}}}")
+        if depth:
+            payload = sum(len(k) + len(v) for _, f in depth for k, v in f.items())
+            memory = client.memory_usage(f"depth:{{{PAIR}}}", samples=0) or 0
+            print(
+                f"market data: {len(depth):,} depth entries ({len(depth) / span:,.0f}/s), "
+                f"{payload / len(depth):,.0f} bytes of fields and {memory / len(depth):,.0f} "
+                "bytes of server memory per entry"
+            )
         written = rate * (n + trades) / n  # output entries per second
         print(
             f"server XADD rate, event-sized entries: {pipelined:,.0f}/s pipelined from a "

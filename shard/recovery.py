@@ -146,9 +146,12 @@ async def sync_book(store: Store, engine: Engine, checkpoint: Checkpoint) -> Non
     want = book_of(engine)
     levels = {k: v for k, v in stored.items() if k[:2] in ("b:", "a:")}
     seq = str(checkpoint.seq)
-    if levels == want and stored.get("seq") == seq and stored.get("input_id") == checkpoint.last_id:
+    # An absent seq or input_id is the contract's "before any" value: no hash at all is the
+    # empty book of a pair that has published nothing yet.
+    stored_seq, stored_input = stored.get("seq", "0"), stored.get("input_id", ZERO_ID)
+    if levels == want and stored_seq == seq and stored_input == checkpoint.last_id:
         return
-    depth_id = stored.get("depth_id", "") if stored.get("seq") == seq else ""
+    depth_id = stored.get("depth_id", "") if stored_seq == seq else ""
     if not depth_id:
         last = await store.last_entry(keys.depth)
         depth_id = last[0] if last and last[1].get("seq") == seq else ZERO_ID

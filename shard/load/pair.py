@@ -81,6 +81,7 @@ class PairLoad:
         self.completed = 0
         self.events_from = b"0-0"
         self.trades_from = 0
+        self.depth_from = 0
 
     # -- before the timed phase -----------------------------------------------------------------
 
@@ -118,10 +119,25 @@ class PairLoad:
         newest: Any = await client.xrevrange(self.keys.events, count=1)
         self.events_from = newest[0][0] if newest else b"0-0"
         self.trades_from = await self.last_trade_id(client)
+        self.depth_from = await self.last_seq(client)
 
     async def last_trade_id(self, client: Redis) -> int:
         newest: Any = await client.xrevrange(self.keys.trades, count=1)
         return int(newest[0][1][b"trade_id"]) if newest else 0
+
+    async def last_seq(self, client: Redis) -> int:
+        newest: Any = await client.xrevrange(self.keys.depth, count=1)
+        return int(newest[0][1].get(b"seq", 0)) if newest else 0
+
+    async def market_data(self, client: Redis, sample: int = 1000) -> tuple[int, int, int]:
+        """The ``depth:{P}`` entries published since :meth:`mark_start`, and the bytes of
+        field names and values in the last ``sample`` of them (0, 0, 0 without a shard)."""
+        entries = await self.last_seq(client) - self.depth_from
+        if entries <= 0:
+            return 0, 0, 0
+        last: Any = await client.xrevrange(self.keys.depth, count=min(sample, entries))
+        payload = sum(len(k) + len(v) for _, fields in last for k, v in fields.items())
+        return entries, payload, len(last)
 
     # -- the timed phase ------------------------------------------------------------------------
 

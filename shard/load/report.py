@@ -94,6 +94,15 @@ def build(run: Any, meta: dict[str, Any]) -> dict[str, Any]:
             "seconds": round(run.elapsed, 3),
             "completed_rate": round(completed / spec.schedule.duration),
         },
+        "market_data": {
+            "depth_entries": run.depth["entries"],
+            "depth_entries_per_second": round(run.depth["entries"] / spec.schedule.duration),
+            "bytes_per_entry": (
+                round(run.depth["payload_bytes"] / run.depth["sampled"])
+                if run.depth["sampled"]
+                else None
+            ),
+        },
         "latency_us": summary(rec.total()),
         "latency_from_schedule_us": summary(run.from_schedule.total()),
         "lag": {"max": max(lags, default=0), "end": lags[-1] if lags else 0},
@@ -171,6 +180,13 @@ def table(report: dict[str, Any]) -> str:
         f"  stalls        {report['shard_snapshots']} snapshot(s) stored by the shard(s), "
         f"{report['server_forks']} server fork(s) (AOF rewrite) during the run"
     )
+    md = report["market_data"]
+    if md["depth_entries"]:
+        lines.append(
+            f"  market data   {md['depth_entries']:,} depth entries "
+            f"({md['depth_entries_per_second']:,}/s), {md['bytes_per_entry']:,} bytes of fields "
+            "per entry (the last 1,000)"
+        )
     cpu = report["cpu_pct_mean"]
     parts = [f"{k} {v:.0f}%" for k, v in cpu.items() if v is not None]
     if parts:

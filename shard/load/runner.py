@@ -57,6 +57,7 @@ class LoadRun:
         self.pairs: list[PairLoad] = []
         self.preload: dict[str, Any] = {}
         self.trades = 0
+        self.depth: dict[str, int] = {"entries": 0, "payload_bytes": 0, "sampled": 0}
         self.server_version = ""
         self.sampler = Sampler(
             [Keys(pair, spec.key_prefix) for pair in spec.pairs],
@@ -122,6 +123,8 @@ class LoadRun:
             await self._timed(client)
             for p in self.pairs:
                 self.trades += await p.last_trade_id(client) - p.trades_from
+                for name, n in zip(self.depth, await p.market_data(client), strict=True):
+                    self.depth[name] += n
             self.peak_rss_mb = self.sampler.peak_rss_mb()
         finally:
             await client.aclose()

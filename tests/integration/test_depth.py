@@ -14,12 +14,15 @@ from shard.workload import standard_mix
 
 from .helpers import (
     as_fields,
+    assert_market_data,
     config,
     expected_outputs,
+    finish_daemon,
     follow,
     publish,
     run_until_idle,
     sides,
+    start_daemon,
     stored_book,
 )
 
@@ -104,3 +107,15 @@ def test_a_book_view_syncs_from_the_daemons_output(
 
     got_bids, got_asks, seq = asyncio.run(view())
     assert (got_bids, got_asks) == (bids, asks) and seq == r.xlen(keys.depth)
+
+
+def test_a_new_pair_starts_without_rebuilding_a_book(
+    server: LocalServer, r: redis.Redis, keys: Keys
+) -> None:
+    """No book:{P} before anything is published is the contract's empty book at seq 0, not a
+    book to rebuild: the first start says nothing about it."""
+    publish(r, list(standard_mix(50, seed=15)))
+    code, log = finish_daemon(start_daemon(server.url, "--exit-when-idle"))
+    assert code == 0, log
+    assert "did not hold the recovered book" not in log
+    assert_market_data(r, keys)

@@ -46,6 +46,9 @@ def test_load_against_a_running_shard(
     assert totals["missing"] == 0
     assert r.xlen(keys.orders) == r.xlen(keys.events) == 800
     assert totals["trades"] == r.xlen(keys.trades) > 0
+    market_data = report["market_data"]
+    assert market_data["depth_entries"] == r.xlen(keys.depth) > 0
+    assert market_data["bytes_per_entry"] > 50
     assert report["latency_us"]["count"] == 800
     assert sum(row["completed"] for row in report["seconds"]) == 800
     assert 0 < report["latency_us"]["p50"] <= report["latency_us"]["p99"]
@@ -87,6 +90,8 @@ def test_floor_relay_answers_every_input(tmp_path: Path) -> None:
     assert report["run"]["floor"] is True
     assert report["totals"]["offered"] == report["totals"]["completed"] == 600
     assert report["totals"]["trades"] == 0  # the standard mix trades; the relay never does
+    assert report["market_data"]["depth_entries"] == 0
+    assert "market data" not in out
     assert report["preload"]["orders_per_pair"] == 500
     assert "FLOOR" in out
 

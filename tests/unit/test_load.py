@@ -138,6 +138,7 @@ def _run(schedule: Schedule, rec: Recorder, **extra: object) -> SimpleNamespace:
         "server_version": "valkey 9",
         "peak_rss_mb": {"P": 123.4},
         "from_schedule": Recorder(),
+        "depth": {"entries": 0, "payload_bytes": 0, "sampled": 0},
     }
     fields.update(extra)
     return SimpleNamespace(**fields)
@@ -170,9 +171,15 @@ def test_report_counts_add_up_and_files_are_written(tmp_path: Path) -> None:
         w.samples.update(lag=second, in_flight=1, shard_rss_mb=100.0 + second)
         for _ in range(10 if second < 2 else 9):
             rec.record(second, 1500)
-    report = build(_run(s, rec), {"command": ["shard", "load"]})
+    depth = {"entries": 24, "payload_bytes": 2000, "sampled": 10}
+    report = build(_run(s, rec, depth=depth), {"command": ["shard", "load"]})
     totals = report["totals"]
     assert (totals["offered"], totals["completed"], totals["missing"]) == (30, 29, 1)
+    assert report["market_data"] == {
+        "depth_entries": 24,
+        "depth_entries_per_second": 8,
+        "bytes_per_entry": 200,
+    }
     assert sum(row["completed"] for row in report["seconds"]) == totals["completed"]
     assert report["latency_us"]["count"] == 29
     assert report["lag"] == {"max": 2, "end": 2}
@@ -180,6 +187,7 @@ def test_report_counts_add_up_and_files_are_written(tmp_path: Path) -> None:
     text = table(report)
     assert "29 of 30 completed (1 missing)" in text
     assert "p99 1.50 ms" in text
+    assert "market data   24 depth entries (8/s), 200 bytes of fields per entry" in text
     assert "from schedule p50 0.00 ms" in text  # nothing recorded from the schedule here
     path = write_json(report, tmp_path / "report.json")
     assert json.loads(path.read_text()) == json.loads(json.dumps(report))
