@@ -68,16 +68,21 @@ def apply_entries(
     trades: list[Trade],
     events: list[Event],
 ) -> int:
-    """Decode and apply each ``(entry ID, fields)`` in order, appending its event to ``events``
-    and its trades to ``trades``; return the size of the largest ``oversize`` entry (0 if none).
-    Cost: the decode and the match of each entry, O(1) more."""
+    """Decode and apply each ``(entry ID, fields)`` in order, appending its order events and
+    then its own event to ``events``, and its trades to ``trades``; return the size of the
+    largest ``oversize`` entry (0 if none). Cost: the decode and the match of each entry, O(1)
+    more."""
     apply = engine.apply
     add = events.append
+    side = engine.order_events
     biggest = 0
     for entry_id, pairs in entries:
         event = apply(decode_entry(entry_id, pairs, max_entry_bytes), entry_id, trades)
         if event.reason == OVERSIZE:
             biggest = max(biggest, sum(map(len, pairs)))
+        if side:
+            events += side
+            side.clear()
         add(event)
     return biggest
 

@@ -34,11 +34,16 @@ first fill on a level scans past at most a few times its live size in C; amortis
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from sortedcontainers import SortedList
 
+from shard.fees import Fees, fee
 from shard.messages import Trade
+from shard.owners import Owners
+
+if TYPE_CHECKING:
+    from shard.cut import Cut
 
 LevelView = tuple[int, int, int]
 """A price level as market data shows it: (price, total quantity, number of orders)."""
@@ -116,16 +121,25 @@ class OrderBook:
         "bids",
         "changed",
         "cut",
+        "fees",
         "last_trade",
         "next_trade_id",
         "notional",
+        "owners",
         "volume",
     )
 
-    def __init__(self, track_changes: bool = False) -> None:
+    def __init__(self, track_changes: bool = False, fees: Fees | None = None) -> None:
         self.bids = BookSide("buy", -1, track_changes)
         self.asks = BookSide("sell", 1, track_changes)
         self._index: dict[str, Level] = {}
+        self.owners = Owners()
+        """The accounts of the resting orders that have one (:mod:`shard.owners`)."""
+        self.fees = fees
+        """The rates :meth:`take_owned` charges on each trade; None: no fees (``Fees(0, 0)``
+        is None too, so trades of a pair without fees carry no fee fields)."""
+        if fees is not None and not any(fees):
+            self.fees = None
         self.next_trade_id = 1
         self.cut: Cut | None = None
         self.changed: list[Level] = []
@@ -160,6 +174,10 @@ class OrderBook:
         if level is None:
             return None
         return level.owner.name, level.price, level.orders[order_id]
+
+    def side_of(self, order_id: str) -> str:
+        """The side ("buy" or "sell") of a live order. O(1)."""
+        return self._index[order_id].owner.name
 
     def best_bid(self) -> int | None:
         """Highest bid price. O(1)."""
@@ -289,11 +307,175 @@ class OrderBook:
         self.last_trade = trades[-1]
         return quantity
 
-    def add(self, order_id: str, side: str, price: int, quantity: int) -> None:
-        """Rest an order at the back of its price level. O(1), or O(log L) for a new level.
+    def take_owned(
+        self,
+        taker_id: str,
+        side: str,
+        price: int | None,
+        quantity: int,
+        timestamp: int,
+        input_id: str | None,
+        trades: list[Trade],
+        account: str | None,
+        mode: str,
+        removed: list[tuple[str, int, int, str]],
+    ) -> tuple[int, int, bool]:
+        """:meth:`take` where orders may carry accounts or the pair charges fees: each trade
+        names the maker's and the taker's account and carries the fees, and a maker of the
+        taker's own ``account`` is met as ``mode`` says (docs/engine.md):
+
+        * ``cancel_taker``: matching stops there, the maker stays;
+        * ``cancel_maker``: the maker leaves the book, matching goes on;
+        * ``cancel_both``: the maker leaves the book, matching stops;
+        * ``decrement``: the smaller open quantity is taken off both, no trade; an order at 0
+          is gone, the taker goes on with what it has left;
+        * ``none``: they trade.
+
+        Each maker taken off or reduced without a trade is appended to ``removed`` as
+        ``(order ID, quantity taken off, quantity left, account)``. Returns the taker's
+        unfilled rest, how much of it the decrements took off (part of the rest is not: it is
+        still the taker's), and whether prevention stopped the matching (its rest must not
+        rest). Cost: :meth:`take`'s, plus a dict lookup per maker met.
+        """
+        if side == "buy":
+            opposite, limit = self.asks, NO_LIMIT if price is None else price
+        else:
+            opposite, limit = self.bids, NO_LIMIT if price is None else -price
+        level = opposite.best
+        if level is None or level.key > limit:
+            return quantity, 0, False
+        index = self._index
+        owners = self.owners
+        of = owners.of
+        rates = self.fees
+        guard = account is not None and mode != "none"
+        trade_id = self.next_trade_id
+        append = trades.append
+        changed = self.changed
+        decremented = 0
+        stopped = False
+        traded_any = False
+        while True:
+            if level.held:
+                self._keep(level)
+            if not level.changed:
+                level.changed = True
+                changed.append(level)
+            orders = level.orders
+            level_price = level.price
+            done: list[str] = []
+            traded = 0
+            taken = 0  # quantity that left the level without a trade
+            for maker, available in orders.items():
+                owner = of.get(maker)
+                if guard and owner == account:
+                    if mode == "cancel_taker":
+                        stopped = True
+                        break
+                    cut = available if mode != "decrement" or available <= quantity else quantity
+                    taken += cut
+                    removed.append((maker, cut, available - cut, owner))  # type: ignore[arg-type]
+                    if cut == available:
+                        done.append(maker)
+                    else:
+                        orders[maker] = available - cut
+                    if mode == "cancel_both":
+                        stopped = True
+                        break
+                    if mode == "decrement":
+                        quantity -= cut
+                        decremented += cut
+                        if not quantity:
+                            break
+                    continue
+                fill = available if available <= quantity else quantity
+                maker_fee = taker_fee = None
+                if rates is not None:
+                    notional = level_price * fill
+                    maker_fee, taker_fee = fee(notional, rates[0]), fee(notional, rates[1])
+                trade = Trade(
+                    trade_id, taker_id, maker, level_price, fill, timestamp, side, input_id
+                )
+                trade.maker_account, trade.taker_account = owner, account
+                trade.maker_fee, trade.taker_fee = maker_fee, taker_fee
+                append(trade)
+                trade_id += 1
+                traded += fill
+                quantity -= fill
+                if fill == available:
+                    done.append(maker)
+                else:
+                    orders[maker] = available - fill
+                if not quantity:
+                    break
+            for maker in done:
+                del orders[maker]
+                del index[maker]
+                if maker in of:
+                    owners.forget(maker)
+            opposite.quantity -= traded + taken
+            if traded:
+                traded_any = True
+                self.volume += traded
+                self.notional += level_price * traded
+            if orders:  # the loop stopped inside the level: the taker is done or stopped
+                level.total -= traded + taken
+                break
+            opposite.drop(level)
+            if stopped or not quantity:
+                break
+            best = opposite.best
+            if best is None or best.key > limit:
+                break
+            level = best
+        self.next_trade_id = trade_id
+        if traded_any:
+            self.last_trade = trades[-1]
+        return quantity, decremented, stopped
+
+    def can_fill_owned(
+        self, side: str, price: int | None, quantity: int, account: str, mode: str
+    ) -> bool:
+        """:meth:`can_fill` for a taker of ``account``: a maker of its own account is not
+        liquidity for it; under ``cancel_maker`` matching would skip it, under the other modes
+        but ``none`` stop there. O(levels needed) while the account has no resting order, else
+        O(orders walked)."""
+        if mode == "none" or account not in self.owners.orders:
+            return self.can_fill(side, price, quantity)
+        if side == "buy":
+            opposite, limit = self.asks, NO_LIMIT if price is None else price
+        else:
+            opposite, limit = self.bids, NO_LIMIT if price is None else -price
+        of = self.owners.of
+        for level in opposite:
+            if level.key > limit:
+                return False
+            for maker, available in level.orders.items():
+                if of.get(maker) == account:
+                    if mode == "cancel_maker":
+                        continue
+                    return False
+                quantity -= available
+                if quantity <= 0:
+                    return True
+        return False
+
+    def add(
+        self,
+        order_id: str,
+        side: str,
+        price: int,
+        quantity: int,
+        account: str | None = None,
+        mode: str | None = None,
+    ) -> None:
+        """Rest an order at the back of its price level (with ``account`` and the ``mode`` of
+        self-trade prevention it gave, if any). O(1), or O(log L) for a new level.
 
         The caller guarantees that ``order_id`` is not live and that the order does not cross.
         """
+        if account is not None:
+            self.owners.add(order_id, account, mode)
         book_side = self.bids if side == "buy" else self.asks
         level = book_side.level_for(price)
         if level.held:
@@ -311,6 +493,8 @@ class OrderBook:
         level = self._index.pop(order_id, None)
         if level is None:
             return None
+        if self.owners.of:
+            self.owners.forget(order_id)
         if level.held:
             self._keep(level)
         if not level.changed:
@@ -378,9 +562,20 @@ class OrderBook:
     # -- state -----------------------------------------------------------------------------------
 
     def load_level(
-        self, side: str, price: int, order_ids: list[str], quantities: list[int]
+        self,
+        side: str,
+        price: int,
+        order_ids: list[str],
+        quantities: list[int],
+        accounts: list[str] | None = None,
+        modes: list[str] | None = None,
     ) -> None:
-        """Append orders in FIFO order to a level (used by snapshot restore). O(n) + O(log L)."""
+        """Append orders in FIFO order to a level (used by snapshot restore), with their
+        accounts and stp modes (``''``: none) if any has one. O(n) + O(log L)."""
+        if accounts is not None:
+            for i, account in enumerate(accounts):
+                if account:
+                    self.owners.add(order_ids[i], account, modes[i] or None if modes else None)
         book_side = self.side(side)
         level = book_side.level_for(price)
         level.fresh = False  # a restored level is the book as it stands
@@ -397,7 +592,7 @@ class OrderBook:
 
         Keys sorted and consistent with levels; no empty level; positive quantities; cached
         level totals, side quantities and best levels right; the index holds exactly the
-        resting orders; not crossed.
+        resting orders; the account index consistent with it; not crossed.
         """
         seen = 0
         for book_side in (self.bids, self.asks):
@@ -417,67 +612,6 @@ class OrderBook:
             expected = levels[book_side.keys[0]] if book_side.keys else None
             assert book_side.best is expected, f"stale best level on {book_side.name}"
         assert seen == len(self._index), "index holds orders that rest nowhere"
+        self.owners.check(self._index)
         bid, ask = self.best_bid(), self.best_ask()
         assert bid is None or ask is None or bid < ask, f"crossed book: bid {bid} >= ask {ask}"
-
-
-def _hold(side: BookSide) -> list[Level]:
-    """The side's levels, best first, each marked held."""
-    levels = [side.levels[key] for key in side.keys]
-    for level in levels:
-        level.held = True
-    return levels
-
-
-class Cut:
-    """The book's orders as they stood at one instant, read level by level while it moves on.
-
-    Opening a cut records the next trade ID, the trade totals and the levels of both sides
-    (best first) and marks each level *held*. The book hands a held level to :meth:`keep`
-    before it first changes it, which copies the level's orders; :meth:`orders` returns a
-    level's orders as they stood at the cut (the copy, or the live orders of a level still
-    untouched) and releases the level.
-    So a snapshot can be encoded a slice at a time between batches, with no fork and no stall.
-
-    Cost: O(L) to open and to close; O(orders of the level) for a copy, once per level changed
-    before it is read; one attribute test per level the book changes, cut or no cut.
-    """
-
-    __slots__ = ("book", "kept", "last_trade", "next_trade_id", "notional", "sides", "volume")
-
-    def __init__(self, book: OrderBook) -> None:
-        if book.cut is not None:
-            raise RuntimeError("one cut at a time: a bug in the caller")
-        self.book = book
-        self.next_trade_id = book.next_trade_id
-        self.volume, self.notional, self.last_trade = book.volume, book.notional, book.last_trade
-        self.sides = (_hold(book.bids), _hold(book.asks))
-        self.kept: dict[Level, tuple[list[str], list[int]]] = {}
-        book.cut = self
-
-    def keep(self, level: Level) -> None:
-        """Copy a held level's orders before the book changes them, and release it."""
-        level.held = False
-        orders = level.orders
-        self.kept[level] = (list(orders), list(orders.values()))
-
-    def orders(self, level: Level) -> tuple[list[str], list[int]]:
-        """The order IDs and quantities of ``level`` (one of :attr:`sides`) in FIFO order, as
-        they stood at the cut. Each level is read once: it is released here."""
-        kept = self.kept.pop(level, None)
-        if kept is not None:
-            return kept
-        if not level.held:
-            raise RuntimeError("a level read twice, or changed without keep(): a bug in the cut")
-        level.held = False
-        orders = level.orders
-        return list(orders), list(orders.values())
-
-    def close(self) -> None:
-        """Release every level still held and detach from the book. O(L)."""
-        for levels in self.sides:
-            for level in levels:
-                level.held = False
-        self.kept.clear()
-        if self.book.cut is self:
-            self.book.cut = None

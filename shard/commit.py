@@ -28,23 +28,47 @@ from shard.batch import Batch
 from shard.checkpoint import ZERO_ID, Checkpoint
 from shard.config import Keys
 from shard.transport import Channel, text
-from shard.wire import EVENT_SHAPES, TRADE_NAMES
+from shard.wire import (
+    EVENT_BITS,
+    EVENT_NAMES,
+    EVENT_SHAPES,
+    TRADE_BITS,
+    TRADE_NAMES,
+    TRADE_SHAPES,
+)
 
 UNDO_CHUNK: Final = 1000
 """Entry IDs per XDEL or XACK call in the script (Lua's unpack has a stack limit)."""
 
 
-def _lua_shapes(shapes: tuple[tuple[str, ...], ...]) -> str:
-    """A Lua table constructor: shape index -> list of field names."""
-    tables = (f"[{i}] = {{{', '.join(repr(n) for n in names)}}}" for i, names in enumerate(shapes))
-    return "{" + ", ".join(tables) + "}"
+def _lua_shapes(names: tuple[str, ...], bits: dict[str, int], common: int) -> str:
+    """A Lua expression: a table from shape index to its list of field names. The ``common``
+    shapes (the indexes below it: entries without accounts, fees or order-event fields) are
+    spelled out; any other is made when first asked for, since making all 256 event shapes in
+    every call would cost the server more than the XADDs of a small batch."""
+    spelled = ", ".join(
+        f"[{shape}] = {{{', '.join(repr(n) for n in names if bits.get(n, 0) in (0, *_set(shape)))}}}"
+        for shape in range(common)
+    )
+    flags = ", ".join(str(bits.get(name, 0)) for name in names)
+    quoted = ", ".join(repr(name) for name in names)
+    return f"shapes_of({{{spelled}}}, {{{quoted}}}, {{{flags}}}, {2 * max(bits.values())})"
+
+
+def _set(shape: int) -> tuple[int, ...]:
+    """The bits set in ``shape``."""
+    return tuple(1 << i for i in range(shape.bit_length()) if shape >> i & 1)
 
 
 def _lua_xadd_branches() -> str:
-    """One XADD call spelled out per field count, largest first: a generic loop into a reused
-    argument table, or a table of names per entry, costs the server more per input
-    (docs/benchmarks.md)."""
-    arities = sorted({len(names) for names in (*EVENT_SHAPES, TRADE_NAMES)}, reverse=True)
+    """One XADD call spelled out per field count: a generic loop into a reused argument table,
+    or a table of names per entry, costs the server more per input (docs/benchmarks.md). The
+    counts of entries without accounts or fees come first (largest first), the longer ones
+    after them, so the common entries take as few tests as before those fields existed."""
+    arities = sorted(
+        {len(names) for names in (*EVENT_SHAPES, *TRADE_SHAPES)},
+        key=lambda k: (k > len(TRADE_SHAPES[0]), -k),
+    )
     return "\n    else".join(
         f"if k == {k} then\n      r = pcall('XADD', key, '*', "
         + ", ".join(f"nm[{j}], rows[i + {j}]" for j in range(1, k + 1))
@@ -54,6 +78,23 @@ def _lua_xadd_branches() -> str:
 
 
 XADD_ROWS_LUA: Final = Template("""local pcall = redis.pcall
+-- Shape index -> field names: the names whose bit is 0 (always there) or set in the index,
+-- in order. The common shapes come made; any other is made on first use (0 <= k < count).
+local function shapes_of(made, names, bits, count)
+  return setmetatable(made, {__index = function(t, k)
+    if type(k) ~= 'number' or k < 0 or k >= count or k % 1 ~= 0 then
+      return nil
+    end
+    local nm = {}
+    for j = 1, #names do
+      if bits[j] == 0 or bit.band(k, bits[j]) ~= 0 then
+        nm[#nm + 1] = names[j]
+      end
+    end
+    t[k] = nm
+    return nm
+  end})
+end
 -- XADD a batch's rows to one stream, stopping at the first that fails: how many it added, and
 -- the error (nil if none).
 local function xadd_rows(key, rows, shapes)
@@ -75,8 +116,8 @@ local function xadd_rows(key, rows, shapes)
   end
   return added, nil
 end""").substitute(branches=_lua_xadd_branches())
-TRADE_SHAPES_LUA: Final = _lua_shapes((TRADE_NAMES,))
-EVENT_SHAPES_LUA: Final = _lua_shapes(EVENT_SHAPES)
+TRADE_SHAPES_LUA: Final = _lua_shapes(TRADE_NAMES, TRADE_BITS, 1)
+EVENT_SHAPES_LUA: Final = _lua_shapes(EVENT_NAMES, EVENT_BITS, 32)
 
 COMMIT_LUA: Final = Template(r"""#!lua
 -- The shebang declares a script that may write: Redis refuses it whole, before it runs, when
@@ -102,7 +143,6 @@ end
 local batch = cmsgpack.unpack(ARGV[8])
 local keys, rows, published = {KEYS[1], KEYS[2], KEYS[5]}, {batch[1], batch[2]}, {cp[2], cp[3]}
 local depth, book_set, book_del, tick = batch[4], batch[5], batch[6], batch[7]
-local shapes = {$trade_shapes, $event_shapes}
 local maxlen, depthmax = tonumber(ARGV[7]), tonumber(ARGV[12])
 local existed, added, notes = {}, {0, 0, 0}, {}
 local function is(key, want)
@@ -135,6 +175,7 @@ end
 
 -- 2. The writes that can fail, each through pcall; a failure undoes the entries added.
 $xadd_rows
+local shapes = {$trade_shapes, $event_shapes}
 local function undo()
   for s = 1, 3 do
     if added[s] > 0 and not existed[s] then

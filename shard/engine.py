@@ -38,16 +38,19 @@ from typing import Final, NamedTuple
 import msgspec
 
 from shard.book import LevelView, OrderBook
+from shard.fees import Fees
 from shard.l2 import CHECKSUM_LEVELS, checksum
 from shard.messages import (
     AMENDED,
     CANCELLED,
     FILLED,
     PARTIALLY_FILLED,
+    REDUCED,
     REJECTED,
     RESTING,
     Amend,
     Cancel,
+    CancelAll,
     Event,
     Input,
     Invalid,
@@ -62,6 +65,9 @@ UNKNOWN_ORDER: Final = "unknown_order"
 WOULD_CROSS: Final = "would_cross"
 FOK_UNFILLED: Final = "fok_unfilled"
 NO_LIQUIDITY: Final = "no_liquidity"
+SELF_TRADE_PREVENTED: Final = "self_trade_prevented"
+CANCEL_ALL: Final = "cancel_all"
+STP_DEFAULT: Final = "cancel_taker"
 
 DIGEST_SCHEME: Final = "d2:"
 """Prefix of :meth:`Engine.digest`; digests stored under another scheme are not compared."""
@@ -93,40 +99,48 @@ class Ticker(NamedTuple):
 class Engine:
     """One pair's matching engine: a book plus the message semantics of the contract."""
 
-    __slots__ = ("book",)
+    __slots__ = ("book", "order_events", "stp_default")
 
-    def __init__(self, track_depth: bool = False) -> None:
+    def __init__(
+        self,
+        track_depth: bool = False,
+        fees: Fees | None = None,
+        stp_default: str = STP_DEFAULT,
+    ) -> None:
         """``track_depth``: record which levels change, for :meth:`take_depth` (the daemon);
-        without it the book records nothing and costs nothing more."""
-        self.book = OrderBook(track_depth)
+        without it the book records nothing and costs nothing more. ``fees``: the pair's
+        rates; ``stp_default``: the self-trade prevention mode of an order that gives none."""
+        self.book = OrderBook(track_depth, fees)
+        self.stp_default = stp_default
+        self.order_events: list[Event] = []
+        """The order events of the last :meth:`apply` (resting orders it removed or reduced
+        without a trade), in the order it made them; they precede its own event in the output.
+        Whoever applies inputs takes them (and clears the list) after each one."""
 
     def apply(self, msg: Input, input_id: str | None, trades: list[Trade]) -> Event:
-        """Apply one input: append its trades to ``trades`` and return its one event."""
+        """Apply one input: append its trades to ``trades``, its order events to
+        :attr:`order_events`, and return its own event."""
         # Exact types, most common first: cheaper than a class match (docs/benchmarks.md).
         if type(msg) is Order:
-            return self._order(msg, input_id, trades)
+            if msg.account is None and self.book.fees is None and not self.book.owners.of:
+                return self._order(msg, input_id, trades)
+            return self._owned_order(msg, input_id, trades)
         if type(msg) is Cancel:
             return self._cancel(msg, input_id)
         if type(msg) is Amend:
             return self._amend(msg, input_id, trades)
+        if type(msg) is CancelAll:
+            return self._cancel_all(msg, input_id)
         if type(msg) is Invalid:
             return Event(input_id, msg.order_id, REJECTED, None, None, None, msg.reason, msg.detail)
         raise TypeError(f"not an input message: {msg!r}")  # a bug in the caller, not bad input
 
     def _order(self, msg: Order, input_id: str | None, trades: list[Trade]) -> Event:
+        """An order on a book without accounts or fees, from a taker without an account."""
         book = self.book
         order_id = msg.order_id
         if order_id in book:
-            return Event(
-                input_id,
-                order_id,
-                REJECTED,
-                None,
-                None,
-                None,
-                DUPLICATE_ORDER_ID,
-                f"order_id {show(order_id)} is already live in the book",
-            )
+            return _duplicate(input_id, order_id)
         side = msg.side
         price = msg.price
         quantity = msg.quantity
@@ -140,72 +154,232 @@ class Engine:
             return Event(input_id, order_id, status, quantity - rest, rest)
         if order_type == "post_only":
             if book.crosses(side, price):  # type: ignore[arg-type]
-                best = book.best_ask() if side == "buy" else book.best_bid()
-                return Event(
-                    input_id,
-                    order_id,
-                    REJECTED,
-                    None,
-                    None,
-                    None,
-                    WOULD_CROSS,
-                    f"post_only {side} at price {price} would trade against the best "
-                    f"{'ask' if side == 'buy' else 'bid'} at {best}",
-                )
+                return self._would_cross(msg, input_id)
             book.add(order_id, side, price, quantity)  # type: ignore[arg-type]
             return Event(input_id, order_id, RESTING, 0, quantity)
         if order_type == "fok" and not book.can_fill(side, price, quantity):
-            return Event(
-                input_id,
-                order_id,
-                CANCELLED,
-                0,
-                0,
-                quantity,
-                FOK_UNFILLED,
-                f"fok {side} of quantity {quantity} at price {price} cannot fill in "
-                "full; nothing traded",
-            )
+            return _fok_unfilled(msg, input_id)
         rest = book.take(order_id, side, price, quantity, msg.timestamp, input_id, trades)
         if not rest:
             return Event(input_id, order_id, FILLED, quantity, 0)
-        limit = "" if price is None else f" at price {price} or better"
+        return _no_liquidity(msg, input_id, rest)
+
+    def _owned_order(self, msg: Order, input_id: str | None, trades: list[Trade]) -> Event:
+        """An order where accounts or fees are in play: :meth:`_order`'s rules, plus the
+        accounts on its trades and event, the fees, and self-trade prevention."""
+        book = self.book
+        order_id = msg.order_id
+        account = msg.account
+        side, price, quantity, order_type = msg.side, msg.price, msg.quantity, msg.order_type
+        mode = msg.stp or self.stp_default
+        event: Event
+        if order_id in book:
+            event = _duplicate(input_id, order_id)
+        elif order_type == "post_only":
+            if book.crosses(side, price):  # type: ignore[arg-type]
+                event = self._would_cross(msg, input_id)
+            else:
+                book.add(order_id, side, price, quantity, account, msg.stp)  # type: ignore[arg-type]
+                event = Event(input_id, order_id, RESTING, 0, quantity)
+        elif order_type == "fok" and not (
+            book.can_fill(side, price, quantity)
+            if account is None
+            else book.can_fill_owned(side, price, quantity, account, mode)
+        ):
+            event = _fok_unfilled(msg, input_id)
+        else:
+            removed: list[tuple[str, int, int, str]] = []
+            rest, decremented, stopped = book.take_owned(
+                order_id, side, price, quantity, msg.timestamp, input_id, trades, account, mode,
+                removed,
+            )  # fmt: skip
+            if removed:
+                self._prevented(removed, input_id, order_id, mode)
+            if order_type == "limit" and rest and not stopped:
+                book.add(order_id, side, price, rest, account, msg.stp)  # type: ignore[arg-type]
+            event = self._outcome(msg, input_id, quantity, rest, decremented, stopped, mode)
+        event.account = account
+        return event
+
+    def _outcome(
+        self,
+        msg: Order | Amend,
+        input_id: str | None,
+        quantity: int,
+        rest: int,
+        decremented: int,
+        stopped: bool,
+        mode: str,
+    ) -> Event:
+        """The event of an order (or an amend's re-entry) of ``quantity`` that
+        :meth:`~shard.book.OrderBook.take_owned` left with ``rest``, after prevention took
+        ``decremented`` off it or ``stopped`` it; a limit's or re-entry's rest rests unless
+        stopped. Always filled + remaining + cancelled = quantity."""
+        order_id = msg.order_id
+        amend = type(msg) is Amend
+        live = rest if (amend or msg.order_type == "limit") and not stopped else 0  # type: ignore[union-attr]
+        filled = quantity - rest - decremented
+        cancelled = rest - live + decremented
+        if live:
+            status = AMENDED if amend else PARTIALLY_FILLED if filled else RESTING
+        else:
+            status = AMENDED if amend else FILLED
+        if not cancelled:
+            return Event(input_id, order_id, status, filled, live)
+        if not stopped and not decremented:
+            return _no_liquidity(msg, input_id, rest)  # type: ignore[arg-type]
+        if stopped:
+            detail = f"it would trade with a resting order of its own account; {rest} cancelled"
+        else:
+            detail = f"{decremented} taken off against its own account's orders, no trade"
+            if rest > live:
+                detail += f"; no more liquidity for {rest}, cancelled"
+        what = "amended order" if amend else f"{msg.order_type} {msg.side}"  # type: ignore[union-attr]
         return Event(
             input_id,
             order_id,
-            CANCELLED,
-            quantity - rest,
-            0,
-            rest,
-            NO_LIQUIDITY,
-            f"{order_type} {side}: no more liquidity{limit}; quantity {rest} of "
-            f"{quantity} cancelled",
+            status if live else CANCELLED,
+            filled,
+            live,
+            cancelled,
+            SELF_TRADE_PREVENTED,
+            f"self-trade prevention ({mode}), {what} of quantity {quantity}: {detail}",
+        )
+
+    def _prevented(
+        self, removed: list[tuple[str, int, int, str]], input_id: str | None, taker: str, mode: str
+    ) -> None:
+        """The order events of the resting orders prevention took off or reduced."""
+        add = self.order_events.append
+        for maker, cut, left, owner in removed:
+            add(
+                Event(
+                    input_id,
+                    maker,
+                    REDUCED if left else CANCELLED,
+                    None,
+                    left,
+                    cut,
+                    SELF_TRADE_PREVENTED,
+                    f"self-trade prevention ({mode}): order {show(taker)} of the same account "
+                    f"met it; quantity {cut} taken off, {left} left",
+                    None,
+                    owner,
+                    1,
+                )
+            )
+
+    def _would_cross(self, msg: Order, input_id: str | None) -> Event:
+        side = msg.side
+        best = self.book.best_ask() if side == "buy" else self.book.best_bid()
+        return Event(
+            input_id,
+            msg.order_id,
+            REJECTED,
+            None,
+            None,
+            None,
+            WOULD_CROSS,
+            f"post_only {side} at price {msg.price} would trade against the best "
+            f"{'ask' if side == 'buy' else 'bid'} at {best}",
         )
 
     def _cancel(self, msg: Cancel, input_id: str | None) -> Event:
+        account = msg.account
+        if account is not None and self.book.owners.of.get(msg.order_id) != account:
+            return _unknown(msg.order_id, input_id, account)
         removed = self.book.cancel(msg.order_id)
         if removed is None:
-            return _unknown(msg.order_id, input_id)
-        return Event(input_id, msg.order_id, CANCELLED, None, 0, removed)
+            return _unknown(msg.order_id, input_id, account)
+        event = Event(input_id, msg.order_id, CANCELLED, None, 0, removed)
+        if account is not None:
+            event.account = account
+        return event
 
     def _amend(self, msg: Amend, input_id: str | None, trades: list[Trade]) -> Event:
         book = self.book
         order_id = msg.order_id
         live = book.get(order_id)
-        if live is None:
-            return _unknown(order_id, input_id)
+        account = msg.account
+        if live is None or (account is not None and book.owners.of.get(order_id) != account):
+            return _unknown(order_id, input_id, account)
         side, price, remaining = live
         new_price = price if msg.price is None else msg.price
         new_quantity = remaining if msg.quantity is None else msg.quantity
         if new_price == price and new_quantity <= remaining:
             if new_quantity < remaining:
                 book.reduce(order_id, new_quantity)
-            return Event(input_id, order_id, AMENDED, 0, new_quantity)
+            event = Event(input_id, order_id, AMENDED, 0, new_quantity)
+        elif book.fees is None and not book.owners.of:
+            book.cancel(order_id)
+            rest = book.take(
+                order_id, side, new_price, new_quantity, msg.timestamp, input_id, trades
+            )
+            if rest:
+                book.add(order_id, side, new_price, rest)
+            event = Event(input_id, order_id, AMENDED, new_quantity - rest, rest)
+        else:
+            event = self._reenter(msg, input_id, trades, side, new_price, new_quantity)
+        if account is not None:
+            event.account = account
+        return event
+
+    def _reenter(
+        self,
+        msg: Amend,
+        input_id: str | None,
+        trades: list[Trade],
+        side: str,
+        price: int,
+        quantity: int,
+    ) -> Event:
+        """An amend's re-entry where accounts or fees are in play: the order keeps its account
+        and stp mode, and meets its own account's orders as that mode says."""
+        book = self.book
+        order_id = msg.order_id
+        owner = book.owners.of.get(order_id)
+        given = book.owners.modes.get(order_id)
+        mode = given or self.stp_default
         book.cancel(order_id)
-        rest = book.take(order_id, side, new_price, new_quantity, msg.timestamp, input_id, trades)
-        if rest:
-            book.add(order_id, side, new_price, rest)
-        return Event(input_id, order_id, AMENDED, new_quantity - rest, rest)
+        removed: list[tuple[str, int, int, str]] = []
+        rest, decremented, stopped = book.take_owned(
+            order_id, side, price, quantity, msg.timestamp, input_id, trades, owner, mode, removed
+        )
+        if removed:
+            self._prevented(removed, input_id, order_id, mode)
+        if rest and not stopped:
+            book.add(order_id, side, price, rest, owner, given)
+        return self._outcome(msg, input_id, quantity, rest, decremented, stopped, mode)
+
+    def _cancel_all(self, msg: CancelAll, input_id: str | None) -> Event:
+        """Every live order of the account (of the side, if given), oldest first, each with its
+        order event. O(orders of the account)."""
+        book = self.book
+        account, side = msg.account, msg.side
+        add = self.order_events.append
+        count = total = 0
+        for order_id in book.owners.orders_of(account):
+            if side is not None and book.side_of(order_id) != side:
+                continue
+            removed = book.cancel(order_id) or 0
+            add(
+                Event(
+                    input_id,
+                    order_id,
+                    CANCELLED,
+                    None,
+                    0,
+                    removed,
+                    CANCEL_ALL,
+                    f"cancel_all of account {show(account)}",
+                    None,
+                    account,
+                    1,
+                )
+            )
+            count += 1
+            total += removed
+        return Event(input_id, None, CANCELLED, None, None, total, None, None, count, account)
 
     # -- state -----------------------------------------------------------------------------------
 
@@ -222,10 +396,17 @@ class Engine:
         return SnapshotWriter(self.book)
 
     @classmethod
-    def restore(cls, data: bytes, track_depth: bool = False) -> Engine:
-        """An engine that continues exactly like the one :meth:`snapshot` was taken from; the
-        levels it restores are not changes."""
-        engine = cls(track_depth)
+    def restore(
+        cls,
+        data: bytes,
+        track_depth: bool = False,
+        fees: Fees | None = None,
+        stp_default: str = STP_DEFAULT,
+    ) -> Engine:
+        """An engine that continues exactly like the one :meth:`snapshot` was taken from (with
+        the rules given: they are configuration, not state); the levels it restores are not
+        changes."""
+        engine = cls(track_depth, fees, stp_default)
         load_state(engine.book, data)
         return engine
 
@@ -257,7 +438,8 @@ class Engine:
     def digest(self) -> str:
         """A short fingerprint of the state, O(1), computed after every batch: the next trade
         ID, the number of live orders and, per side, the number of levels, the resting quantity
-        and the best level's price, total and order count. Prefixed with its scheme
+        and the best level's price, total and order count; with accounts, how many orders have
+        one, how many accounts and how many orders gave an stp mode. Prefixed with its scheme
         (:data:`DIGEST_SCHEME`), so a digest of another scheme is recognised, not compared."""
         book = self.book
         shape = [book.next_trade_id, len(book)]
@@ -265,13 +447,15 @@ class Engine:
             best = side.best
             shape += (len(side.levels), side.quantity)
             shape += (best.price, best.total, len(best.orders)) if best else (0, 0, 0)
+        if book.owners.of:  # so a book without accounts keeps the digest it always had
+            shape += (len(book.owners.of), len(book.owners.orders), len(book.owners.modes))
         return (
             DIGEST_SCHEME
             + hashlib.blake2b(_digest_encoder.encode(shape), digest_size=16).hexdigest()
         )
 
 
-def _unknown(order_id: str, input_id: str | None) -> Event:
+def _unknown(order_id: str, input_id: str | None, account: str | None = None) -> Event:
     return Event(
         input_id,
         order_id,
@@ -281,4 +465,49 @@ def _unknown(order_id: str, input_id: str | None) -> Event:
         None,
         UNKNOWN_ORDER,
         f"order_id {show(order_id)} is not live (never seen, filled or cancelled)",
+        None,
+        account,
+    )
+
+
+def _duplicate(input_id: str | None, order_id: str) -> Event:
+    return Event(
+        input_id,
+        order_id,
+        REJECTED,
+        None,
+        None,
+        None,
+        DUPLICATE_ORDER_ID,
+        f"order_id {show(order_id)} is already live in the book",
+    )
+
+
+def _fok_unfilled(msg: Order, input_id: str | None) -> Event:
+    return Event(
+        input_id,
+        msg.order_id,
+        CANCELLED,
+        0,
+        0,
+        msg.quantity,
+        FOK_UNFILLED,
+        f"fok {msg.side} of quantity {msg.quantity} at price {msg.price} cannot fill in "
+        "full; nothing traded",
+    )
+
+
+def _no_liquidity(msg: Order, input_id: str | None, rest: int) -> Event:
+    quantity, price = msg.quantity, msg.price
+    limit = "" if price is None else f" at price {price} or better"
+    return Event(
+        input_id,
+        msg.order_id,
+        CANCELLED,
+        quantity - rest,
+        0,
+        rest,
+        NO_LIQUIDITY,
+        f"{msg.order_type} {msg.side}: no more liquidity{limit}; quantity {rest} of "
+        f"{quantity} cancelled",
     )

@@ -1,7 +1,8 @@
 """``shard replay``: run JSON-lines messages through the engine offline, no Redis.
 
 Prints, as JSON lines, what the daemon would publish for the same input: every trade, and with
-``events=True`` also every event, in commit order (an input's trades, then its event). A line
+``events=True`` also every event, in commit order (an input's trades, then its order events, then
+its own event). A line
 with ``trade_id`` is a trade, a line with ``status`` an event. Stream IDs do not exist offline,
 so ``input_id`` is left out and a message needs its own ``timestamp``. Blank lines are skipped;
 any other line that cannot be read gets a ``rejected`` event and the run goes on.
@@ -39,11 +40,16 @@ def replay(
     pending: list[Trade | Event] = []
     trades: list[Trade] = pending  # type: ignore[assignment]  # events interleave when asked
     append = pending.append
+    side = engine.order_events
     count = 0
     for line in lines:
         if line.isspace() or not line:
             continue
         event = apply(decode_json(line), None, trades)
+        if side:
+            if events:
+                pending += side
+            side.clear()
         if events:
             append(event)
         count += 1

@@ -1,9 +1,10 @@
 """The engine's state as bytes: the snapshot format, encoded whole or a slice at a time. Pure.
 
 A snapshot is one msgpack array (:class:`EngineState`): the format version, the next trade ID,
-then each side's price levels best first, each with its orders in FIFO order
-(:class:`LevelState`). It holds everything an engine needs to continue exactly where it was;
-:func:`load_state` restores it into an empty book. Cost: O(orders) either way.
+then each side's price levels best first, each with its orders in FIFO order and, where any
+has one, their accounts and stp modes (:class:`LevelState`). It holds everything an engine
+needs to continue exactly where it was; :func:`load_state` restores it into an empty book.
+Cost: O(orders) either way.
 """
 
 from __future__ import annotations
@@ -13,21 +14,33 @@ from typing import Final
 
 import msgspec
 
-from shard.book import Cut, OrderBook
+from shard.book import Level, OrderBook
+from shard.cut import Cut, owned
 from shard.messages import Trade
 
-SNAPSHOT_VERSION: Final = 2
+SNAPSHOT_VERSION: Final = 3
 """Version 2 added the trade totals (``volume``, ``notional``, ``last_trade``); a version 1
-snapshot restores with totals counted from zero."""
-READABLE_VERSIONS: Final = (1, 2)
+snapshot restores with totals counted from zero. Version 3 added the orders' accounts and stp
+modes; a level without them encodes as in version 2."""
+READABLE_VERSIONS: Final = (1, 2, 3)
 
 
-class LevelState(msgspec.Struct, array_like=True, gc=False):
-    """One price level in a snapshot: its orders in FIFO order, as two parallel lists."""
+class LevelState(msgspec.Struct, array_like=True, gc=False, omit_defaults=True):
+    """One price level in a snapshot: its orders in FIFO order, as parallel lists (accounts
+    and modes ``''`` where an order has none, and left out where no order of the level has)."""
 
     price: int
     order_ids: list[str]
     quantities: list[int]
+    accounts: list[str] | None = None
+    modes: list[str] | None = None
+
+
+def _level(level: Level, book: OrderBook) -> LevelState:
+    order_ids = list(level.orders)
+    return LevelState(
+        level.price, order_ids, list(level.orders.values()), *owned(book.owners, order_ids)
+    )
 
 
 class EngineState(msgspec.Struct, array_like=True):
@@ -58,8 +71,8 @@ def book_state(book: OrderBook) -> EngineState:
     return EngineState(
         SNAPSHOT_VERSION,
         book.next_trade_id,
-        [LevelState(lv.price, list(lv.orders), list(lv.orders.values())) for lv in book.bids],
-        [LevelState(lv.price, list(lv.orders), list(lv.orders.values())) for lv in book.asks],
+        [_level(level, book) for level in book.bids],
+        [_level(level, book) for level in book.asks],
         book.volume,
         book.notional,
         book.last_trade,
@@ -80,7 +93,9 @@ def load_state(book: OrderBook, data: bytes) -> None:
     book.volume, book.notional, book.last_trade = state.volume, state.notional, state.last_trade
     for side, levels in (("buy", state.bids), ("sell", state.asks)):
         for level in levels:
-            book.load_level(side, level.price, level.order_ids, level.quantities)
+            book.load_level(
+                side, level.price, level.order_ids, level.quantities, level.accounts, level.modes
+            )
 
 
 class SnapshotWriter:
@@ -110,9 +125,8 @@ class SnapshotWriter:
         for levels in cut.sides:
             yield _array_header(len(levels)), 0
             for level in levels:
-                order_ids, quantities = cut.orders(level)
-                state = LevelState(level.price, order_ids, quantities)
-                yield _state_encoder.encode(state), len(order_ids)
+                state = LevelState(level.price, *cut.orders(level))
+                yield _state_encoder.encode(state), len(state.order_ids)
         totals = (cut.volume, cut.notional, cut.last_trade)
         yield b"".join(_state_encoder.encode(x) for x in totals), 0
 

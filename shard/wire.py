@@ -17,30 +17,56 @@ from shard.messages import Event, Trade
 
 TRADE_NAMES: Final[tuple[str, ...]] = Trade.__struct_fields__  # the entry's fields, in order
 EVENT_NAMES: Final[tuple[str, ...]] = Event.__struct_fields__
-_SHAPE_BITS: Final = {
+# The optional fields of each entry and the shape bit that says an entry has them.
+TRADE_BITS: Final = {"maker_account": 1, "taker_account": 2, "maker_fee": 4, "taker_fee": 4}
+EVENT_BITS: Final = {
     "order_id": 1, "filled_quantity": 2, "remaining_quantity": 4, "cancelled_quantity": 8,
-    "reason": 16, "detail": 16,
+    "reason": 16, "detail": 16, "cancelled_orders": 32, "account": 64, "resting_order": 128,
 }  # fmt: skip
-EVENT_SHAPES: Final = tuple(
-    tuple(name for name in EVENT_NAMES if name not in _SHAPE_BITS or shape & _SHAPE_BITS[name])
-    for shape in range(32)
-)
+
+
+def _shapes(names: tuple[str, ...], bits: dict[str, int]) -> tuple[tuple[str, ...], ...]:
+    return tuple(
+        tuple(name for name in names if name not in bits or shape & bits[name])
+        for shape in range(2 * max(bits.values()))
+    )
+
+
+TRADE_SHAPES: Final = _shapes(TRADE_NAMES, TRADE_BITS)
+"""A trade's field names by its shape: bit 1 maker_account, 2 taker_account, 4 the two fees
+(the first eight fields are always there; shape 0 is a trade of orders without accounts on a
+pair without fees)."""
+EVENT_SHAPES: Final = _shapes(EVENT_NAMES, EVENT_BITS)
 """An event's field names by its shape: bit 1 order_id, 2 filled_quantity, 4
-remaining_quantity, 8 cancelled_quantity, 16 reason and detail (``input_id`` and ``status``
-are always there)."""
+remaining_quantity, 8 cancelled_quantity, 16 reason and detail, 32 cancelled_orders, 64
+account, 128 resting_order (``input_id`` and ``status`` are always there)."""
 
 Row = list[int | str]
 """Output entries as the commit sends them, one list per stream: for each entry its shape (an
-:data:`EVENT_SHAPES` index for an event; always 0 for a trade), then its values in field order.
-The names stay on the server, in the commit script."""
+:data:`TRADE_SHAPES` or :data:`EVENT_SHAPES` index), then its values in field order. The names
+stay on the server, in the commit script."""
 
 
 def add_trade(rows: Row, t: Trade) -> None:
-    """Append a trade to ``rows`` (shape 0, :data:`TRADE_NAMES`)."""
+    """Append a trade to ``rows``: its :data:`TRADE_SHAPES` index, then its values."""
     rows += (
         0, str(t.trade_id), t.taker_order_id, t.maker_order_id, str(t.price), str(t.quantity),
         str(t.timestamp), t.taker_side, t.input_id or "",
     )  # fmt: skip
+    if t.maker_account is None and t.taker_account is None and t.maker_fee is None:
+        return
+    at = len(rows) - 9
+    shape = 0
+    if t.maker_account is not None:
+        shape |= 1
+        rows.append(t.maker_account)
+    if t.taker_account is not None:
+        shape |= 2
+        rows.append(t.taker_account)
+    if t.maker_fee is not None:
+        shape |= 4
+        rows += (str(t.maker_fee), str(t.taker_fee))
+    rows[at] = shape
 
 
 def add_event(rows: Row, e: Event) -> None:
@@ -64,6 +90,15 @@ def add_event(rows: Row, e: Event) -> None:
     if e.reason is not None:
         shape |= 16
         row += (e.reason, e.detail or "")
+    if (q := e.cancelled_orders) is not None:
+        shape |= 32
+        row.append(str(q))
+    if e.account is not None:
+        shape |= 64
+        row.append(e.account)
+    if e.resting_order is not None:
+        shape |= 128
+        row.append(str(e.resting_order))
     row[0] = shape
     rows += row
 
@@ -76,7 +111,7 @@ def trade_fields(t: Trade) -> list[str]:
     """A trade as the flat field/value list of its ``trades:{P}`` entry."""
     rows: Row = []
     add_trade(rows, t)
-    return _pairs(TRADE_NAMES, rows[1:])
+    return _pairs(TRADE_SHAPES[int(rows[0])], rows[1:])
 
 
 def event_fields(e: Event) -> list[str]:

@@ -44,7 +44,7 @@ def test_seed_example_through_redis(server: LocalServer, r: redis.Redis, keys: K
     ids = publish(r, SEED)
     run_until_idle(server.url)
     trades, events = read_outputs(r, keys)
-    assert [msgspec.structs.asdict(t) for t in trades] == [{**SEED_TRADE, "input_id": ids[1]}]
+    assert [msgspec.to_builtins(t) for t in trades] == [{**SEED_TRADE, "input_id": ids[1]}]
     assert [(e.input_id, e.order_id, e.status) for e in events] == [
         (ids[0], "order1", "resting"),
         (ids[1], "order2", "filled"),

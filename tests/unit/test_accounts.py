@@ -1,0 +1,407 @@
+"""Accounts: ownership of cancels and amends, self-trade prevention in every mode and order type,
+order events, cancel_all and fees (README "Accounts", docs/engine.md)."""
+
+from __future__ import annotations
+
+import pytest
+
+from shard.engine import Engine
+from shard.fees import Fees, check_rates, fee
+from shard.messages import Amend, Cancel, CancelAll, Event, Order, Trade
+
+STP = "self_trade_prevented"
+
+
+class Run:
+    """An engine, the trades and every event (order events included), one helper per input."""
+
+    def __init__(self, fees: Fees | None = None, stp_default: str = "cancel_taker") -> None:
+        self.engine = Engine(fees=fees, stp_default=stp_default)
+        self.trades: list[Trade] = []
+        self.events: list[Event] = []
+        self.order_events: list[Event] = []
+        self.n = 0
+
+    def _apply(self, msg: object) -> Event:
+        self.n += 1
+        event = self.engine.apply(msg, f"0-{self.n}", self.trades)  # type: ignore[arg-type]
+        self.order_events = list(self.engine.order_events)
+        self.engine.order_events.clear()
+        self.events += [*self.order_events, event]
+        self.engine.book.check()
+        return event
+
+    def order(self, oid, side, qty, price=None, kind="limit", account=None, stp=None) -> Event:
+        return self._apply(Order(oid, side, qty, price, kind, 1, account, stp))
+
+    def cancel(self, oid, account=None) -> Event:
+        return self._apply(Cancel(oid, 1, account))
+
+    def amend(self, oid, qty=None, price=None, account=None) -> Event:
+        return self._apply(Amend(oid, qty, price, 1, account))
+
+    def cancel_all(self, account, side=None) -> Event:
+        return self._apply(CancelAll(account, side, 1))
+
+    def fills(self) -> list[tuple[str, str, int]]:
+        """(taker, maker, quantity) of every trade so far."""
+        return [(t.taker_order_id, t.maker_order_id, t.quantity) for t in self.trades]
+
+    def live(self, oid: str) -> tuple[str, int, int] | None:
+        return self.engine.book.get(oid)
+
+
+@pytest.fixture
+def run() -> Run:
+    return Run()
+
+
+def balanced(event: Event, quantity: int) -> bool:
+    """An order's event accounts for all of it: filled + remaining + cancelled."""
+    parts = (event.filled_quantity, event.remaining_quantity, event.cancelled_quantity)
+    return sum(x or 0 for x in parts) == quantity
+
+
+# -- accounts on trades and events; ownership ---------------------------------------------------
+
+
+def test_trades_and_events_carry_the_accounts(run: Run) -> None:
+    assert run.order("m1", "sell", 5, 100, account="alice").account == "alice"
+    run.order("m2", "sell", 5, 100)
+    event = run.order("t1", "buy", 8, 100, account="bob")
+    assert event == Event("0-3", "t1", "filled", 8, 0, account="bob")
+    assert [(t.maker_account, t.taker_account) for t in run.trades] == [
+        ("alice", "bob"),
+        (None, "bob"),
+    ]
+    run.order("t2", "sell", 3, 90)  # no account: rests against no one
+    run.order("t3", "buy", 1, 90)
+    assert (run.trades[-1].maker_account, run.trades[-1].taker_account) == (None, None)
+
+
+def test_orders_without_accounts_publish_exactly_what_they_did() -> None:
+    run = Run()
+    run.order("a", "sell", 5, 100)
+    assert run.order("b", "buy", 2, 100) == Event("0-2", "b", "filled", 2, 0)
+    assert run.trades == [Trade(1, "b", "a", 100, 2, 1, "buy", "0-2")]
+    assert run.engine.book.owners.of == {}
+
+
+def test_a_cancel_or_amend_with_an_account_applies_only_to_its_orders(run: Run) -> None:
+    run.order("a1", "buy", 5, 100, account="alice")
+    run.order("n1", "buy", 5, 99)
+    for event in (
+        run.cancel("a1", account="bob"),
+        run.amend("a1", qty=1, account="bob"),
+        run.cancel("n1", account="bob"),  # an order without an account is no one's
+        run.cancel("zz", account="bob"),
+    ):
+        assert (event.status, event.reason, event.account) == ("rejected", "unknown_order", "bob")
+    # The same sentence as for an order that does not exist: nothing is revealed.
+    other, missing = run.cancel("a1", account="bob"), run.cancel("zz", account="bob")
+    assert other.detail == (missing.detail or "").replace("'zz'", "'a1'")
+    event = run.amend("a1", qty=3, account="alice")
+    assert event == Event("0-9", "a1", "amended", 0, 3, account="alice")
+    assert run.cancel("a1").status == "cancelled"  # without an account, as before
+    assert run.cancel("n1", account=None).status == "cancelled"
+
+
+def test_an_amend_keeps_the_account(run: Run) -> None:
+    run.order("a1", "buy", 5, 100, account="alice")
+    run.amend("a1", price=101)  # re-enters
+    run.order("t1", "sell", 5, 101, account="bob")
+    assert run.trades[-1].maker_account == "alice"
+
+
+# -- self-trade prevention, per mode ------------------------------------------------------------
+
+
+def book_of_alice(run: Run) -> None:
+    """Asks: 100 alice a1 (4), then other o1 (3); 101 alice a2 (5)."""
+    run.order("a1", "sell", 4, 100, account="alice")
+    run.order("o1", "sell", 3, 100, account="carol")
+    run.order("a2", "sell", 5, 101, account="alice")
+
+
+def test_cancel_taker_cancels_the_incoming_rest_and_keeps_the_maker(run: Run) -> None:
+    run.order("o0", "sell", 2, 99)
+    book_of_alice(run)
+    event = run.order("t", "buy", 10, 101, account="alice", stp="cancel_taker")
+    assert run.fills() == [("t", "o0", 2)]  # what it traded before stands
+    assert (event.status, event.filled_quantity, event.cancelled_quantity) == ("cancelled", 2, 8)
+    assert event.remaining_quantity == 0 and event.reason == STP and balanced(event, 10)
+    assert "t" not in run.engine.book and run.live("a1") == ("sell", 100, 4)
+    assert run.order_events == []
+
+
+def test_cancel_taker_is_the_pair_default(run: Run) -> None:
+    book_of_alice(run)
+    event = run.order("t", "buy", 10, 101, account="alice")
+    assert (event.status, event.reason, run.trades) == ("cancelled", STP, [])
+
+
+def test_the_pair_default_is_configurable() -> None:
+    run = Run(stp_default="cancel_maker")
+    book_of_alice(run)
+    run.order("t", "buy", 3, 100, account="alice")
+    assert run.fills() == [("t", "o1", 3)] and "a1" not in run.engine.book
+
+
+def test_cancel_maker_removes_own_orders_and_goes_on(run: Run) -> None:
+    book_of_alice(run)
+    event = run.order("t", "buy", 10, 101, account="alice", stp="cancel_maker")
+    assert run.fills() == [("t", "o1", 3)]
+    assert event == Event("0-4", "t", "partially_filled", 3, 7, account="alice")
+    assert run.live("t") == ("buy", 101, 7)  # rests at 101, where a2 was
+    assert [
+        (e.order_id, e.status, e.cancelled_quantity, e.remaining_quantity) for e in run.order_events
+    ] == [
+        ("a1", "cancelled", 4, 0),
+        ("a2", "cancelled", 5, 0),
+    ]
+    for e in run.order_events:
+        assert (e.input_id, e.reason, e.account, e.resting_order) == ("0-4", STP, "alice", 1)
+    assert run.events[-1] is event  # the input's own event comes after its order events
+
+
+def test_cancel_both_removes_the_maker_and_the_taker_rest(run: Run) -> None:
+    book_of_alice(run)
+    event = run.order("t", "buy", 10, 101, account="alice", stp="cancel_both")
+    assert run.fills() == []
+    assert (event.status, event.cancelled_quantity, event.reason) == ("cancelled", 10, STP)
+    assert [e.order_id for e in run.order_events] == ["a1"]
+    assert run.live("o1") == ("sell", 100, 3) and run.live("a2") == ("sell", 101, 5)
+
+
+def test_decrement_takes_the_smaller_quantity_off_both(run: Run) -> None:
+    book_of_alice(run)
+    event = run.order("t", "buy", 10, 101, account="alice", stp="decrement")
+    # a1 (4) decremented away, o1 trades 3, a2 (5) decremented by the 3 left: 2 stay.
+    assert run.fills() == [("t", "o1", 3)]
+    assert [
+        (e.order_id, e.status, e.cancelled_quantity, e.remaining_quantity) for e in run.order_events
+    ] == [
+        ("a1", "cancelled", 4, 0),
+        ("a2", "reduced", 3, 2),
+    ]
+    assert (event.status, event.filled_quantity, event.remaining_quantity) == ("cancelled", 3, 0)
+    assert event.cancelled_quantity == 7 and event.reason == STP and balanced(event, 10)
+    assert run.live("a2") == ("sell", 101, 2)
+
+
+def test_decrement_leaves_the_taker_resting_with_what_is_left(run: Run) -> None:
+    run.order("a1", "sell", 4, 100, account="alice")
+    event = run.order("t", "buy", 10, 100, account="alice", stp="decrement")
+    assert (event.status, event.filled_quantity, event.remaining_quantity) == ("resting", 0, 6)
+    assert (event.cancelled_quantity, event.reason) == (4, STP) and balanced(event, 10)
+    assert run.live("t") == ("buy", 100, 6) and "a1" not in run.engine.book
+
+
+def test_decrement_of_a_bigger_maker_ends_the_taker(run: Run) -> None:
+    run.order("a1", "sell", 9, 100, account="alice")
+    event = run.order("t", "buy", 4, 100, account="alice", stp="decrement")
+    assert (event.status, event.cancelled_quantity, event.remaining_quantity) == ("cancelled", 4, 0)
+    assert run.live("a1") == ("sell", 100, 5) and run.order_events[0].status == "reduced"
+
+
+def test_none_lets_them_trade(run: Run) -> None:
+    book_of_alice(run)
+    run.order("t", "buy", 5, 100, account="alice", stp="none")
+    assert run.fills() == [("t", "a1", 4), ("t", "o1", 1)]
+    assert run.trades[0].maker_account == run.trades[0].taker_account == "alice"
+
+
+def test_a_mix_at_one_level_keeps_time_priority(run: Run) -> None:
+    run.order("o1", "sell", 1, 100, account="carol")
+    run.order("a1", "sell", 1, 100, account="alice")
+    run.order("o2", "sell", 1, 100)
+    run.order("a2", "sell", 1, 100, account="alice")
+    run.order("o3", "sell", 1, 100, account="dave")
+    run.order("t", "buy", 3, 100, account="alice", stp="cancel_maker")
+    assert run.fills() == [("t", "o1", 1), ("t", "o2", 1), ("t", "o3", 1)]
+    assert [e.order_id for e in run.order_events] == ["a1", "a2"]
+    assert len(run.engine.book) == 0
+
+
+def test_other_accounts_and_no_account_never_trigger_prevention(run: Run) -> None:
+    run.order("a1", "sell", 2, 100, account="alice")
+    run.order("t1", "buy", 1, 100, account="bob")
+    run.order("t2", "buy", 1, 100)
+    assert run.fills() == [("t1", "a1", 1), ("t2", "a1", 1)]
+
+
+# -- per order type -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["market", "ioc"])
+def test_market_and_ioc_under_cancel_taker(run: Run, kind: str) -> None:
+    run.order("o0", "sell", 2, 99)
+    book_of_alice(run)
+    price = None if kind == "market" else 101
+    event = run.order("t", "buy", 10, price, kind, account="alice")
+    assert run.fills() == [("t", "o0", 2)]
+    assert (event.status, event.reason, event.cancelled_quantity) == ("cancelled", STP, 8)
+
+
+def test_ioc_decrement_then_no_liquidity(run: Run) -> None:
+    run.order("a1", "sell", 2, 100, account="alice")
+    run.order("o1", "sell", 3, 100)
+    event = run.order("t", "buy", 10, 100, "ioc", account="alice", stp="decrement")
+    assert run.fills() == [("t", "o1", 3)]
+    assert (event.status, event.filled_quantity, event.cancelled_quantity) == ("cancelled", 3, 7)
+    assert event.reason == STP and "no more liquidity for 5" in (event.detail or "")
+
+
+def test_fok_counts_only_the_liquidity_it_could_take(run: Run) -> None:
+    book_of_alice(run)  # 4 alice, 3 carol at 100; 5 alice at 101
+    # cancel_taker: matching would stop at a1, first in line: nothing is liquidity.
+    event = run.order("f1", "buy", 3, 101, "fok", account="alice")
+    assert (event.status, event.reason) == ("cancelled", "fok_unfilled")
+    assert run.fills() == [] and run.order_events == [] and run.live("a1") == ("sell", 100, 4)
+    # cancel_maker: alice's orders are skipped, carol's 3 are there.
+    assert run.order("f2", "buy", 4, 101, "fok", account="alice", stp="cancel_maker").status == (
+        "cancelled"
+    )
+    assert run.live("a1") == ("sell", 100, 4)  # a fok that cannot fill changes nothing
+    event = run.order("f3", "buy", 3, 101, "fok", account="alice", stp="cancel_maker")
+    assert event.status == "filled" and run.fills() == [("f3", "o1", 3)]
+    assert [e.order_id for e in run.order_events] == ["a1"]  # met on the way, so cancelled
+    # Without prevention the same-account orders are liquidity like any other.
+    assert run.order("f4", "buy", 5, 101, "fok", account="alice", stp="none").status == "filled"
+
+
+def test_fok_of_another_account_sees_all_the_liquidity(run: Run) -> None:
+    book_of_alice(run)
+    assert run.order("f", "buy", 12, 101, "fok", account="bob").status == "filled"
+
+
+def test_post_only_is_unaffected(run: Run) -> None:
+    run.order("a1", "sell", 4, 100, account="alice")
+    event = run.order("p", "buy", 1, 100, "post_only", account="alice", stp="cancel_maker")
+    assert (event.status, event.reason) == ("rejected", "would_cross")
+    assert run.live("a1") == ("sell", 100, 4)
+    assert run.order("p2", "buy", 1, 99, "post_only", account="alice").account == "alice"
+    assert run.engine.book.owners.of["p2"] == "alice"
+
+
+def test_an_amend_that_reenters_meets_its_own_orders(run: Run) -> None:
+    run.order("a1", "sell", 4, 101, account="alice")
+    run.order("o1", "sell", 3, 101)
+    run.order("b1", "buy", 5, 99, account="alice", stp="cancel_maker")
+    event = run.amend("b1", price=101)  # crosses a1 (own: cancelled), trades o1
+    assert [e.order_id for e in run.order_events] == ["a1"]
+    assert run.fills() == [("b1", "o1", 3)]
+    assert event == Event("0-4", "b1", "amended", 3, 2)
+    assert run.live("b1") == ("buy", 101, 2)
+    assert run.engine.book.owners.modes["b1"] == "cancel_maker"  # the mode stays with it
+
+
+def test_an_amend_under_cancel_taker_loses_its_rest(run: Run) -> None:
+    run.order("a1", "sell", 4, 101, account="alice")
+    run.order("b1", "buy", 5, 99, account="alice")
+    event = run.amend("b1", price=102, account="alice")
+    assert (event.status, event.cancelled_quantity, event.reason) == ("cancelled", 5, STP)
+    assert "b1" not in run.engine.book and run.live("a1") == ("sell", 100 + 1, 4)
+
+
+def test_a_multi_level_sweep_with_own_orders_on_several_levels(run: Run) -> None:
+    for i, price in enumerate((100, 101, 102)):
+        run.order(f"a{i}", "sell", 1, price, account="alice")
+        run.order(f"o{i}", "sell", 2, price)
+    event = run.order("t", "buy", 6, 102, account="alice", stp="cancel_maker")
+    assert run.fills() == [("t", "o0", 2), ("t", "o1", 2), ("t", "o2", 2)]
+    assert event.status == "filled" and len(run.engine.book) == 0
+    assert [e.order_id for e in run.order_events] == ["a0", "a1", "a2"]
+
+
+# -- cancel_all ---------------------------------------------------------------------------------
+
+
+def test_cancel_all_removes_every_order_of_the_account(run: Run) -> None:
+    run.order("a1", "buy", 5, 99, account="alice")
+    run.order("b1", "buy", 5, 99, account="bob")
+    run.order("a2", "sell", 7, 105, account="alice")
+    run.order("a3", "buy", 1, 98, account="alice")
+    event = run.cancel_all("alice")
+    assert event == Event(
+        "0-5", None, "cancelled", None, None, 13, cancelled_orders=3, account="alice"
+    )
+    assert [(e.order_id, e.cancelled_quantity, e.reason) for e in run.order_events] == [
+        ("a1", 5, "cancel_all"),
+        ("a2", 7, "cancel_all"),
+        ("a3", 1, "cancel_all"),
+    ]
+    assert len(run.engine.book) == 1 and "alice" not in run.engine.book.owners.orders
+
+
+def test_cancel_all_of_one_side(run: Run) -> None:
+    run.order("a1", "buy", 5, 99, account="alice")
+    run.order("a2", "sell", 7, 105, account="alice")
+    event = run.cancel_all("alice", side="sell")
+    assert (event.cancelled_orders, event.cancelled_quantity) == (1, 7)
+    assert run.live("a1") == ("buy", 99, 5)
+
+
+def test_cancel_all_with_nothing_to_cancel(run: Run) -> None:
+    event = run.cancel_all("nobody")
+    assert (event.status, event.cancelled_orders, event.cancelled_quantity) == ("cancelled", 0, 0)
+    assert run.order_events == []
+
+
+def test_cancel_all_costs_the_accounts_orders_not_the_book() -> None:
+    run = Run()
+    for i in range(2000):
+        run.engine.apply(Order(f"x{i}", "buy", 1, 10 + i % 50, "limit", 1), None, run.trades)
+    run.order("a1", "buy", 1, 5, account="alice")
+    owned = run.engine.book.owners.orders
+    assert list(owned) == ["alice"] and len(owned["alice"]) == 1  # the index holds only owned
+    assert run.cancel_all("alice").cancelled_orders == 1
+
+
+# -- fees -----------------------------------------------------------------------------------------
+
+
+def test_fee_rounding() -> None:
+    assert fee(1_000_000, 1) == 1  # exact
+    assert fee(1_000_001, 1) == 2  # a charge rounds up
+    assert fee(999_999, 1) == 1
+    assert fee(0, 25) == 0
+    assert fee(1_000_001, -1) == -1  # a rebate rounds towards zero
+    assert fee(999_999, -1) == 0
+    assert fee(3_000_000, -2) == -6
+    big = (2**63 - 1) * (2**63 - 1)
+    assert fee(big, 1_000_000) == big and fee(big, -1_000_000) == -big  # exact, no overflow
+    assert fee(big, 7) == -(-big * 7 // 1_000_000)
+
+
+def test_rates_must_not_pay_out() -> None:
+    assert check_rates(-2, 5) is None and check_rates(0, 0) is None
+    assert "negative" in (check_rates(-6, 5) or "")
+    assert "only the maker" in (check_rates(5, -1) or "")
+    assert "100%" in (check_rates(0, 1_000_001) or "")
+
+
+def test_trades_carry_fees() -> None:
+    run = Run(fees=Fees(-100, 250))
+    run.order("m", "sell", 3, 123_456_789)
+    run.order("t", "buy", 2, 123_456_789)
+    (trade,) = run.trades
+    notional = 123_456_789 * 2
+    assert trade.maker_fee == -(notional * 100 // 1_000_000)
+    assert trade.taker_fee == -(-notional * 250 // 1_000_000)
+    assert trade.maker_account is None  # fees alone put no account on a trade
+
+
+def test_no_fees_no_fee_fields() -> None:
+    run = Run(fees=Fees(0, 0))
+    run.order("m", "sell", 3, 100)
+    run.order("t", "buy", 2, 100)
+    assert (run.trades[0].maker_fee, run.trades[0].taker_fee) == (None, None)
+
+
+def test_fees_on_an_amend_reentry() -> None:
+    run = Run(fees=Fees(10, 20))
+    run.order("m", "sell", 3, 100_000_000)
+    run.order("b", "buy", 3, 99_000_000)
+    run.amend("b", price=100_000_000)
+    assert [(t.maker_fee, t.taker_fee) for t in run.trades] == [(3000, 6000)]
