@@ -41,23 +41,19 @@ UNDO_CHUNK: Final = 1000
 """Entry IDs per XDEL or XACK call in the script (Lua's unpack has a stack limit)."""
 
 
-def _lua_shapes(names: tuple[str, ...], bits: dict[str, int], common: int) -> str:
+def _lua_shapes(
+    shapes: tuple[tuple[str, ...], ...], names: tuple[str, ...], bits: dict[str, int], common: int
+) -> str:
     """A Lua expression: a table from shape index to its list of field names. The ``common``
     shapes (the indexes below it: entries without accounts, fees or order-event fields) are
     spelled out; any other is made when first asked for, since making all 256 event shapes in
     every call would cost the server more than the XADDs of a small batch."""
     spelled = ", ".join(
-        f"[{shape}] = {{{', '.join(repr(n) for n in names if bits.get(n, 0) in (0, *_set(shape)))}}}"
-        for shape in range(common)
+        f"[{i}] = {{{', '.join(repr(n) for n in shapes[i])}}}" for i in range(common)
     )
     flags = ", ".join(str(bits.get(name, 0)) for name in names)
     quoted = ", ".join(repr(name) for name in names)
-    return f"shapes_of({{{spelled}}}, {{{quoted}}}, {{{flags}}}, {2 * max(bits.values())})"
-
-
-def _set(shape: int) -> tuple[int, ...]:
-    """The bits set in ``shape``."""
-    return tuple(1 << i for i in range(shape.bit_length()) if shape >> i & 1)
+    return f"shapes_of({{{spelled}}}, {{{quoted}}}, {{{flags}}}, {len(shapes)})"
 
 
 def _lua_xadd_branches() -> str:
@@ -116,8 +112,8 @@ local function xadd_rows(key, rows, shapes)
   end
   return added, nil
 end""").substitute(branches=_lua_xadd_branches())
-TRADE_SHAPES_LUA: Final = _lua_shapes(TRADE_NAMES, TRADE_BITS, 1)
-EVENT_SHAPES_LUA: Final = _lua_shapes(EVENT_NAMES, EVENT_BITS, 32)
+TRADE_SHAPES_LUA: Final = _lua_shapes(TRADE_SHAPES, TRADE_NAMES, TRADE_BITS, 1)
+EVENT_SHAPES_LUA: Final = _lua_shapes(EVENT_SHAPES, EVENT_NAMES, EVENT_BITS, 32)
 
 COMMIT_LUA: Final = Template(r"""#!lua
 -- The shebang declares a script that may write: Redis refuses it whole, before it runs, when
