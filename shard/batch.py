@@ -122,6 +122,7 @@ def build_batch(
         committed.events + len(applied),
         engine.digest(),
         committed.seq + 1 if depth else committed.seq,
+        engine.terms.text(),
     )
     return Batch(
         applied[0] if applied else "",

@@ -20,8 +20,9 @@ def parse_id(entry_id: str) -> StreamId:
 
 
 class Checkpoint(msgspec.Struct, frozen=True):
-    """Where the published outputs stand: after input ``last_id``, ``trades``/``events`` total,
-    the engine's state ``digest`` there, and the market data's ``seq``."""
+    """Where the published outputs stand: after input ``last_id``, ``trades`` in all and
+    ``events``, the inputs' own events in all (one per input: order events are not counted),
+    the engine's state ``digest`` there, the market data's ``seq`` and the trading terms."""
 
     last_id: str = ZERO_ID
     trades: int = 0
@@ -29,6 +30,9 @@ class Checkpoint(msgspec.Struct, frozen=True):
     digest: str = ""
     seq: int = 0
     """The ``seq`` of the last ``depth:{P}`` entry published (0: none yet)."""
+    terms: str = ""
+    """The trading terms the inputs up to here were applied under (:mod:`shard.terms`; empty:
+    recorded before terms were, which reads as the defaults)."""
 
     def same_place(self, other: Checkpoint) -> bool:
         """The same input, trade and event counts (the digest aside: a fenced reply has none)."""

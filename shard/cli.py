@@ -17,15 +17,22 @@ if TYPE_CHECKING:
 
 
 def _replay(args: argparse.Namespace) -> int:
+    from shard.engine import Engine
     from shard.replay import CHUNK_LINES, replay
+    from shard.terms import Terms
 
+    terms = Terms(args.stp_default, args.maker_fee_ppm, args.taker_fee_ppm)
+    if (problem := terms.problem()) is not None:
+        print(f"shard replay: {problem}", file=sys.stderr)
+        return 2
+    engine = Engine(fees=terms.fees, stp_default=terms.stp_default)
     source = args.file
     with contextlib.ExitStack() as stack:
         inp = sys.stdin.buffer if source == "-" else stack.enter_context(open(source, "rb"))
         # An interactive session sees each outcome as soon as its line is read.
         chunk = 1 if inp.isatty() else CHUNK_LINES
         try:
-            replay(inp, sys.stdout.buffer, events=args.events, chunk_lines=chunk)
+            replay(inp, sys.stdout.buffer, events=args.events, engine=engine, chunk_lines=chunk)
         except BrokenPipeError:
             # The reader went away (e.g. `| head`): stop quietly, as Unix tools do.
             devnull = os.open(os.devnull, os.O_WRONLY)
@@ -222,7 +229,19 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument(
         "--events",
         action="store_true",
-        help="also print one event per input, after that input's trades",
+        help="also print the events: an input's order events, then its own, after its trades",
+    )
+    replay.add_argument(
+        "--stp-default",
+        default="cancel_taker",
+        help="self-trade prevention mode of an order that gives none (the daemon's "
+        "stp_default); cancel_taker",
+    )
+    replay.add_argument(
+        "--maker-fee-ppm", type=int, default=0, help="maker fee, ppm of the notional; 0"
+    )
+    replay.add_argument(
+        "--taker-fee-ppm", type=int, default=0, help="taker fee, ppm of the notional; 0"
     )
     replay.set_defaults(handler=_replay)
 

@@ -122,7 +122,8 @@ COMMIT_LUA: Final = Template(r"""#!lua
 -- ARGV: group, expected last_id, new last_id, trades total, events total, digest,
 --       output maxlen (0: none), msgpack [trade rows, event rows, [ack ids], depth values,
 --       book fields to set, book fields to delete, ticker fields], first input applied
---       ('' if none), ack mode ('xack' or 'setid'), new seq, depth maxlen (0: none)
+--       ('' if none), ack mode ('xack' or 'setid'), new seq, depth maxlen (0: none), the
+--       trading terms the batch was applied under
 
 -- 1. Checks that write nothing: the fence, the gap, the output streams' types.
 local cp = redis.call('HMGET', KEYS[4], 'last_id', 'trades', 'events')
@@ -265,7 +266,7 @@ if #tick > 0 then
   redis.call('HSET', KEYS[7], unpack(tick))
 end
 redis.call('HSET', KEYS[4], 'last_id', ARGV[3], 'trades', ARGV[4], 'events', ARGV[5],
-           'digest', ARGV[6], 'seq', ARGV[11])
+           'digest', ARGV[6], 'seq', ARGV[11], 'terms', ARGV[13])
 return {'OK', unpack(notes)}
 """).substitute(
     trade_shapes=TRADE_SHAPES_LUA,
@@ -341,7 +342,7 @@ class Commit:
             keys.depth, keys.book, keys.ticker,
             self.group, batch.expected.last_id, target.last_id, target.trades, target.events,
             target.digest, self.output_maxlen, _batch_encoder.encode(rows), batch.first, self.ack,
-            target.seq, self.depth_maxlen,
+            target.seq, self.depth_maxlen, target.terms,
         ]  # fmt: skip
 
     async def send(self, channel: Channel, batch: Batch) -> None:

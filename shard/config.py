@@ -31,6 +31,8 @@ from urllib.parse import SplitResult, parse_qsl, urlsplit
 
 import msgspec
 
+from shard.terms import Terms
+
 PAIR_RE: Final = re.compile(r"[A-Za-z0-9._-]{1,32}")
 
 
@@ -84,6 +86,15 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     depth_maxlen: int = 100_000
     """Approximate cap on ``depth:{P}`` (XTRIM MAXLEN ~ in the commit); 0 keeps everything. A
     client that falls behind the trim resyncs from ``book:{P}``, which is never trimmed."""
+    stp_default: str = "cancel_taker"
+    """Self-trade prevention mode of an order that gives none (``cancel_taker``,
+    ``cancel_maker``, ``cancel_both``, ``decrement`` or ``none``)."""
+    maker_fee_ppm: int = 0
+    """Maker fee in parts per million of each trade's notional; negative: a rebate."""
+    taker_fee_ppm: int = 0
+    """Taker fee in parts per million of each trade's notional (maker + taker >= 0). The
+    trading terms (these three) take effect at a start, from the first input after the
+    checkpoint, never mid-batch (:mod:`shard.terms`)."""
     max_entry_bytes: int = 16_384
     """An input entry larger than this (names + values) is rejected as ``oversize``."""
     read_budget_bytes: int = 16 * 2**20
@@ -126,10 +137,17 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
         for name in ("output_maxlen", "depth_maxlen"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if (problem := self.terms.problem()) is not None:
+            raise ConfigError(problem)
         if self.lease_ttl <= 2:
             raise ConfigError(f"lease_ttl must be > 2 seconds, got {self.lease_ttl!r}")
         _check_url(self.redis_url)
         _check_tls(self)
+
+    @property
+    def terms(self) -> Terms:
+        """The trading terms this configuration asks for."""
+        return Terms(self.stp_default, self.maker_fee_ppm, self.taker_fee_ppm)
 
     def tls_options(self) -> dict[str, Any]:
         """The redis-py client arguments of the TLS keys: none unless ``redis_url`` is

@@ -347,6 +347,15 @@ class Shard:
         self.snapshots.recovered(done.replayed, len(engine.book))
         collector.settle()  # the old engine goes, the new one leaves the collector's view
         await place_group(self.store, self.pipeline.committed, self.config.pair)
+        if done.terms_were is not None:
+            await self.snapshots.store_now(engine, self.pipeline)
+            log.warning(
+                "trading terms changed: the inputs after the checkpoint are applied under "
+                "the new ones",
+                was=done.terms_were.text(),
+                now=engine.terms.text(),
+                after=done.checkpoint.last_id,
+            )
         self.metrics.recoveries.inc()
         self.metrics.resting_orders.set(len(engine.book))
         log.info(

@@ -59,6 +59,7 @@ from shard.messages import (
     show,
 )
 from shard.state import EngineState, SnapshotWriter, book_state, encode_state, load_state
+from shard.terms import STP_DEFAULT, Terms
 
 DUPLICATE_ORDER_ID: Final = "duplicate_order_id"
 UNKNOWN_ORDER: Final = "unknown_order"
@@ -67,7 +68,6 @@ FOK_UNFILLED: Final = "fok_unfilled"
 NO_LIQUIDITY: Final = "no_liquidity"
 SELF_TRADE_PREVENTED: Final = "self_trade_prevented"
 CANCEL_ALL: Final = "cancel_all"
-STP_DEFAULT: Final = "cancel_taker"
 
 DIGEST_SCHEME: Final = "d2:"
 """Prefix of :meth:`Engine.digest`; digests stored under another scheme are not compared."""
@@ -99,7 +99,7 @@ class Ticker(NamedTuple):
 class Engine:
     """One pair's matching engine: a book plus the message semantics of the contract."""
 
-    __slots__ = ("book", "order_events", "stp_default")
+    __slots__ = ("book", "order_events", "stp_default", "terms")
 
     def __init__(
         self,
@@ -112,10 +112,18 @@ class Engine:
         rates; ``stp_default``: the self-trade prevention mode of an order that gives none."""
         self.book = OrderBook(track_depth, fees)
         self.stp_default = stp_default
+        self.terms = Terms(stp_default, *(fees or Fees()))
+        """The trading terms this engine applies."""
         self.order_events: list[Event] = []
         """The order events of the last :meth:`apply` (resting orders it removed or reduced
         without a trade), in the order it made them; they precede its own event in the output.
         Whoever applies inputs takes them (and clears the list) after each one."""
+
+    def adopt(self, terms: Terms) -> None:
+        """Apply ``terms`` from the next input on (a start whose configuration changed them)."""
+        self.book.fees = terms.fees
+        self.stp_default = terms.stp_default
+        self.terms = terms
 
     def apply(self, msg: Input, input_id: str | None, trades: list[Trade]) -> Event:
         """Apply one input: append its trades to ``trades``, its order events to

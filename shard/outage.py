@@ -29,6 +29,11 @@ RENEW_EVERY: Final = 1.0
 """Seconds between two lease renewals while waiting."""
 
 
+class NotYet(Exception):
+    """A step that must succeed before the daemon goes on did not, for a reason that can pass
+    (a snapshot not stored): waited out with backoff, like an error Redis raises."""
+
+
 class Stopping(Exception):
     """A stop was requested while waiting (for Redis, or for the lease)."""
 
@@ -108,20 +113,21 @@ class Waits:
         return bool(self.failures) or self.outage.kind is not None
 
     async def retry(self, action: Callable[[], Awaitable[None]]) -> None:
-        """Run ``action`` until it succeeds, backing off while Redis cannot serve it. An error
-        it does not wait out ends the attempts, and so does a stop, at once (a SIGTERM is
-        served while the daemon waits, not after the backoff)."""
+        """Run ``action`` until it succeeds, backing off while Redis cannot serve it (or it
+        raises :class:`NotYet`). An error it does not wait out ends the attempts, and so does a
+        stop, at once (a SIGTERM is served while the daemon waits, not after the backoff)."""
         failures = 0
         while True:
             try:
                 await action()
                 return
-            except RETRIED as error:
-                if not waited_out(error):
+            except (*RETRIED, NotYet) as error:
+                if not isinstance(error, NotYet) and not waited_out(error):
                     raise
                 failures += 1
                 self.metrics.reconnects.inc()
-                self.note(error_code(error) or "connection", describe(error))
+                kind = "not_yet" if isinstance(error, NotYet) else error_code(error)
+                self.note(kind or "connection", describe(error))
                 if not await self.pause(self.backoff.compute(failures)):
                     raise Stopping("while Redis was unavailable") from error
 

@@ -27,6 +27,7 @@ from shard.logs import Log
 from shard.messages import Event, Trade
 from shard.reads import ReadBudget
 from shard.store import Store, supported_server
+from shard.terms import Terms, parse_terms
 from shard.wire import event_fields, trade_fields, trade_from_fields
 
 log = Log("shard.daemon")
@@ -51,6 +52,9 @@ class Recovered(NamedTuple):
     checkpoint: Checkpoint
     replayed: int
     snapshot: str | None
+    terms_were: Terms | None = None
+    """The checkpoint's terms when the configured ones differ (the engine applies the new
+    ones, but only after a snapshot is stored at the checkpoint); None when they are the same."""
 
 
 class Replayed(NamedTuple):
@@ -104,8 +108,16 @@ async def recover(store: Store, config: Config, renew: Renew) -> Recovered:
     checkpoint = await store.checkpoint()
     if checkpoint is None:
         checkpoint = await rebuild_checkpoint(store, config, renew)
+    terms = parse_terms(checkpoint.terms)
+    if terms is None:
+        raise RecoveryError(
+            f"{keys.checkpoint} holds terms {checkpoint.terms!r}, which are not '<stp_default> "
+            "<maker_fee_ppm> <taker_fee_ppm>': the inputs after the snapshot cannot be replayed "
+            "under the terms they were applied under. Restore the field (the terms the pair ran "
+            "with) or the checkpoint from a backup"
+        )
     meta = await store.snapshot_meta()
-    engine, at, events = await load_snapshot(store, meta)
+    engine, at, events = await load_snapshot(store, meta, terms)
     if parse_id(at) > parse_id(checkpoint.last_id):
         raise RecoveryError(
             f"the snapshot at {at} is ahead of the checkpoint {checkpoint.last_id}: the "
@@ -124,7 +136,10 @@ async def recover(store: Store, config: Config, renew: Renew) -> Recovered:
         )
     await check_outputs(store, checkpoint)
     await sync_book(store, engine, checkpoint)
-    return Recovered(engine, checkpoint, done.replayed, meta.input_id if meta else None)
+    changed = terms if terms != config.terms else None
+    if changed is not None:
+        engine.adopt(config.terms)  # from the next input on, once a snapshot is stored here
+    return Recovered(engine, checkpoint, done.replayed, meta.input_id if meta else None, changed)
 
 
 def book_of(engine: Engine) -> dict[str, str]:
@@ -167,12 +182,15 @@ async def sync_book(store: Store, engine: Engine, checkpoint: Checkpoint) -> Non
     )
 
 
-async def load_snapshot(store: Store, meta: SnapshotMeta | None) -> tuple[Engine, str, int]:
-    """The engine of the stored snapshot, the last input it covers and its event count (an
-    empty engine at ``0-0`` without one)."""
+async def load_snapshot(
+    store: Store, meta: SnapshotMeta | None, terms: Terms
+) -> tuple[Engine, str, int]:
+    """The engine of the stored snapshot under ``terms``, the last input it covers and its
+    event count (an empty engine at ``0-0`` without one)."""
     if meta is None:
-        return Engine(track_depth=True), ZERO_ID, 0
-    engine = Engine.restore(await store.load_snapshot(meta), track_depth=True)
+        return Engine(True, terms.fees, terms.stp_default), ZERO_ID, 0
+    data = await store.load_snapshot(meta)
+    engine = Engine.restore(data, True, terms.fees, terms.stp_default)
     if meta.digest.startswith(DIGEST_SCHEME) and engine.digest() != meta.digest:
         raise RecoveryError(f"snapshot at {meta.input_id} does not match its own digest")
     return engine, meta.input_id, meta.events
@@ -278,7 +296,8 @@ async def rebuild_checkpoint(store: Store, config: Config, renew: Renew) -> Chec
             f"gone from {keys.orders} (trimmed or deleted after {since}): the checkpoint "
             f"cannot be verified. Restore {keys.checkpoint} from a backup"
         )
-    engine, at, events = await load_snapshot(store, meta)
+    # The terms the outputs were made under died with the checkpoint: the configured ones.
+    engine, at, events = await load_snapshot(store, meta, config.terms)
     done = await replay(store, config, engine, at, events, until, renew)
     trades = engine.book.next_trade_id - 1
     replayed_event = done.last_event
@@ -296,7 +315,7 @@ async def rebuild_checkpoint(store: Store, config: Config, renew: Renew) -> Chec
     last_depth = await store.last_entry(keys.depth)  # seq goes on after the last published
     depth_seq = last_depth[1].get("seq", "") if last_depth else ""
     seq = int(depth_seq) if depth_seq.isdigit() else 0
-    checkpoint = Checkpoint(until, trades, done.events, engine.digest(), seq)
+    checkpoint = Checkpoint(until, trades, done.events, engine.digest(), seq, config.terms.text())
     if not await store.write_rebuilt_checkpoint(checkpoint):
         stored = await store.checkpoint()  # another daemon rebuilt it first
         if stored is None:

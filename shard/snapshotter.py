@@ -44,7 +44,7 @@ from shard.config import Config, Keys
 from shard.engine import Engine
 from shard.logs import Log
 from shard.metrics import Metrics
-from shard.outage import Waits
+from shard.outage import NotYet, Waits
 from shard.pipeline import Pipeline, ProtocolError
 from shard.state import SnapshotWriter
 from shard.store import Store
@@ -112,6 +112,10 @@ REFUSED: Final = {
     "STALE": "the header already names it or a later one (another writer)",
     "AHEAD": "the checkpoint in Redis is behind it (Redis lost its last writes?)",
 }
+
+
+class SnapshotNotStored(NotYet):
+    """A snapshot that had to be stored before going on was not (the sentence says why)."""
 
 
 @dataclass
@@ -256,6 +260,27 @@ class Snapshots:
         await self.snapshotter.start(engine, checkpoint, self.store)
         self.metrics.snapshot_stall.observe(time.perf_counter() - started)
         await self.poll()  # inline, it has ended already
+
+    async def store_now(self, engine: Engine, pipeline: Pipeline) -> None:
+        """Snapshot ``engine`` at the committed checkpoint and wait until it is stored (or
+        found stored already): what new trading terms need before the first batch under them
+        (:mod:`shard.terms`). :class:`SnapshotNotStored` if it is not."""
+        if pipeline.unconfirmed:
+            raise ProtocolError("a snapshot with batches in doubt")
+        self.since = 0
+        self.began = time.monotonic()
+        await self.snapshotter.start(engine, pipeline.committed, self.store)
+        running = self.snapshotter.running
+        if running is not None:
+            await asyncio.wait([running.task])
+            if (error := running.task.exception()) is not None:
+                self.snapshotter.poll()  # forget it
+                raise error  # a Redis error: waited out, and recovery runs again
+        meta, failure = self.snapshotter.poll()
+        if failure is not None:
+            raise SnapshotNotStored(failure)
+        if meta is not None:
+            self._stored(meta)
 
     async def poll(self) -> None:
         """If the snapshot has ended: note it, and trim the inputs below it once stored."""

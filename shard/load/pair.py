@@ -201,6 +201,8 @@ class PairLoad:
                 continue
             entries = reply[0][1]
             for _entry_id, fields in entries:
+                if fields[-2] == b"resting_order":
+                    continue  # an order event: the input's own event follows it
                 input_id = fields[1]
                 k = pending.pop(input_id, None)
                 if k is None:

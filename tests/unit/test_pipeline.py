@@ -185,7 +185,9 @@ def test_a_batch_carries_what_its_commit_publishes() -> None:
     batch = build_batch(engine, entries(200), Checkpoint(), 65536)
     assert batch.first == "1-1" and batch.acks == [f"1-{i}" for i in range(1, 201)]
     assert batch.expected == Checkpoint() and batch.inputs == 200
-    assert batch.target == Checkpoint("1-200", batch.trade_count, 200, engine.digest())
+    assert batch.target == Checkpoint(
+        "1-200", batch.trade_count, 200, engine.digest(), 0, "cancel_taker 0 0"
+    )
     assert batch.trade_count == engine.book.next_trade_id - 1 > 0
     assert batch.trades[0] == 0 and batch.trades.count(0) >= batch.trade_count
     assert len(batch.rejected) > 0 and set(batch.rejected) <= {"unknown_order", "would_cross"}
