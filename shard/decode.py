@@ -5,17 +5,18 @@ single ``data`` field holding the message as a JSON object; ``shard replay`` rea
 one object per line.
 
 Every entry becomes an :data:`~shard.messages.Input`: a typed :class:`~shard.messages.Order`,
-:class:`~shard.messages.Cancel` or :class:`~shard.messages.Amend`, or an
-:class:`~shard.messages.Invalid` with a stable reason code and a sentence naming the field and
-its value:
+:class:`~shard.messages.Cancel`, :class:`~shard.messages.Amend` or
+:class:`~shard.messages.CancelAll`, or an :class:`~shard.messages.Invalid` with a stable reason
+code and a sentence naming the field and its value:
 
 =================== ====================================================================
 reason              when
 =================== ====================================================================
 ``malformed``       not UTF-8, not JSON (``NaN`` and ``Infinity`` are not), not a JSON
                     object, a name given twice, no field the shard knows, data + fields
-``missing_field``   a required field is absent (``type``, ``order_id``, ``side``, ...)
-``unknown_type``    ``type`` is not ``order``, ``cancel`` or ``amend``
+``missing_field``   a required field is absent (``type``, ``order_id``, ``side``, a
+                    ``cancel_all``'s ``account``, ...)
+``unknown_type``    ``type`` is not ``order``, ``cancel``, ``amend`` or ``cancel_all``
 ``invalid_field``   a value breaks its rule, or a known field that does not apply to the type
 ``oversize``        a raw entry's names and values exceed ``max_bytes`` in all (only
                     :func:`decode_entry`, the daemon's entry point, takes a bound)
@@ -25,7 +26,12 @@ Rules: integers are decimal ASCII digits (JSON integers in the JSON form) that f
 64-bit integer, with no sign (not even ``-0``), spaces, exponent or fraction; leading zeros are
 accepted in the flat form (``007`` is 7; JSON forbids them). ``quantity`` > 0; ``price`` >= 0,
 required except for ``market``, where it must be absent; ``timestamp`` >= 0, defaulting to the
-stream entry's millisecond time (``default_timestamp``); ``order_id`` 1-64 bytes of UTF-8. A JSON
+stream entry's millisecond time (``default_timestamp``); ``order_id`` 1-64 bytes of UTF-8.
+``account`` (optional on ``order``, ``cancel`` and ``amend``; required on ``cancel_all``) 1-64
+bytes of UTF-8. ``stp`` (``order`` only) one of :data:`~shard.messages.STP_MODES`, and only with
+an ``account``. A ``cancel_all`` takes ``account``, an optional ``side`` (``buy``/``sell``) and
+``timestamp``; like any field a type does not take, an ``order_id``, ``price``, ``quantity``,
+``order_type`` or ``stp`` on it is refused, and its refusal names no ``order_id``. A JSON
 ``null`` counts as absent. Unknown field names are ignored, but no name, known or not, may
 appear twice in an entry or in any JSON object of a message (a reader that keeps the first
 would see another message than one that keeps the last). A JSON number in a known field that
@@ -41,9 +47,12 @@ caller needs is importable from here.
 Cost: the common input of each form takes a fast path that never builds a mapping of its
 fields: a flat entry is decoded from a cached layout of its names (:func:`_fast_flat`) when they
 are distinct and known, a JSON message by msgspec's typed decoder and two guards it needs (see
-:func:`~shard.decode_json.decode_json`). Only input a fast path does not take goes to
-:func:`validate`, several times dearer, which explains the refusal. The fast paths agree with
-the slow ones on every input (property tests hold them to it).
+:func:`~shard.decode_json.decode_json`). An order, cancel or amend with an ``account`` (and
+``stp``) takes them too, for a few list operations more in the flat form
+(:func:`_fast_owned`), and costs a message without them nothing. Only input a fast path does
+not take (a ``cancel_all`` among it) goes to :func:`validate`, several times dearer, which
+explains the refusal. The fast paths agree with the slow ones on every input (property tests
+hold them to it).
 """
 
 from __future__ import annotations
@@ -60,6 +69,7 @@ from shard.input_rules import (
     KNOWN_FIELDS,
     MALFORMED,
     MISSING_FIELD,
+    OWNER_FIELDS,
     UNKNOWN_TYPE,
     first_repeat,
     readable_id,
@@ -68,8 +78,10 @@ from shard.input_rules import (
 )
 from shard.messages import (
     INT64_MAX,
+    MAX_ACCOUNT_BYTES,
     MAX_ORDER_ID_BYTES,
     ORDER_TYPES,
+    STP_MODES,
     Amend,
     Cancel,
     Input,
@@ -98,12 +110,12 @@ OVERSIZE: Final = "oversize"
 
 _SIDES: Final = {b"buy": "buy", b"sell": "sell"}
 _ORDER_TYPES: Final = {t.encode(): t for t in ORDER_TYPES}
+_STP_MODES: Final = {m.encode(): m for m in STP_MODES}
 _FAST_KEYS: Final = {
-    b"order": frozenset(k.encode() for k in APPLIES["order"]),
-    b"cancel": frozenset(k.encode() for k in APPLIES["cancel"]),
-    b"amend": frozenset(k.encode() for k in APPLIES["amend"]),
+    kind.encode(): frozenset(k.encode() for k in APPLIES[kind] - OWNER_FIELDS)
+    for kind in ("order", "cancel", "amend")
 }
-
+"""The names of the plain layouts: an account or stp is read apart (:func:`_fast_owned`)."""
 
 _NAMES: Final = frozenset().union(*_FAST_KEYS.values())
 Layout = tuple[frozenset[bytes], int, int, int, int, int, int, int]
@@ -115,7 +127,8 @@ _UNSEEN: Final[Layout] = (frozenset(), 0, 0, 0, 0, 0, 0, 0)
 
 
 def _new_layout(names: tuple[bytes, ...]) -> Layout | None:
-    if len(set(names)) != len(names) or b"type" not in names or b"order_id" not in names:
+    """The layout of distinct names of :data:`_NAMES`, or None."""
+    if b"type" not in names or b"order_id" not in names:
         return None
     kinds = frozenset(kind for kind, allowed in _FAST_KEYS.items() if allowed.issuperset(names))
     if not kinds:
@@ -128,18 +141,19 @@ def _new_layout(names: tuple[bytes, ...]) -> Layout | None:
 
 
 def _layout(pairs: list[bytes]) -> Layout | None:
-    """The layout of a flat ``[name, value, ...]`` list whose names are all distinct, known
-    fields (else None). Cost: one dict lookup on the names. Only orders of distinct known names
-    are remembered, fewer than 14,000, so hostile names (unknown or repeated) cannot grow the
-    cache."""
+    """The layout of a flat ``[name, value, ...]`` list whose names are all distinct fields of
+    the plain layouts (else None). Cost: one dict lookup on the names. Only orders of those
+    names are remembered, fewer than 14,000, so hostile names (unknown or repeated) cannot grow
+    the cache; an ``account`` or ``stp`` is no such name (:func:`_fast_owned` reads it apart),
+    or their orders would number nearly a million."""
     if len(pairs) & 1:
         return None
     names = tuple(pairs[::2])
     layout = _LAYOUTS.get(names, _UNSEEN)
     if layout is _UNSEEN:
-        layout = _new_layout(names)
-        if len(names) <= len(_NAMES) and _NAMES.issuperset(names) and len(set(names)) == len(names):
-            _LAYOUTS[names] = layout
+        if len(names) > len(_NAMES) or not _NAMES.issuperset(names) or len(set(names)) < len(names):
+            return None
+        layout = _LAYOUTS[names] = _new_layout(names)
     return layout
 
 
@@ -150,7 +164,9 @@ first (JSON would allow surrounding spaces); JSON refuses leading zeros, which t
 validator's path."""
 
 
-def _fast_flat(pairs: list[bytes], layout: Layout, default_timestamp: int | None) -> Input | None:
+def _fast_flat(
+    pairs: list[bytes], layout: Layout, default_timestamp: int | None
+) -> Order | Cancel | Amend | None:
     """The common, canonical flat entry decoded without the validator; None when unsure.
 
     Only accepts what :func:`validate` accepts identically (a property test holds it to that):
@@ -198,15 +214,56 @@ def _fast_flat(pairs: list[bytes], layout: Layout, default_timestamp: int | None
     return Order(order_id, side, quantity, price, order_type, timestamp)  # type: ignore[arg-type]
 
 
+def _fast_owned(pairs: list[bytes], default_timestamp: int | None) -> Input | None:
+    """An order, cancel or amend of a plain layout that also carries an ``account``, and an
+    order maybe an ``stp``: :func:`_fast_flat` on its other fields, then those two. None when
+    unsure (an account not of 1-64 ASCII bytes, an stp without an account, a name twice...).
+
+    Cost: two searches of its names, a copy of the list without them, and a layout lookup on
+    what is left; only an entry whose names have no plain layout gets here."""
+    if len(pairs) & 1:
+        return None
+    names = pairs[::2]
+    if b"account" not in names:
+        return None
+    at = 2 * names.index(b"account")
+    raw = pairs[at + 1]
+    if not raw or len(raw) > MAX_ACCOUNT_BYTES or not raw.isascii():
+        return None
+    account = raw.decode()
+    rest = pairs[:at] + pairs[at + 2 :]
+    stp = None
+    if b"stp" in names:
+        at = 2 * rest[::2].index(b"stp")
+        stp = _STP_MODES.get(rest[at + 1])
+        if stp is None:
+            return None
+        del rest[at : at + 2]
+    layout = _layout(rest)  # None if account or stp is there twice
+    msg = None if layout is None else _fast_flat(rest, layout, default_timestamp)
+    if msg is None:
+        return None
+    if stp is not None:
+        if type(msg) is not Order:
+            return None
+        msg.stp = stp  # type: ignore[assignment]
+    msg.account = account
+    return msg
+
+
 def _fast_pairs(pairs: list[bytes], default_timestamp: int | None) -> Input | None:
-    """:func:`_fast_flat` on a flat list of any shape; None when it is not the fast path's."""
+    """:func:`_fast_flat` or :func:`_fast_owned` on a flat list of any shape; None when it is
+    not the fast paths'."""
     layout = _layout(pairs)
-    return None if layout is None else _fast_flat(pairs, layout, default_timestamp)
+    if layout is None:
+        return _fast_owned(pairs, default_timestamp)
+    return _fast_flat(pairs, layout, default_timestamp)
 
 
-FAST_MAX_BYTES: Final = 256
-"""The largest entry :func:`_fast_flat` can accept: 48 bytes of field names and 139 of values
-(a 64-byte order ID, three 19-digit integers, the longest type, side and order type)."""
+FAST_MAX_BYTES: Final = 288
+"""A bound on the largest entry the fast paths can accept, 273 bytes: 58 bytes of field names
+and 215 of values (a 64-byte order ID and account, three 19-digit integers, the longest type,
+side, order type and stp)."""
 
 
 def decode_entry(entry_id: str, pairs: list[bytes], max_bytes: int) -> Input:
@@ -216,8 +273,9 @@ def decode_entry(entry_id: str, pairs: list[bytes], max_bytes: int) -> Input:
 
     Cost: a canonical flat entry (the common case) is decoded by :func:`_fast_flat` from its
     cached layout: one lookup on its names, no dict of its fields and no sum of its size,
-    which cannot exceed :data:`FAST_MAX_BYTES`. Only other entries are measured and sent
-    through the validator, O(fields)."""
+    which cannot exceed :data:`FAST_MAX_BYTES`. One with an account goes through
+    :func:`_fast_owned`. Only other entries are measured and sent through the validator,
+    O(fields)."""
     if max_bytes >= FAST_MAX_BYTES:
         layout = _layout(pairs)
         if layout is not None:
@@ -225,6 +283,10 @@ def decode_entry(entry_id: str, pairs: list[bytes], max_bytes: int) -> Input:
             fast = _fast_flat(pairs, layout, default)
             if fast is not None:
                 return fast
+        else:
+            owned = _fast_owned(pairs, int(entry_id.partition("-")[0]))
+            if owned is not None:
+                return owned
     it = iter(pairs)
     # No strict=: passing it as a keyword makes the call dearer, and an odd last name is
     # dropped anyway (its bytes still count against max_bytes).
@@ -246,7 +308,9 @@ def _repeated_flat(pairs: list[bytes], fields: Mapping[bytes, bytes]) -> Invalid
     """The refusal of a flat entry that names a field twice (any name: an auditor may keep
     either value)."""
     name, count = first_repeat(pairs[0 : len(pairs) - 1 : 2])
-    order_id = None if name == b"order_id" else readable_id(fields.get(b"order_id"))
+    order_id = (
+        None if name == b"order_id" else readable_id(fields.get(b"order_id"), fields.get(b"type"))
+    )
     return Invalid(order_id, MALFORMED, repeated_detail(name, count))
 
 
@@ -269,7 +333,7 @@ def decode_fields(
     if data is not None:
         if KNOWN_FIELDS.intersection(named):
             return Invalid(
-                readable_id(named.get("order_id")),
+                readable_id(named.get("order_id"), named.get("type")),
                 MALFORMED,
                 "the entry carries both a data field and flat fields "
                 f"({', '.join(sorted(KNOWN_FIELDS.intersection(named)))}); send one form",

@@ -30,6 +30,7 @@ from shard.input_rules import (
     validate,
 )
 from shard.messages import (
+    MAX_ACCOUNT_BYTES,
     MAX_ORDER_ID_BYTES,
     NO_TIMESTAMP,
     Amend,
@@ -42,6 +43,7 @@ from shard.messages import (
 )
 
 _typed = msgspec.json.Decoder(Order | Cancel | Amend)
+"""A ``cancel_all`` (rare: a session ends) is not among its types: it goes the slow way."""
 _untyped = msgspec.json.Decoder()
 # What msgspec raises on hostile JSON: bad syntax or types (DecodeError and its ValidationError),
 # invalid UTF-8 inside a string, and nesting deeper than the interpreter's recursion limit.
@@ -52,19 +54,21 @@ def decode_json(data: bytes | str, default_timestamp: int | None = None) -> Inpu
     """Decode one message in the JSON form (a ``data`` field, or a line of ``shard replay``).
 
     The typed decoder's answer stands only where it is the validator's: it cannot express the
-    cross-field rules nor the UTF-8 length of a non-ASCII order ID, and it reads two things
-    too kindly, which two guards catch:
+    cross-field rules (``stp`` needs ``account``) nor the UTF-8 length of a non-ASCII order ID
+    or account, and it reads two things too kindly, which two guards catch:
 
     * a repeated name, of which it keeps the last value. Each name in a JSON object is
       followed by a colon, so a message with no more colons than the fields its struct proves
-      present names none twice, however its names are escaped. A colon inside a value, an
-      explicit null or an explicit ``"order_type": "limit"`` sends the message the slow way,
-      which is slower, never wrong;
+      present names none twice, however its names are escaped. ``account`` and ``stp`` are
+      counted only when there are colons to spare (:func:`_owner_fields`), so a message
+      without them pays nothing for them. A colon inside a value, an explicit null or an
+      explicit ``"order_type": "limit"`` sends the message the slow way, which is slower,
+      never wrong;
     * ``-0``, which it reads as 0: only a field that decoded to 0 can have been written so.
 
     Cost: msgspec's typed decoder, a few comparisons and a count of the colons (a C loop over
-    the message) for a canonical message; any other goes through :func:`_slow_json`, several
-    times slower."""
+    the message) for a canonical message, a few more with an account; any other goes through
+    :func:`_slow_json`, several times slower."""
     try:
         msg: Order | Cancel | Amend = _typed.decode(data)
     except _JSON_ERRORS:
@@ -107,15 +111,29 @@ def decode_json(data: bytes | str, default_timestamp: int | None = None) -> Inpu
     except TypeError:  # a str
         colons = len(data) - len(data.replace(":", ""))  # type: ignore[arg-type]
         minus_zero = "-0"
-    if colons > shown or (
-        (price == 0 or timestamp == 0) and minus_zero in data  # type: ignore[operator]
-    ):
+    if colons > shown:  # an account, stp, a name twice, a colon in a value, a null...
+        shown += _owner_fields(msg)
+        if colons > shown:
+            return _slow_json(data, default_timestamp)
+    if (price == 0 or timestamp == 0) and minus_zero in data:  # type: ignore[operator]
         return _slow_json(data, default_timestamp)
     if timestamp == NO_TIMESTAMP:
         if default_timestamp is None:
             return missing_timestamp(oid)
         msg.timestamp = default_timestamp
     return msg
+
+
+def _owner_fields(msg: Order | Cancel | Amend) -> int:
+    """How many of ``account`` and ``stp`` a typed message shows where they stand as the
+    validator would take them, else 0 (which sends it the slow way: their colons are then
+    left over). O(1), or O(length) for a non-ASCII account."""
+    account = msg.account
+    if account is None:
+        return 0  # stp without an account: the validator's to refuse
+    if not account.isascii() and len(account.encode()) > MAX_ACCOUNT_BYTES:
+        return 0
+    return 1 if type(msg) is not Order or msg.stp is None else 2
 
 
 class _Constant(Verbatim):
@@ -221,7 +239,7 @@ def _careful_json(data: bytes | str, default_timestamp: int | None) -> Input:
         if stray is not None:
             return _not_a_number(None, stray)
         return Invalid(None, MALFORMED, f"the message must be a JSON object, got {show(obj)}")
-    order_id = readable_id(obj.get("order_id"))
+    order_id = readable_id(obj.get("order_id"), obj.get("type"))
     if type(obj) is _Repeats:
         return Invalid(None if obj.name == "order_id" else order_id, MALFORMED,
                        repeated_detail(obj.name, obj.count))  # fmt: skip

@@ -18,11 +18,14 @@ from typing import Final, TypeVar
 
 from shard.messages import (
     INT64_MAX,
+    MAX_ACCOUNT_BYTES,
     MAX_ORDER_ID_BYTES,
     ORDER_TYPES,
     SIDES,
+    STP_MODES,
     Amend,
     Cancel,
+    CancelAll,
     Input,
     Invalid,
     Order,
@@ -36,13 +39,17 @@ UNKNOWN_TYPE: Final = "unknown_type"
 INVALID_FIELD: Final = "invalid_field"
 
 KNOWN_FIELDS: Final = frozenset(
-    ("type", "order_id", "timestamp", "side", "order_type", "price", "quantity")
+    ("type", "order_id", "timestamp", "side", "order_type", "price", "quantity", "account", "stp")
 )
+OWNER_FIELDS: Final = frozenset(("account", "stp"))
+"""The fields of issue 17: the decoders' fast paths read them apart from the others."""
 APPLIES: Final = {
     "order": KNOWN_FIELDS,
-    "cancel": frozenset(("type", "order_id", "timestamp")),
-    "amend": frozenset(("type", "order_id", "timestamp", "price", "quantity")),
+    "cancel": frozenset(("type", "order_id", "timestamp", "account")),
+    "amend": frozenset(("type", "order_id", "timestamp", "price", "quantity", "account")),
+    "cancel_all": frozenset(("type", "account", "side", "timestamp")),
 }
+CANCEL_ALL: Final = "cancel_all"
 SHOWN_NAMES: Final = 8
 """At most this many field names are listed in a detail, each at most SHOWN_CHARS long."""
 
@@ -110,7 +117,7 @@ def validate(fields: Mapping[str, object], default_timestamp: int | None) -> Inp
 
     Values may be ``bytes``/``str`` (flat form) or JSON values (JSON form).
     """
-    order_id = readable_id(fields.get("order_id"))
+    order_id = readable_id(fields.get("order_id"), fields.get("type"))
     try:
         return _validate(fields, default_timestamp)
     except _Bad as bad:
@@ -128,27 +135,35 @@ def _validate(fields: Mapping[str, object], default_timestamp: int | None) -> In
     kind = _text(fields, "type", required=True)
     applies = APPLIES.get(kind)  # type: ignore[arg-type]
     if applies is None:
-        raise _Bad(UNKNOWN_TYPE, f"type must be order, cancel or amend, got {show(kind)}")
+        raise _Bad(
+            UNKNOWN_TYPE, f"type must be order, cancel, amend or cancel_all, got {show(kind)}"
+        )
     extra = sorted(KNOWN_FIELDS.intersection(present) - applies)
     if extra:
         raise _Bad(INVALID_FIELD, f"field {extra[0]} does not apply to {kind} messages")
-    order_id = _order_id(fields)
-    timestamp = _integer(fields, "timestamp", minimum=0)
-    if timestamp is None:
-        if default_timestamp is None:
-            raise _Bad(MISSING_FIELD, missing_timestamp(None).detail)
-        timestamp = default_timestamp
+    if kind == CANCEL_ALL:
+        account = _identifier(fields, "account", MAX_ACCOUNT_BYTES)
+        if account is None:
+            raise _Bad(
+                MISSING_FIELD, "account is missing; a cancel_all cancels the orders of one account"
+            )
+        side = _side(fields, required=False)
+        timestamp = _timestamp(fields, default_timestamp)
+        return CancelAll(account, side, timestamp)  # type: ignore[arg-type]
+    order_id = _identifier(fields, "order_id", MAX_ORDER_ID_BYTES)
+    if order_id is None:
+        raise _Bad(MISSING_FIELD, "order_id is missing")
+    account = _identifier(fields, "account", MAX_ACCOUNT_BYTES)
+    timestamp = _timestamp(fields, default_timestamp)
     if kind == "cancel":
-        return Cancel(order_id, timestamp)
+        return Cancel(order_id, timestamp, account)
     if kind == "amend":
         quantity = _integer(fields, "quantity", minimum=1)
         price = _integer(fields, "price", minimum=0)
         if quantity is None and price is None:
             raise _Bad(MISSING_FIELD, "an amend needs quantity or price (or both)")
-        return Amend(order_id, quantity, price, timestamp)
-    side = _text(fields, "side", required=True)
-    if side not in SIDES:
-        raise _Bad(INVALID_FIELD, f"side must be buy or sell, got {show(side)}")
+        return Amend(order_id, quantity, price, timestamp, account)
+    side = _side(fields, required=True)
     order_type = _text(fields, "order_type", required=False) or "limit"
     if order_type not in ORDER_TYPES:
         raise _Bad(
@@ -163,11 +178,24 @@ def _validate(fields: Mapping[str, object], default_timestamp: int | None) -> In
         raise _Bad(INVALID_FIELD, f"a market order must not carry a price, got price {price}")
     if order_type != "market" and price is None:
         raise _Bad(MISSING_FIELD, f"price is missing; a {order_type} order needs a price >= 0")
-    return Order(order_id, side, quantity, price, order_type, timestamp)  # type: ignore[arg-type]
+    stp = _text(fields, "stp", required=False)
+    if stp is not None:
+        if stp not in STP_MODES:
+            raise _Bad(INVALID_FIELD, f"stp must be one of {', '.join(STP_MODES)}, got {show(stp)}")
+        if account is None:
+            raise _Bad(
+                INVALID_FIELD,
+                f"stp needs an account: only an order with an account can meet its own orders "
+                f"(stp {show(stp)}, no account)",
+            )
+    return Order(order_id, side, quantity, price, order_type, timestamp, account, stp)  # type: ignore[arg-type]
 
 
-def readable_id(value: object) -> str | None:
-    """The order_id for the event if it can be read at all, else None."""
+def readable_id(value: object, kind: object = None) -> str | None:
+    """The order_id for the event if it can be read at all, else None; always None for a
+    message whose ``type`` (``kind``) is ``cancel_all``, which has no order_id."""
+    if kind == CANCEL_ALL or kind == b"cancel_all":
+        return None
     if isinstance(value, bytes):
         try:
             value = value.decode()
@@ -206,18 +234,35 @@ def _text(fields: Mapping[str, object], name: str, *, required: bool) -> str | N
     raise _Bad(INVALID_FIELD, f"{name} must be a string, got {show(value)}")
 
 
-def _order_id(fields: Mapping[str, object]) -> str:
-    value = _text(fields, "order_id", required=True)
-    assert value is not None
+def _identifier(fields: Mapping[str, object], name: str, limit: int) -> str | None:
+    """An optional identifier (``order_id``, ``account``): 1 to ``limit`` bytes of UTF-8."""
+    value = _text(fields, name, required=False)
+    if value is None:
+        return None
     size = len(value.encode())
     if size == 0:
-        raise _Bad(INVALID_FIELD, "order_id must not be empty")
-    if size > MAX_ORDER_ID_BYTES:
+        raise _Bad(INVALID_FIELD, f"{name} must not be empty")
+    if size > limit:
         raise _Bad(
-            INVALID_FIELD,
-            f"order_id must be at most {MAX_ORDER_ID_BYTES} bytes, got {size}: {show(value)}",
+            INVALID_FIELD, f"{name} must be at most {limit} bytes, got {size}: {show(value)}"
         )
     return value
+
+
+def _side(fields: Mapping[str, object], *, required: bool) -> str | None:
+    side = _text(fields, "side", required=required)
+    if side is not None and side not in SIDES:
+        raise _Bad(INVALID_FIELD, f"side must be buy or sell, got {show(side)}")
+    return side
+
+
+def _timestamp(fields: Mapping[str, object], default_timestamp: int | None) -> int:
+    timestamp = _integer(fields, "timestamp", minimum=0)
+    if timestamp is None:
+        if default_timestamp is None:
+            raise _Bad(MISSING_FIELD, missing_timestamp(None).detail)
+        return default_timestamp
+    return timestamp
 
 
 def _integer(fields: Mapping[str, object], name: str, *, minimum: int) -> int | None:
