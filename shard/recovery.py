@@ -136,9 +136,10 @@ async def recover(store: Store, config: Config, renew: Renew) -> Recovered:
         )
     await check_outputs(store, checkpoint)
     await sync_book(store, engine, checkpoint)
-    changed = terms if terms != config.terms else None
-    if changed is not None:
-        engine.adopt(config.terms)  # from the next input on, once a snapshot is stored here
+    # New terms apply from the next input on, once a snapshot is stored here (none is needed
+    # where no input was ever applied).
+    changed = terms if terms != config.terms and checkpoint.last_id != ZERO_ID else None
+    engine.adopt(config.terms)
     return Recovered(engine, checkpoint, done.replayed, meta.input_id if meta else None, changed)
 
 

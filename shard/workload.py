@@ -19,6 +19,12 @@ amend                        8 %     half reduce quantity (keeps place), half mo
 
 Prices are integers around ``mid`` (100.00 x 10^8) on a 0.01 tick; quantities 1-100 lots (x 10).
 Timestamps start at 1,700,000,000,000 ms and rise by 0-1 ms per message.
+
+With ``accounts=K`` the same messages (drawn from the same seed) also carry accounts: each new
+order, with probability one half, gets one of ``acct0`` ... ``acct{K-1}``, and three in ten of
+those an ``stp`` mode drawn from the five; a cancel or amend of an order with an account gives
+that account, as a gateway would. The accounts come from a second generator, so the messages
+without them are the standard mix's, field for field.
 """
 
 from __future__ import annotations
@@ -38,8 +44,33 @@ def _qty(rng: random.Random) -> int:
     return rng.randint(1, 100) * 10
 
 
-def standard_mix(n: int, seed: int = 1, *, prefix: str = "o") -> Iterator[Message]:
-    """``n`` messages of the standard mix."""
+STP_MODES = ("cancel_taker", "cancel_maker", "cancel_both", "decrement", "none")
+
+
+def standard_mix(
+    n: int, seed: int = 1, *, prefix: str = "o", accounts: int = 0
+) -> Iterator[Message]:
+    """``n`` messages of the standard mix (with ``accounts``: as the module says)."""
+    messages = _mix(n, seed, prefix)
+    return _with_accounts(messages, seed, accounts) if accounts else messages
+
+
+def _with_accounts(messages: Iterator[Message], seed: int, accounts: int) -> Iterator[Message]:
+    arng = random.Random(seed * 7919 + accounts)
+    owner: dict[str, str] = {}
+    for msg in messages:
+        oid = msg["order_id"]
+        if msg["type"] == "order":
+            if arng.random() < 0.5:
+                owner[oid] = msg["account"] = f"acct{arng.randrange(accounts)}"
+                if arng.random() < 0.3:
+                    msg["stp"] = arng.choice(STP_MODES)
+        elif oid in owner:
+            msg["account"] = owner[oid]
+        yield msg
+
+
+def _mix(n: int, seed: int, prefix: str) -> Iterator[Message]:
     rng = random.Random(seed)
     live: list[str] = []
     ts = START_MS
