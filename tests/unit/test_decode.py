@@ -1,4 +1,7 @@
-"""Decoding: both input forms, every reject reason, generated garbage, fast path == slow path."""
+"""Decoding: both input forms, every reject reason, generated garbage, fast path == slow path.
+
+The fields of issue 17 (account, stp, cancel_all) have their own rules in test_decode_accounts.py;
+the generated inputs here carry them too."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shard.decode import decode_fields, decode_json, validate
-from shard.messages import Amend, Cancel, Invalid, Order
+from shard.messages import STP_MODES, Amend, Cancel, CancelAll, Invalid, Order
 
 from ..seed import SEED as SEED_MESSAGES
 
@@ -179,18 +182,24 @@ json_values = st.recursive(
     max_leaves=8,
 )
 field_names = st.sampled_from(
-    ["type", "order_id", "timestamp", "side", "order_type", "price", "quantity", "data", "x"]
-)
+    ["type", "order_id", "timestamp", "side", "order_type", "price", "quantity", "account", "stp",
+     "data", "x"]
+)  # fmt: skip
 near_valid = st.fixed_dictionaries(
     {},
     optional={
-        "type": st.sampled_from(["order", "cancel", "amend", "other", ""]) | json_values,
+        "type": st.sampled_from(["order", "cancel", "amend", "cancel_all", "other", ""])
+        | json_values,
         "order_id": st.text(max_size=70) | json_values,
         "timestamp": st.integers(-5, 2**64) | json_values,
         "side": st.sampled_from(["buy", "sell", "Buy"]) | json_values,
         "order_type": st.sampled_from(["limit", "market", "ioc", "fok", "post_only", "x"]),
         "price": st.integers(-5, 2**64) | st.text(max_size=6) | json_values,
         "quantity": st.integers(-5, 2**64) | st.text(max_size=6) | json_values,
+        "account": st.sampled_from(["a", "alice", "x" * 64, "x" * 65, "é" * 32, "é" * 33, ""])
+        | st.text(max_size=70)
+        | json_values,
+        "stp": st.sampled_from([*STP_MODES, "x", ""]) | json_values,
     },
 )
 
@@ -204,7 +213,7 @@ def test_corrupted_json_never_raises(msg: dict, data: st.DataObject) -> None:
         at = data.draw(st.integers(0, len(raw) - 1))
         raw[at] = data.draw(st.integers(0, 255))
     got = decode_json(bytes(raw), 1)
-    assert isinstance(got, Order | Cancel | Amend | Invalid)
+    assert isinstance(got, Order | Cancel | Amend | CancelAll | Invalid)
     if isinstance(got, Invalid):
         assert got.reason and got.detail
 
@@ -212,8 +221,10 @@ def test_corrupted_json_never_raises(msg: dict, data: st.DataObject) -> None:
 @settings(max_examples=400)
 @given(st.binary(max_size=200))
 def test_garbage_bytes_never_raise(data: bytes) -> None:
-    assert isinstance(decode_json(data, 1), Order | Cancel | Amend | Invalid)
-    assert isinstance(decode_fields({b"data": data}, 1), Order | Cancel | Amend | Invalid)
+    assert isinstance(decode_json(data, 1), Order | Cancel | Amend | CancelAll | Invalid)
+    assert isinstance(
+        decode_fields({b"data": data}, 1), Order | Cancel | Amend | CancelAll | Invalid
+    )
 
 
 @settings(max_examples=400)
@@ -224,7 +235,7 @@ def test_garbage_bytes_never_raise(data: bytes) -> None:
 )
 def test_garbage_flat_entries_never_raise(fields: dict[bytes, bytes]) -> None:
     got = decode_fields(fields, 1)
-    assert isinstance(got, Order | Cancel | Amend | Invalid)
+    assert isinstance(got, Order | Cancel | Amend | CancelAll | Invalid)
     if isinstance(got, Invalid):
         assert got.reason and got.detail
 
@@ -246,6 +257,10 @@ flat_values = st.one_of(
             b"order",
             b"cancel",
             b"amend",
+            b"cancel_all",
+            b"cancel_taker",
+            b"decrement",
+            b"none",
             b"buy",
             b"sell",
             b"limit",
@@ -273,9 +288,10 @@ flat_values = st.one_of(
     st.binary(max_size=6),
 )
 flat_names = st.sampled_from(
-    [b"type", b"order_id", b"timestamp", b"side", b"order_type", b"price", b"quantity", b"other"]
-)
-flat_entries = st.dictionaries(flat_names, flat_values, max_size=8)
+    [b"type", b"order_id", b"timestamp", b"side", b"order_type", b"price", b"quantity",
+     b"account", b"stp", b"other"]
+)  # fmt: skip
+flat_entries = st.dictionaries(flat_names, flat_values, max_size=10)
 
 
 @settings(max_examples=3000)
@@ -300,11 +316,15 @@ def test_flat_fast_path_agrees_with_validator(fields: dict[bytes, bytes], ts: in
      b"-1", b"+1", b"-0", b"+0", b"-007", b" 1", b"1_0", b"1.0", b"\xd9\xa1", b""],
 )  # fmt: skip
 @pytest.mark.parametrize("kind", [b"order", b"amend"])
-def test_integer_bounds_decode_alike_on_both_paths(kind: bytes, name: bytes, value: bytes) -> None:
-    """Each integer field at and past its bounds, in an otherwise canonical entry."""
+@pytest.mark.parametrize("owner", [{}, {b"account": b"a1"}, {b"stp": b"none", b"account": b"a1"}])
+def test_integer_bounds_decode_alike_on_both_paths(
+    kind: bytes, name: bytes, value: bytes, owner: dict[bytes, bytes]
+) -> None:
+    """Each integer field at and past its bounds, in an otherwise canonical entry (with an
+    account and stp too: the owned fast path)."""
     from shard.decode import _fast_pairs, decode_entry
 
-    fields = {b"type": kind, b"order_id": b"o1", b"timestamp": b"5", b"price": b"100"}
+    fields = {b"type": kind, b"order_id": b"o1", **owner, b"timestamp": b"5", b"price": b"100"}
     fields |= {b"side": b"buy", b"quantity": b"3"} if kind == b"order" else {}
     fields[name] = value
     pairs = [x for kv in fields.items() for x in kv]

@@ -7,8 +7,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shard.decode import decode_entry, decode_fields, decode_json, validate
+from shard.input_rules import APPLIES, KNOWN_FIELDS
 from shard.messages import STP_MODES, Amend, Cancel, CancelAll, Invalid, Order
 
 ORDER = {"type": "order", "order_id": "o1", "side": "buy", "price": 100, "quantity": 3}
@@ -335,3 +338,60 @@ def test_names_with_an_account_are_not_remembered_as_layouts() -> None:
         assert decode_entry("5-0", pairs, 16_384) == Cancel("o1", 7 if i % 2 else 5, f"a{i}")
     assert all(b"account" not in names for names in _LAYOUTS)
     assert len(set(_LAYOUTS) - before) <= 2
+
+
+_GOOD: dict[str, list[object]] = {
+    "order_id": ["o1", "x" * 64, "é"],
+    "account": ["a", "x" * 64, "é" * 32, "a:b"],
+    "stp": list(STP_MODES),
+    "side": ["buy", "sell"],
+    "order_type": ["limit", "market", "ioc", "fok", "post_only"],
+    "price": [0, 7, 2**63 - 1],
+    "quantity": [1, 3],
+    "timestamp": [0, 9],
+}
+_BAD: dict[str, list[object]] = {
+    "order_id": ["", "x" * 65],
+    "account": ["", "x" * 65, "é" * 33, 5],
+    "stp": ["x", "", "NONE"],
+    "side": ["x"],
+    "order_type": ["stop"],
+    "price": [2**63, -1],
+    "quantity": [0],
+    "timestamp": [-1],
+}
+
+
+@st.composite
+def owned_messages(draw: st.DrawFn) -> dict[str, object]:
+    """Messages near the owned shapes: the fields of their type each there or not (an account
+    mostly there), in any order, a value now and then past its rule, a field now and then that
+    does not apply."""
+    kind = draw(st.sampled_from(["order", "order", "order", "cancel", "amend", "cancel_all"]))
+    names = [n for n in sorted(APPLIES[kind] - {"type"}) if draw(st.integers(0, 9)) < 9]
+    if draw(st.integers(0, 9)) == 0:
+        names.append(draw(st.sampled_from(sorted(KNOWN_FIELDS - {"type"}))))
+    msg: dict[str, object] = {"type": kind}
+    for name in draw(st.permutations(names)):
+        bad = draw(st.integers(0, 19)) == 0
+        msg[name] = draw(st.sampled_from((_BAD if bad else _GOOD)[name]))
+    return dict(draw(st.permutations(list(msg.items()))))
+
+
+@settings(max_examples=2000)
+@given(owned_messages(), st.sampled_from([None, 5]))
+def test_the_fast_paths_agree_with_the_validator_on_owned_messages(
+    msg: dict[str, object], ts: int | None
+) -> None:
+    from shard.decode import _fast_pairs
+
+    pairs = pairs_of(msg)
+    want = validate(dict(zip([p.decode() for p in pairs[::2]], pairs[1::2], strict=True)), ts)
+    fast = _fast_pairs(pairs, ts)
+    assert fast is None or fast == want
+    if ts is not None:  # an entry ID always gives a default
+        assert decode_entry(f"{ts}-0", pairs, 16_384) == want
+    text = json.dumps(msg)
+    want = validate(msg, ts)
+    assert decode_json(text, ts) == want
+    assert decode_json(text.encode(), ts) == want

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shard.decode import decode_entry, decode_fields, decode_json, validate
-from shard.messages import Amend, Cancel, Invalid, Order
+from shard.messages import STP_MODES, Amend, Cancel, Invalid, Order
 
 ORDER = {"type": "order", "order_id": "o1", "side": "buy", "price": 100, "quantity": 1}
 
@@ -83,9 +83,15 @@ def _shapes() -> list[dict[str, object]]:
             msg |= {"price": 7} if order_type != "market" else {}
             msg |= {"order_type": order_type} if order_type else {}
             shapes.append(msg)
+            shapes.append({**msg, "account": "a1"})
+            shapes.append({**msg, "account": "a1", "stp": STP_MODES[len(shapes) % 5]})
         for change in ({"quantity": 2}, {"price": 7}, {"quantity": 2, "price": 7}):
             shapes.append({"type": "amend", "order_id": "o1", **change, **ts})
+            shapes.append({"type": "amend", "order_id": "o1", **change, **ts, "account": "a1"})
         shapes.append({"type": "cancel", "order_id": "o1", **ts})
+        shapes.append({"type": "cancel", "order_id": "o1", **ts, "account": "a1"})
+        for side in ({}, {"side": "buy"}):
+            shapes.append({"type": "cancel_all", "account": "a1", **side, **ts})
     return shapes
 
 
@@ -304,11 +310,13 @@ def test_the_list_of_names_is_bounded() -> None:
 
 # -- the fast paths against the slow ones --------------------------------------------------------
 
-KNOWN = ["type", "order_id", "timestamp", "side", "order_type", "price", "quantity"]
+KNOWN = ["type", "order_id", "timestamp", "side", "order_type", "price", "quantity", "account",
+         "stp"]  # fmt: skip
 json_names = st.sampled_from([*KNOWN, "x", "data"])
 json_literals = st.one_of(
     st.sampled_from(
         ['"order"', '"cancel"', '"amend"', '"buy"', '"sell"', '"limit"', '"market"', '"ioc"',
+         '"cancel_all"', '"decrement"', '"none"', '"alice"', '"' + "é" * 33 + '"', '""',
          '"o1"', '"x-0"', '"a:b"', "0", "1", "-0", "-1", "null", "7", "1.5", "NaN", "1e400",
          str(2**63 - 1), str(2**63), '"-0"', '"007"', '"b\\u0075y"', "[1]", '{"a":1,"a":2}']
     ),
@@ -326,8 +334,8 @@ def _escaped(name: str, escape: bool) -> str:
 @st.composite
 def json_texts(draw: st.DrawFn) -> tuple[str, list[tuple[str, str]]]:
     """A JSON object written by hand: names may repeat or be escaped, values may be -0, NaN..."""
-    kind = draw(st.sampled_from(["order", "cancel", "amend"]))
-    members = [("type", f'"{kind}"'), ("order_id", '"o1"')]
+    kind = draw(st.sampled_from(["order", "cancel", "amend", "cancel_all"]))
+    members = [("type", f'"{kind}"'), ("account" if kind == "cancel_all" else "order_id", '"o1"')]
     members += draw(st.lists(st.tuples(json_names, json_literals), max_size=6))
     members = draw(st.permutations(members))
     space = draw(st.sampled_from(["", " ", "\n"]))
@@ -374,7 +382,8 @@ def test_json_fast_path_agrees_with_the_slow_path(
 flat_names = st.sampled_from([n.encode() for n in KNOWN] + [b"other", b"\xff"])
 flat_values = st.one_of(
     st.sampled_from(
-        [b"order", b"cancel", b"amend", b"buy", b"sell", b"limit", b"market", b"0", b"1", b"007",
+        [b"order", b"cancel", b"amend", b"cancel_all", b"none", b"decrement", b"buy", b"sell",
+         b"limit", b"market", b"0", b"1", b"007",
          b"-0", b"+0", b"-1", b"+1", b"-007", b"", b"9" * 19, b"x" * 64, b"\xff"]
     ),
     st.integers(0, 2**63).map(lambda n: str(n).encode()),
@@ -382,7 +391,7 @@ flat_values = st.one_of(
 
 
 @settings(max_examples=3000)
-@given(st.lists(st.tuples(flat_names, flat_values), max_size=9))
+@given(st.lists(st.tuples(flat_names, flat_values), max_size=11))
 def test_flat_entries_with_repeated_names_and_signs(items: list[tuple[bytes, bytes]]) -> None:
     """The flat rules spelled out: a repeated name is malformed, a sign is an invalid field, and
     otherwise the fast path and the validator agree."""
