@@ -62,7 +62,11 @@ def raw_entries(count: int, seed: int) -> list[tuple[bytes, list[bytes]]]:
 def commits(count: int, seed: int) -> list[list[Any]]:
     """Each batch's commit command, as the daemon builds it (also the shard side's work)."""
     keys = Keys(PAIR)
-    pipeline, engine, metrics = Pipeline(Config(pair=PAIR), keys), Engine(), Metrics(PAIR)
+    pipeline, engine, metrics = (
+        Pipeline(Config(pair=PAIR), keys),
+        Engine(track_depth=True),
+        Metrics(PAIR),
+    )
     commit = Commit(AsyncRedis(), keys, "shard", "setid", 0)  # builds commands: never connects
     entries = raw_entries(count, seed)
     out = []

@@ -39,7 +39,7 @@ import msgspec
 
 from shard.book import LevelView, OrderBook
 from shard.fees import Fees
-from shard.l2 import CHECKSUM_LEVELS, checksum
+from shard.l2 import CHECKSUM_LEVELS, checksum_of, side_text
 from shard.messages import (
     AMENDED,
     CANCELLED,
@@ -99,7 +99,7 @@ class Ticker(NamedTuple):
 class Engine:
     """One pair's matching engine: a book plus the message semantics of the contract."""
 
-    __slots__ = ("book", "order_events", "stp_default", "terms")
+    __slots__ = ("_top_texts", "book", "order_events", "stp_default", "terms")
 
     def __init__(
         self,
@@ -114,6 +114,9 @@ class Engine:
         self.stp_default = stp_default
         self.terms = Terms(stp_default, *(fees or Fees()))
         """The trading terms this engine applies."""
+        self._top_texts: list[str | None] = [None, None]
+        """Each side's checksummed text as :meth:`take_depth` last made it (None: not known
+        for the book as it stands)."""
         self.order_events: list[Event] = []
         """The order events of the last :meth:`apply` (resting orders it removed or reduced
         without a trade), in the order it made them; they precede its own event in the output.
@@ -423,20 +426,32 @@ class Engine:
     def take_depth(self) -> Depth | None:
         """The market data of what changed since the last call (a batch): the changed levels,
         conflated, with their final values, the best levels and the top-10 checksum; None if no
-        level changed. O(c log c) for c levels changed, plus O(1) for the checksum."""
+        level changed. O(c log c) for c levels changed, plus O(1) for the checksum: a side
+        whose changes all lie behind its 10 best levels keeps the text it had."""
         bids, asks = self.book.take_changes()
         if not bids and not asks:
             return None
         book = self.book
-        top_bids = book.top("buy", CHECKSUM_LEVELS)
-        top_asks = book.top("sell", CHECKSUM_LEVELS)
+        texts = self._top_texts
+        for i, (side, changes) in enumerate((("buy", bids), ("sell", asks))):
+            if texts[i] is None or (
+                changes and not book.beyond_top(side, changes, CHECKSUM_LEVELS)
+            ):
+                texts[i] = side_text(book.top(side, CHECKSUM_LEVELS))
+        best_bid, best_ask = book.bids.best, book.asks.best
         return Depth(
             bids,
             asks,
-            top_bids[0] if top_bids else None,
-            top_asks[0] if top_asks else None,
-            checksum(top_bids, top_asks),
+            None if best_bid is None else (best_bid.price, best_bid.total, len(best_bid.orders)),
+            None if best_ask is None else (best_ask.price, best_ask.total, len(best_ask.orders)),
+            checksum_of(texts[0] or "", texts[1] or ""),
         )
+
+    def discard_depth(self) -> None:
+        """Forget the changes recorded since the last :meth:`take_depth` (inputs replayed by a
+        recovery, whose market data was published when they were first applied)."""
+        self.book.take_changes()
+        self._top_texts = [None, None]
 
     def ticker(self) -> Ticker:
         """The trade totals so far and the last trade. O(1)."""

@@ -22,8 +22,14 @@ Level = Sequence[int]
 def checksum(bids: Iterable[Level], asks: Iterable[Level]) -> int:
     """The contract's checksum of the best levels given, best first (at most
     :data:`CHECKSUM_LEVELS` of each side are read)."""
-    text = "|".join(
-        ",".join(f"{level[0]}:{level[1]}" for level in islice(side, CHECKSUM_LEVELS))
-        for side in (bids, asks)
-    )
-    return zlib.crc32(text.encode())
+    return checksum_of(side_text(bids), side_text(asks))
+
+
+def side_text(levels: Iterable[Level]) -> str:
+    """One side's part of the checksummed text: its best levels as ``<price>:<quantity>``."""
+    return ",".join([f"{level[0]}:{level[1]}" for level in islice(levels, CHECKSUM_LEVELS)])
+
+
+def checksum_of(bids_text: str, asks_text: str) -> int:
+    """The checksum of the two sides' :func:`side_text`."""
+    return zlib.crc32(f"{bids_text}|{asks_text}".encode())

@@ -213,7 +213,7 @@ async def replay(
             break
         entries = [(raw_id.decode(), fields) for raw_id, fields in page]
         pages.taken(apply_entries(engine, entries, config.max_entry_bytes, trades, page_events))
-        engine.book.take_changes()  # replayed changes were published already: not market data
+        engine.discard_depth()  # replayed changes were published already: not market data
         at = entries[-1][0]
         events += len(entries)
         replayed += len(entries)

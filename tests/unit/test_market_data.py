@@ -88,3 +88,38 @@ def test_a_version_1_snapshot_restores_with_totals_from_zero() -> None:
     engine = Engine.restore(old)
     assert engine.book.get("b") == ("buy", 100, 4) and engine.book.next_trade_id == 4
     assert engine.ticker() == (3, 0, 0, None)
+
+
+def test_the_checksum_follows_every_change_near_and_behind_the_top() -> None:
+    """take_depth keeps a side's checksummed text while its changes lie behind its 10 best
+    levels: after each batch the checksum must still be that of the book as it stands."""
+    engine = Engine(track_depth=True)
+    trades: list[Trade] = []
+    n = 0
+
+    def apply(*orders: tuple[str, int, int]) -> None:
+        nonlocal n
+        for side, qty, price in orders:
+            n += 1
+            engine.apply(Order(f"o{n}", side, qty, price, "limit", 1), None, trades)
+        depth = engine.take_depth()
+        assert depth is not None
+        book = engine.book
+        assert depth.checksum == checksum(book.top("buy", 10), book.top("sell", 10))
+
+    apply(*[("buy", 1, 100 - i) for i in range(15)], *[("sell", 1, 200 + i) for i in range(15)])
+    apply(("buy", 5, 86))  # behind the 10 best bids: the bid text is kept
+    apply(("sell", 5, 213))  # behind the asks' 10 best
+    apply(("buy", 2, 91))  # the 10th bid: inside
+    apply(("buy", 3, 95), ("sell", 4, 214))  # one side inside, the other behind
+    engine.apply(Order("x", "sell", 20, 90, "ioc", 1), None, trades)  # sweeps the top bids
+    depth = engine.take_depth()
+    assert depth is not None and depth.checksum == checksum(
+        engine.book.top("buy", 10), engine.book.top("sell", 10)
+    )
+    restored = Engine.restore(engine.snapshot(), track_depth=True)  # no text known yet
+    restored.apply(Order("y", "sell", 1, 230, "limit", 1), None, trades)
+    depth = restored.take_depth()
+    assert depth is not None and depth.checksum == checksum(
+        restored.book.top("buy", 10), restored.book.top("sell", 10)
+    )
