@@ -10,6 +10,7 @@
 
   .venv/bin/python scripts/bench_book.py                 # all three, the documented defaults
   .venv/bin/python scripts/bench_book.py engine --count 500000
+  .venv/bin/python scripts/bench_book.py --accounts 100      # accounts on half the orders
 
 Workloads are seeded (--seed, default 1); the files go to a temporary directory.
 """
@@ -48,8 +49,9 @@ def percentiles(samples_ns: list[int]) -> str:
     )
 
 
-def bench_engine(count: int, seed: int, repeat: int) -> None:
-    msgs = [decode_json(msgspec.json.encode(m)) for m in standard_mix(count, seed)]
+def bench_engine(count: int, seed: int, repeat: int, accounts: int) -> None:
+    mix = standard_mix(count, seed, accounts=accounts)
+    msgs = [decode_json(msgspec.json.encode(m)) for m in mix]
     best = float("inf")
     for _ in range(repeat):
         engine = Engine()
@@ -60,7 +62,7 @@ def bench_engine(count: int, seed: int, repeat: int) -> None:
         events = [apply(m, None, trades) for m in msgs]
         best = min(best, time.perf_counter() - start)
     statuses = collections.Counter(e.status for e in events)
-    print(f"(a) engine, pre-decoded standard mix: {count:,} msgs, seed {seed}")
+    print(f"(a) engine, pre-decoded standard mix: {count:,} msgs, seed {seed}{_with(accounts)}")
     print(f"    throughput {count / best:,.0f} msgs/s (best of {repeat}; {best:.3f} s)")
     print(
         f"    trades {len(trades):,}; resting at end {len(engine.book):,}; "
@@ -75,6 +77,10 @@ def bench_engine(count: int, seed: int, repeat: int) -> None:
         engine.apply(m, None, trades)
         samples.append(clock() - t0)
     print(f"    per message: {percentiles(samples)}")
+
+
+def _with(accounts: int) -> str:
+    return f", accounts on half the orders ({accounts} accounts)" if accounts else ""
 
 
 def write_lines(path: Path, messages) -> None:  # type: ignore[no-untyped-def]
@@ -105,12 +111,13 @@ def run_replay(path: Path, *extra: str) -> tuple[float, float]:
     return float(elapsed), int(rss_kib) / 1024
 
 
-def bench_replay(count: int, seed: int, repeat: int, tmp: Path) -> None:
+def bench_replay(count: int, seed: int, repeat: int, tmp: Path, accounts: int) -> None:
     path = tmp / "mix.jsonl"
-    write_lines(path, standard_mix(count, seed))
+    write_lines(path, standard_mix(count, seed, accounts=accounts))
     size = path.stat().st_size / 2**20
     print(
-        f"(b) shard replay end to end: {count:,}-message standard mix ({size:.1f} MiB), seed {seed}"
+        f"(b) shard replay end to end: {count:,}-message standard mix ({size:.1f} MiB), "
+        f"seed {seed}{_with(accounts)}"
     )
     for extra in ((), ("--events",)):
         best = min(run_replay(path, *extra)[0] for _ in range(repeat))
@@ -121,14 +128,17 @@ def bench_replay(count: int, seed: int, repeat: int, tmp: Path) -> None:
         )
 
 
-def bench_rss(count: int, seed: int, tmp: Path) -> None:
+def bench_rss(count: int, seed: int, tmp: Path, accounts: int) -> None:
     path = tmp / "resting.jsonl"
-    write_lines(path, resting_orders(count, seed))
+    write_lines(path, resting_orders(count, seed, accounts=accounts))
     elapsed, rss = run_replay(path)
     empty = tmp / "empty.jsonl"
     empty.write_bytes(b"")
     _, base = run_replay(empty)
-    print(f"(c) shard replay over {count:,} resting non-crossing orders, seed {seed}")
+    print(
+        f"(c) shard replay over {count:,} resting non-crossing orders, seed {seed}"
+        + (f", each of one of {accounts} accounts" if accounts else "")
+    )
     print(
         f"    peak RSS {rss:.0f} MiB (an empty run: {base:.0f} MiB; "
         f"{(rss - base) * 2**20 / count:.0f} bytes per order); {count / elapsed:,.0f} msgs/s"
@@ -145,6 +155,13 @@ def main() -> None:
     parser.add_argument("--replay-count", type=int, default=200_000, help="(b) messages")
     parser.add_argument("--rss-count", type=int, default=1_000_000, help="(c) resting orders")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument(
+        "--accounts",
+        type=int,
+        default=0,
+        help="accounts on the orders (0: none): half the standard mix's orders, each resting "
+        "order in (c)",
+    )
     args = parser.parse_args()
     which = args.which or ["engine", "replay", "rss"]
     if unknown := set(which) - {"engine", "replay", "rss"}:
@@ -155,11 +172,11 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory() as tmp:
         if "engine" in which:
-            bench_engine(args.count, args.seed, args.repeat)
+            bench_engine(args.count, args.seed, args.repeat, args.accounts)
         if "replay" in which:
-            bench_replay(args.replay_count, args.seed, args.repeat, Path(tmp))
+            bench_replay(args.replay_count, args.seed, args.repeat, Path(tmp), args.accounts)
         if "rss" in which:
-            bench_rss(args.rss_count, args.seed, Path(tmp))
+            bench_rss(args.rss_count, args.seed, Path(tmp), args.accounts)
 
 
 if __name__ == "__main__":

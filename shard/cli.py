@@ -118,7 +118,7 @@ def _publish(args: argparse.Namespace) -> int:
     fields = message_from_flags({
         "type": args.type, "order_id": args.order_id, "side": args.side,
         "order_type": args.order_type, "price": args.price, "quantity": args.quantity,
-        "timestamp": args.timestamp,
+        "timestamp": args.timestamp, "account": args.account, "stp": args.stp,
     })  # fmt: skip
     if fields and args.file != "-":
         raise SystemExit("shard publish: give a FILE or message flags, not both")
@@ -281,13 +281,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="JSON-lines file; - or nothing for standard input",
     )
     flags = publish.add_argument_group("one message from flags (sent as flat fields)")
-    flags.add_argument("--type", choices=["order", "cancel", "amend"])
+    flags.add_argument("--type", choices=["order", "cancel", "amend", "cancel_all"])
     flags.add_argument("--order-id")
     flags.add_argument("--side", choices=["buy", "sell"])
     flags.add_argument("--order-type", choices=["limit", "market", "ioc", "fok", "post_only"])
     flags.add_argument("--price", type=int, help="integer, price x 10^8")
     flags.add_argument("--quantity", type=int)
     flags.add_argument("--timestamp", type=int, help="ms since epoch (default: entry time)")
+    flags.add_argument("--account", help="the owner (order, cancel, amend, cancel_all)")
+    flags.add_argument(
+        "--stp",
+        choices=["cancel_taker", "cancel_maker", "cancel_both", "decrement", "none"],
+        help="self-trade prevention mode of an order (needs --account)",
+    )
     publish.set_defaults(handler=_publish)
 
     trades = commands.add_parser(

@@ -139,15 +139,15 @@ def _mix(n: int, seed: int, prefix: str) -> Iterator[Message]:
 
 
 def resting_orders(
-    n: int, seed: int = 1, *, levels: int = 1000, prefix: str = "r"
+    n: int, seed: int = 1, *, levels: int = 1000, prefix: str = "r", accounts: int = 0
 ) -> Iterator[Message]:
     """``n`` non-crossing limit orders: bids below the mid and asks above, over ``levels``
-    price levels per side."""
+    price levels per side (with ``accounts``: each of one of ``acct0`` ... in turn)."""
     rng = random.Random(seed)
     for i in range(n):
         side = "buy" if i % 2 == 0 else "sell"
         depth = rng.randrange(levels) + 1
-        yield {
+        msg: Message = {
             "type": "order",
             "order_id": f"{prefix}{i}",
             "timestamp": START_MS + i // 1000,
@@ -155,3 +155,6 @@ def resting_orders(
             "price": MID + (-depth if side == "buy" else depth) * TICK,
             "quantity": _qty(rng),
         }
+        if accounts:
+            msg["account"] = f"acct{i % accounts}"
+        yield msg
