@@ -493,10 +493,10 @@ class OrderBook:
         level = self._index.pop(order_id, None)
         if level is None:
             return None
+        if level.held:  # first: the cut copies the level with its orders' accounts
+            self._keep(level)
         if self.owners.of:
             self.owners.forget(order_id)
-        if level.held:
-            self._keep(level)
         if not level.changed:
             level.changed = True
             self.changed.append(level)

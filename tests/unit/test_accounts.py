@@ -405,3 +405,23 @@ def test_fees_on_an_amend_reentry() -> None:
     run.order("b", "buy", 3, 99_000_000)
     run.amend("b", price=100_000_000)
     assert [(t.maker_fee, t.taker_fee) for t in run.trades] == [(3000, 6000)]
+
+
+def test_a_sliced_snapshot_keeps_the_accounts_of_orders_cancelled_under_it() -> None:
+    """The cut copies a level before its first change, accounts included: an owned order
+    cancelled after the cut opened is in the snapshot with its account and mode."""
+    run = Run()
+    for i in range(6):
+        run.order(f"a{i}", "buy", 1, 90 - i, account="alice", stp="decrement")
+    whole = run.engine.snapshot()
+    writer = run.engine.snapshot_writer()
+    part = writer.step(1)  # the first level only
+    run.cancel("a5")  # a level not reached yet
+    run.cancel("a0")  # a level already encoded
+    rest = b""
+    while not writer.done:
+        rest += writer.step(1)
+    assert part + rest == whole
+    restored = Engine.restore(whole)
+    assert restored.book.owners.of["a5"] == "alice"
+    assert restored.book.owners.modes["a5"] == "decrement"
