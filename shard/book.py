@@ -179,6 +179,13 @@ class OrderBook:
         """The side ("buy" or "sell") of a live order. O(1)."""
         return self._index[order_id].owner.name
 
+    def in_priority(self, order_ids: list[str]) -> list[str]:
+        """Live ``order_ids`` in the book's order: the bids, best level first, then the asks,
+        each level's orders in the order given (the account index lists a level's orders in
+        FIFO order, before and after a restore alike). O(k log k) for k orders."""
+        index, asks = self._index, self.asks
+        return sorted(order_ids, key=lambda o: (index[o].owner is asks, index[o].key))
+
     def best_bid(self) -> int | None:
         """Highest bid price. O(1)."""
         best = self.bids.best

@@ -363,13 +363,14 @@ class Engine:
         return self._outcome(msg, input_id, quantity, rest, decremented, stopped, mode)
 
     def _cancel_all(self, msg: CancelAll, input_id: str | None) -> Event:
-        """Every live order of the account (of the side, if given), oldest first, each with its
-        order event. O(orders of the account)."""
+        """Every live order of the account (of the side, if given), in the book's order (bids
+        best first, then asks, FIFO within a level: the same before and after a restore), each
+        with its order event. O(k log k) for the account's k orders, never O(book)."""
         book = self.book
         account, side = msg.account, msg.side
         add = self.order_events.append
         count = total = 0
-        for order_id in book.owners.orders_of(account):
+        for order_id in book.in_priority(book.owners.orders_of(account)):
             if side is not None and book.side_of(order_id) != side:
                 continue
             removed = book.cancel(order_id) or 0

@@ -326,10 +326,11 @@ def test_cancel_all_removes_every_order_of_the_account(run: Run) -> None:
     assert event == Event(
         "0-5", None, "cancelled", None, None, 13, cancelled_orders=3, account="alice"
     )
+    # In the book's order: the bids best first, then the asks.
     assert [(e.order_id, e.cancelled_quantity, e.reason) for e in run.order_events] == [
         ("a1", 5, "cancel_all"),
-        ("a2", 7, "cancel_all"),
         ("a3", 1, "cancel_all"),
+        ("a2", 7, "cancel_all"),
     ]
     assert len(run.engine.book) == 1 and "alice" not in run.engine.book.owners.orders
 
@@ -425,3 +426,18 @@ def test_a_sliced_snapshot_keeps_the_accounts_of_orders_cancelled_under_it() -> 
     restored = Engine.restore(whole)
     assert restored.book.owners.of["a5"] == "alice"
     assert restored.book.owners.modes["a5"] == "decrement"
+
+
+def test_cancel_all_reports_the_same_order_after_a_restore() -> None:
+    """The order events of a cancel_all are in the book's order, which a snapshot keeps (the
+    order in which the orders arrived is not state)."""
+    run = Run()
+    for oid, side, price in (("a", "buy", 90), ("b", "sell", 120), ("c", "buy", 95)):
+        run.order(oid, side, 1, price, account="alice")
+    run.order("d", "buy", 1, 90, account="alice")  # behind a at 90
+    run.amend("a", price=91)  # a moves: now alone at 91
+    restored = Run()
+    restored.engine = Engine.restore(run.engine.snapshot())
+    for r in (run, restored):
+        r.cancel_all("alice")
+        assert [e.order_id for e in r.order_events] == ["c", "a", "d", "b"]
