@@ -115,6 +115,11 @@ end""").substitute(branches=_lua_xadd_branches())
 TRADE_SHAPES_LUA: Final = _lua_shapes(TRADE_SHAPES, TRADE_NAMES, TRADE_BITS, 1)
 EVENT_SHAPES_LUA: Final = _lua_shapes(EVENT_SHAPES, EVENT_NAMES, EVENT_BITS, 32)
 
+TRIM_DEPTH_EVERY: Final = 64
+"""``depth:{P}`` is trimmed (``XTRIM MAXLEN ~ depth_maxlen``) by the commits whose ``seq`` is a
+multiple of this: a trim with nothing to do still costs the server a command per commit, and
+the cap is approximate anyway (it may be passed by this many entries, plus a stream node)."""
+
 COMMIT_LUA: Final = Template(r"""#!lua
 -- The shebang declares a script that may write: Redis refuses it whole, before it runs, when
 -- over maxmemory (without it, the limit is checked only at the first command that adds memory).
@@ -150,9 +155,11 @@ local function is(key, want)
   return kind == want, nil
 end
 local wrong
+-- depth:{P} is trimmed every TRIM_EVERY-th seq, and only by a commit that adds to it.
+local trim_depth = depthmax > 0 and #depth > 0 and tonumber(ARGV[11]) % $trim_every == 0
 for s = 1, 3 do
   local n = s < 3 and #rows[s] or #depth
-  if n > 0 or (s < 3 and maxlen > 0) or (s == 3 and depthmax > 0) then
+  if n > 0 or (s < 3 and maxlen > 0) then
     existed[s], wrong = is(keys[s], 'stream')
     if wrong then
       return wrong
@@ -246,21 +253,21 @@ if maxlen > 0 then
   redis.pcall('XTRIM', KEYS[1], 'MAXLEN', '~', maxlen)
   redis.pcall('XTRIM', KEYS[2], 'MAXLEN', '~', maxlen)
 end
-if depthmax > 0 then
+if trim_depth then
   redis.pcall('XTRIM', KEYS[5], 'MAXLEN', '~', depthmax)
 end
 for i = 1, #book_del, $chunk do
   redis.call('HDEL', KEYS[6], unpack(book_del, i, math.min(i + $chunk - 1, #book_del)))
 end
+-- The levels set and where the book stands, in as few HSETs as the chunks allow (one, mostly).
+local n = #book_set
+book_set[n + 1], book_set[n + 2] = 'input_id', ARGV[3]
+if depth_id or ARGV[11] == '0' then
+  book_set[n + 3], book_set[n + 4] = 'seq', ARGV[11]
+  book_set[n + 5], book_set[n + 6] = 'depth_id', depth_id or '0-0'
+end
 for i = 1, #book_set, 2 * $chunk do
   redis.call('HSET', KEYS[6], unpack(book_set, i, math.min(i + 2 * $chunk - 1, #book_set)))
-end
-if depth_id then
-  redis.call('HSET', KEYS[6], 'input_id', ARGV[3], 'seq', ARGV[11], 'depth_id', depth_id)
-elseif ARGV[11] == '0' then
-  redis.call('HSET', KEYS[6], 'input_id', ARGV[3], 'seq', '0', 'depth_id', '0-0')
-else
-  redis.call('HSET', KEYS[6], 'input_id', ARGV[3])
 end
 if #tick > 0 then
   redis.call('HSET', KEYS[7], unpack(tick))
@@ -273,6 +280,7 @@ return {'OK', unpack(notes)}
     event_shapes=EVENT_SHAPES_LUA,
     xadd_rows=XADD_ROWS_LUA,
     chunk=UNDO_CHUNK,
+    trim_every=TRIM_DEPTH_EVERY,
 )
 """The commit script (see the module's docstring)."""
 

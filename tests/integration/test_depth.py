@@ -119,3 +119,19 @@ def test_a_new_pair_starts_without_rebuilding_a_book(
     assert code == 0, log
     assert "did not hold the recovered book" not in log
     assert_market_data(r, keys)
+
+
+def test_depth_maxlen_trims_the_stream_and_a_client_resyncs_from_the_book(
+    server: LocalServer, r: redis.Redis, keys: Keys
+) -> None:
+    """depth_maxlen is approximate: trimmed every 64th seq, whole stream nodes at a time, so
+    the stream stays within the cap plus 64 entries plus a node (100 entries by default)."""
+    publish(r, list(standard_mix(1500, seed=16)))
+    run_until_idle(server.url, batch_size=1, depth_maxlen=100)
+    seq = int(r.hget(keys.checkpoint, "seq") or 0)
+    assert seq > 400  # many more entries were published than are kept
+    assert r.xlen(keys.depth) <= 100 + 64 + 100
+    entries = r.xrange(keys.depth)
+    seqs = [int(f[b"seq"]) for _, f in entries]
+    assert seqs == list(range(seq - len(seqs) + 1, seq + 1))  # what is kept is the newest
+    assert stored_book(r, keys)["seq"] == str(seq)
