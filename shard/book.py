@@ -566,15 +566,6 @@ class OrderBook:
             for level in [levels[key] for key in book_side.keys[:n]]
         ]
 
-    def beyond_top(self, side: str, prices: list[LevelView], n: int) -> bool:
-        """Whether every level of ``prices`` (levels of ``side``) lies behind the side's ``n``
-        best levels as they stand, so they changed nothing among them. O(log L)."""
-        keys = self.side(side).keys
-        if len(keys) < n:
-            return False
-        sign, nth = (-1 if side == "buy" else 1), keys[n - 1]
-        return all(sign * view[0] > nth for view in prices)
-
     # -- state -----------------------------------------------------------------------------------
 
     def load_level(

@@ -37,7 +37,7 @@ from typing import Final, NamedTuple
 
 import msgspec
 
-from shard.book import LevelView, OrderBook
+from shard.book import NO_LIMIT, LevelView, OrderBook
 from shard.fees import Fees
 from shard.l2 import CHECKSUM_LEVELS, checksum_of, side_text
 from shard.messages import (
@@ -99,7 +99,7 @@ class Ticker(NamedTuple):
 class Engine:
     """One pair's matching engine: a book plus the message semantics of the contract."""
 
-    __slots__ = ("_top_texts", "book", "order_events", "stp_default", "terms")
+    __slots__ = ("_top_nth", "_top_texts", "book", "order_events", "stp_default", "terms")
 
     def __init__(
         self,
@@ -116,7 +116,8 @@ class Engine:
         """The trading terms this engine applies."""
         self._top_texts: list[str | None] = [None, None]
         """Each side's checksummed text as :meth:`take_depth` last made it (None: not known
-        for the book as it stands)."""
+        for the book as it stands), and the key of its 10th level then (NO_LIMIT: fewer)."""
+        self._top_nth = [NO_LIMIT, NO_LIMIT]
         self.order_events: list[Event] = []
         """The order events of the last :meth:`apply` (resting orders it removed or reduced
         without a trade), in the order it made them; they precede its own event in the output.
@@ -433,12 +434,14 @@ class Engine:
         if not bids and not asks:
             return None
         book = self.book
-        texts = self._top_texts
-        for i, (side, changes) in enumerate((("buy", bids), ("sell", asks))):
-            if texts[i] is None or (
-                changes and not book.beyond_top(side, changes, CHECKSUM_LEVELS)
-            ):
-                texts[i] = side_text(book.top(side, CHECKSUM_LEVELS))
+        texts, nth = self._top_texts, self._top_nth
+        for i, (side, changes, sign) in enumerate((("buy", bids, -1), ("sell", asks, 1))):
+            # The levels up to the 10th key the text was made from are untouched if every
+            # change lies behind it: then so are the text and that key.
+            if texts[i] is None or (changes and not all(sign * c[0] > nth[i] for c in changes)):
+                top = book.top(side, CHECKSUM_LEVELS)
+                texts[i] = side_text(top)
+                nth[i] = sign * top[-1][0] if len(top) == CHECKSUM_LEVELS else NO_LIMIT
         best_bid, best_ask = book.bids.best, book.asks.best
         return Depth(
             bids,
