@@ -118,6 +118,8 @@ _FAST_KEYS: Final = {
 """The names of the plain layouts: an account or stp is read apart (:func:`_fast_owned`)."""
 
 _NAMES: Final = frozenset().union(*_FAST_KEYS.values())
+_OWNER_NAMES: Final = frozenset(k.encode() for k in OWNER_FIELDS)
+_ALL_NAMES: Final = _NAMES | _OWNER_NAMES
 Layout = tuple[frozenset[bytes], int, int, int, int, int, int, int]
 """Where a flat entry's fields are, by the order of its names: the kinds whose fields it may
 carry, then the list index of the value of ``type``, ``order_id``, ``timestamp``, ``quantity``,
@@ -125,12 +127,23 @@ carry, then the list index of the value of ``type``, ``order_id``, ``timestamp``
 _LAYOUTS: dict[tuple[bytes, ...], Layout | None] = {}
 _UNSEEN: Final[Layout] = (frozenset(), 0, 0, 0, 0, 0, 0, 0)
 
+OwnedLayout = tuple[Layout, int, int]
+"""Where the fields of a flat entry with an ``account`` are: the layout of its other fields, then
+the list index of the value of ``account`` and of ``stp`` (0: absent)."""
+_OWNED_LAYOUTS: dict[tuple[bytes, ...], OwnedLayout | None] = {}
+_UNSEEN_OWNED: Final[OwnedLayout] = (_UNSEEN, 0, 0)
+OWNED_LAYOUTS_MAX: Final = 1024
+"""At most this many orders of names with an ``account`` are remembered (nearly a million are
+possible); past that, an entry's is worked out each time, which is slower, never wrong."""
+
 
 def _new_layout(names: tuple[bytes, ...]) -> Layout | None:
-    """The layout of distinct names of :data:`_NAMES`, or None."""
-    if b"type" not in names or b"order_id" not in names:
+    """The layout of distinct names of :data:`_ALL_NAMES`, or None; an ``account`` or ``stp``
+    among them is left to :func:`_fast_owned`."""
+    plain = [name for name in names if name not in _OWNER_NAMES]
+    if b"type" not in plain or b"order_id" not in plain:
         return None
-    kinds = frozenset(kind for kind, allowed in _FAST_KEYS.items() if allowed.issuperset(names))
+    kinds = frozenset(kind for kind, allowed in _FAST_KEYS.items() if allowed.issuperset(plain))
     if not kinds:
         return None
     at = {name: 2 * i + 1 for i, name in enumerate(names)}
@@ -144,8 +157,7 @@ def _layout(pairs: list[bytes]) -> Layout | None:
     """The layout of a flat ``[name, value, ...]`` list whose names are all distinct fields of
     the plain layouts (else None). Cost: one dict lookup on the names. Only orders of those
     names are remembered, fewer than 14,000, so hostile names (unknown or repeated) cannot grow
-    the cache; an ``account`` or ``stp`` is no such name (:func:`_fast_owned` reads it apart),
-    or their orders would number nearly a million."""
+    the cache; an ``account`` or ``stp`` is no such name (:func:`_owned_layout` has them)."""
     if len(pairs) & 1:
         return None
     names = tuple(pairs[::2])
@@ -214,40 +226,53 @@ def _fast_flat(
     return Order(order_id, side, quantity, price, order_type, timestamp)  # type: ignore[arg-type]
 
 
-def _fast_owned(pairs: list[bytes], default_timestamp: int | None) -> Input | None:
-    """An order, cancel or amend of a plain layout that also carries an ``account``, and an
-    order maybe an ``stp``: :func:`_fast_flat` on its other fields, then those two. None when
-    unsure (an account not of 1-64 ASCII bytes, an stp without an account, a name twice...).
-
-    Cost: two searches of its names, a copy of the list without them, and a layout lookup on
-    what is left; only an entry whose names have no plain layout gets here."""
+def _owned_layout(pairs: list[bytes]) -> OwnedLayout | None:
+    """The layout of a flat list whose names are distinct fields of the fast paths, an
+    ``account`` among them (else None). Cost: one dict lookup on the names; the cache is
+    bounded by :data:`OWNED_LAYOUTS_MAX`."""
     if len(pairs) & 1:
         return None
-    names = pairs[::2]
-    if b"account" not in names:
+    names = tuple(pairs[::2])
+    owned = _OWNED_LAYOUTS.get(names, _UNSEEN_OWNED)
+    if owned is _UNSEEN_OWNED:
+        if (
+            len(names) > len(_ALL_NAMES)
+            or b"account" not in names
+            or not _ALL_NAMES.issuperset(names)
+            or len(set(names)) < len(names)
+        ):
+            return None
+        layout = _new_layout(names)
+        at_stp = 2 * names.index(b"stp") + 1 if b"stp" in names else 0
+        owned = None if layout is None else (layout, 2 * names.index(b"account") + 1, at_stp)
+        if len(_OWNED_LAYOUTS) < OWNED_LAYOUTS_MAX:
+            _OWNED_LAYOUTS[names] = owned
+    return owned
+
+
+def _fast_owned(pairs: list[bytes], default_timestamp: int | None) -> Input | None:
+    """An order, cancel or amend that also carries an ``account``, and an order maybe an
+    ``stp``: :func:`_fast_flat` on its other fields, then those two. None when unsure (an
+    account not of 1-64 ASCII bytes, an stp on a cancel...).
+
+    Cost: :func:`_fast_flat` and a second layout lookup (:func:`_owned_layout`); only an entry
+    whose names have no plain layout gets here."""
+    owned = _owned_layout(pairs)
+    if owned is None:
         return None
-    at = 2 * names.index(b"account")
-    raw = pairs[at + 1]
+    layout, at_account, at_stp = owned
+    raw = pairs[at_account]
     if not raw or len(raw) > MAX_ACCOUNT_BYTES or not raw.isascii():
         return None
-    account = raw.decode()
-    rest = pairs[:at] + pairs[at + 2 :]
-    stp = None
-    if b"stp" in names:
-        at = 2 * rest[::2].index(b"stp")
-        stp = _STP_MODES.get(rest[at + 1])
-        if stp is None:
-            return None
-        del rest[at : at + 2]
-    layout = _layout(rest)  # None if account or stp is there twice
-    msg = None if layout is None else _fast_flat(rest, layout, default_timestamp)
+    msg = _fast_flat(pairs, layout, default_timestamp)
     if msg is None:
         return None
-    if stp is not None:
-        if type(msg) is not Order:
+    if at_stp:
+        stp = _STP_MODES.get(pairs[at_stp])
+        if stp is None or type(msg) is not Order:
             return None
         msg.stp = stp  # type: ignore[assignment]
-    msg.account = account
+    msg.account = raw.decode()
     return msg
 
 

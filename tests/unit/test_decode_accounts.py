@@ -4,6 +4,7 @@ the validator and taken by the common shapes."""
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -326,18 +327,26 @@ def test_the_largest_owned_entry_fits_the_fast_path_bound() -> None:
     assert _fast_pairs([x for kv in fields.items() for x in kv], None) is None
 
 
-def test_names_with_an_account_are_not_remembered_as_layouts() -> None:
-    """The layout cache holds orders of the plain names only (a bounded set); an entry with an
-    account is read through the layout of its other names."""
-    from shard.decode import _LAYOUTS
+def test_the_layouts_of_names_with_an_account_are_bounded() -> None:
+    """Names with an account have a cache of their own, capped: the plain one stays bounded by
+    construction, and past the cap an entry still decodes alike, its layout worked out anew."""
+    from shard.decode import _LAYOUTS, _OWNED_LAYOUTS, OWNED_LAYOUTS_MAX
 
-    before = set(_LAYOUTS)
-    for i in range(200):
-        pairs = [b"type", b"cancel", b"account", f"a{i}".encode(), b"order_id", b"o1"]
-        pairs += [b"timestamp", b"7"] if i % 2 else []
-        assert decode_entry("5-0", pairs, 16_384) == Cancel("o1", 7 if i % 2 else 5, f"a{i}")
-    assert all(b"account" not in names for names in _LAYOUTS)
-    assert len(set(_LAYOUTS) - before) <= 2
+    saved = dict(_OWNED_LAYOUTS)
+    try:
+        fields = {b"type": b"order", b"order_id": b"o1", b"side": b"sell", b"price": b"9",
+                  b"quantity": b"2", b"timestamp": b"7", b"account": b"a"}  # fmt: skip
+        want = Order("o1", "sell", 2, 9, "limit", 7, "a")
+        for n, names in enumerate(itertools.permutations(fields)):
+            if n > OWNED_LAYOUTS_MAX + 100:
+                break
+            pairs = [x for name in names for x in (name, fields[name])]
+            assert decode_entry("5-0", pairs, 16_384) == want
+        assert len(_OWNED_LAYOUTS) == OWNED_LAYOUTS_MAX
+        assert all(b"account" not in names for names in _LAYOUTS)
+    finally:
+        _OWNED_LAYOUTS.clear()
+        _OWNED_LAYOUTS.update(saved)
 
 
 _GOOD: dict[str, list[object]] = {
