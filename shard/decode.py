@@ -157,7 +157,8 @@ def _layout(pairs: list[bytes]) -> Layout | None:
     """The layout of a flat ``[name, value, ...]`` list whose names are all distinct fields of
     the plain layouts (else None). Cost: one dict lookup on the names. Only orders of those
     names are remembered, fewer than 14,000, so hostile names (unknown or repeated) cannot grow
-    the cache; an ``account`` or ``stp`` is no such name (:func:`_owned_layout` has them)."""
+    the cache; an ``account`` or ``stp`` is no such name, but :func:`_owned_layout` records
+    here, as None, the orders of names it remembers."""
     if len(pairs) & 1:
         return None
     names = tuple(pairs[::2])
@@ -247,19 +248,17 @@ def _owned_layout(pairs: list[bytes]) -> OwnedLayout | None:
         owned = None if layout is None else (layout, 2 * names.index(b"account") + 1, at_stp)
         if len(_OWNED_LAYOUTS) < OWNED_LAYOUTS_MAX:
             _OWNED_LAYOUTS[names] = owned
+            _LAYOUTS[names] = None  # so that _layout() finds at once it has no plain layout
     return owned
 
 
-def _fast_owned(pairs: list[bytes], default_timestamp: int | None) -> Input | None:
+def _fast_owned(
+    pairs: list[bytes], owned: OwnedLayout, default_timestamp: int | None
+) -> Order | Cancel | Amend | None:
     """An order, cancel or amend that also carries an ``account``, and an order maybe an
-    ``stp``: :func:`_fast_flat` on its other fields, then those two. None when unsure (an
-    account not of 1-64 ASCII bytes, an stp on a cancel...).
-
-    Cost: :func:`_fast_flat` and a second layout lookup (:func:`_owned_layout`); only an entry
-    whose names have no plain layout gets here."""
-    owned = _owned_layout(pairs)
-    if owned is None:
-        return None
+    ``stp``, decoded from its :func:`_owned_layout`: :func:`_fast_flat` on its other fields,
+    then those two. None when unsure (an account not of 1-64 ASCII bytes, an stp on a
+    cancel...). Cost: :func:`_fast_flat`'s and a few operations."""
     layout, at_account, at_stp = owned
     raw = pairs[at_account]
     if not raw or len(raw) > MAX_ACCOUNT_BYTES or not raw.isascii():
@@ -280,9 +279,10 @@ def _fast_pairs(pairs: list[bytes], default_timestamp: int | None) -> Input | No
     """:func:`_fast_flat` or :func:`_fast_owned` on a flat list of any shape; None when it is
     not the fast paths'."""
     layout = _layout(pairs)
-    if layout is None:
-        return _fast_owned(pairs, default_timestamp)
-    return _fast_flat(pairs, layout, default_timestamp)
+    if layout is not None:
+        return _fast_flat(pairs, layout, default_timestamp)
+    owned = _owned_layout(pairs)
+    return None if owned is None else _fast_owned(pairs, owned, default_timestamp)
 
 
 FAST_MAX_BYTES: Final = 288
@@ -298,9 +298,9 @@ def decode_entry(entry_id: str, pairs: list[bytes], max_bytes: int) -> Input:
 
     Cost: a canonical flat entry (the common case) is decoded by :func:`_fast_flat` from its
     cached layout: one lookup on its names, no dict of its fields and no sum of its size,
-    which cannot exceed :data:`FAST_MAX_BYTES`. One with an account goes through
-    :func:`_fast_owned`. Only other entries are measured and sent through the validator,
-    O(fields)."""
+    which cannot exceed :data:`FAST_MAX_BYTES`. One with an account takes a second lookup,
+    for its :func:`_owned_layout`, and :func:`_fast_owned`. Only other entries are measured
+    and sent through the validator, O(fields)."""
     if max_bytes >= FAST_MAX_BYTES:
         layout = _layout(pairs)
         if layout is not None:
@@ -309,9 +309,12 @@ def decode_entry(entry_id: str, pairs: list[bytes], max_bytes: int) -> Input:
             if fast is not None:
                 return fast
         else:
-            owned = _fast_owned(pairs, int(entry_id.partition("-")[0]))
+            owned = _owned_layout(pairs)
             if owned is not None:
-                return owned
+                default = None if owned[0][3] else int(entry_id.partition("-")[0])
+                fast = _fast_owned(pairs, owned, default)
+                if fast is not None:
+                    return fast
     it = iter(pairs)
     # No strict=: passing it as a keyword makes the call dearer, and an odd last name is
     # dropped anyway (its bytes still count against max_bytes).

@@ -328,11 +328,11 @@ def test_the_largest_owned_entry_fits_the_fast_path_bound() -> None:
 
 
 def test_the_layouts_of_names_with_an_account_are_bounded() -> None:
-    """Names with an account have a cache of their own, capped: the plain one stays bounded by
-    construction, and past the cap an entry still decodes alike, its layout worked out anew."""
+    """Names with an account have a cache of their own, capped, and the plain one holds no more
+    of them than that; past the cap an entry still decodes alike, its layout worked out anew."""
     from shard.decode import _LAYOUTS, _OWNED_LAYOUTS, OWNED_LAYOUTS_MAX
 
-    saved = dict(_OWNED_LAYOUTS)
+    saved, saved_plain = dict(_OWNED_LAYOUTS), dict(_LAYOUTS)
     try:
         fields = {b"type": b"order", b"order_id": b"o1", b"side": b"sell", b"price": b"9",
                   b"quantity": b"2", b"timestamp": b"7", b"account": b"a"}  # fmt: skip
@@ -343,10 +343,14 @@ def test_the_layouts_of_names_with_an_account_are_bounded() -> None:
             pairs = [x for name in names for x in (name, fields[name])]
             assert decode_entry("5-0", pairs, 16_384) == want
         assert len(_OWNED_LAYOUTS) == OWNED_LAYOUTS_MAX
-        assert all(b"account" not in names for names in _LAYOUTS)
+        owned_names = [names for names in _LAYOUTS if b"account" in names]
+        assert set(owned_names) == set(_OWNED_LAYOUTS)  # there only to say "no plain layout"
+        assert all(_LAYOUTS[names] is None for names in owned_names)
     finally:
         _OWNED_LAYOUTS.clear()
         _OWNED_LAYOUTS.update(saved)
+        _LAYOUTS.clear()
+        _LAYOUTS.update(saved_plain)
 
 
 _GOOD: dict[str, list[object]] = {
