@@ -482,32 +482,20 @@ class Engine:
         )
 
 
+def _rejected(
+    input_id: str | None, order_id: str, reason: str, detail: str, account: str | None = None
+) -> Event:
+    return Event(input_id, order_id, REJECTED, None, None, None, reason, detail, None, account)
+
+
 def _unknown(order_id: str, input_id: str | None, account: str | None = None) -> Event:
-    return Event(
-        input_id,
-        order_id,
-        REJECTED,
-        None,
-        None,
-        None,
-        UNKNOWN_ORDER,
-        f"order_id {show(order_id)} is not live (never seen, filled or cancelled)",
-        None,
-        account,
-    )
+    detail = f"order_id {show(order_id)} is not live (never seen, filled or cancelled)"
+    return _rejected(input_id, order_id, UNKNOWN_ORDER, detail, account)
 
 
 def _duplicate(input_id: str | None, order_id: str) -> Event:
-    return Event(
-        input_id,
-        order_id,
-        REJECTED,
-        None,
-        None,
-        None,
-        DUPLICATE_ORDER_ID,
-        f"order_id {show(order_id)} is already live in the book",
-    )
+    detail = f"order_id {show(order_id)} is already live in the book"
+    return _rejected(input_id, order_id, DUPLICATE_ORDER_ID, detail)
 
 
 def _fok_unfilled(msg: Order, input_id: str | None) -> Event:

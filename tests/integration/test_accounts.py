@@ -30,14 +30,7 @@ from .helpers import (
     stop_daemon,
     wait_events,
 )
-
-
-def entries_of(ids: list[str], messages: list[dict]) -> list[tuple[str, dict[bytes, bytes]]]:
-    """The input entries as the daemon read them (flat fields, as bytes)."""
-    return [
-        (i, {k.encode(): str(v).encode() for k, v in m.items()})
-        for i, m in zip(ids, messages, strict=True)
-    ]
+from .test_faults import entries_of
 
 
 def oracle(
@@ -45,7 +38,7 @@ def oracle(
 ) -> tuple[list[Trade], list[Event]]:
     """What an uninterrupted engine publishes for these inputs when ``runs`` say which terms
     apply from which input on (index, terms), by the daemon's own path."""
-    entries = [(i, [x for kv in f.items() for x in kv]) for i, f in entries_of(ids, messages)]
+    entries = [(i, [x for kv in f.items() for x in kv]) for i, f in entries_of(None, ids, messages)]
     engine, trades, events = Engine(), [], []
     limit = Config(pair=PAIR).max_entry_bytes
     bounds = [start for start, _ in runs[1:]] + [len(entries)]
@@ -219,4 +212,4 @@ def test_sigkill_with_accounts_fees_and_cancel_all_is_exactly_once(
     assert trades == want_trades
     assert [t.trade_id for t in trades] == list(range(1, len(trades) + 1))
     assert any(e.resting_order for e in events) and any(e.cancelled_orders for e in events)
-    assert_market_data(r, keys, entries_of(ids, messages))
+    assert_market_data(r, keys, entries_of(r, ids, messages))
