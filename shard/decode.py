@@ -115,31 +115,50 @@ _FAST_KEYS: Final = {
     kind.encode(): frozenset(k.encode() for k in APPLIES[kind] - OWNER_FIELDS)
     for kind in ("order", "cancel", "amend")
 }
-"""The names of the plain layouts: an account or stp is read apart (:func:`_fast_owned`)."""
+"""The names of the plain layouts; an account and stp are read apart (:class:`_Owner`)."""
 
 _NAMES: Final = frozenset().union(*_FAST_KEYS.values())
 _OWNER_NAMES: Final = frozenset(k.encode() for k in OWNER_FIELDS)
 _ALL_NAMES: Final = _NAMES | _OWNER_NAMES
 Layout = tuple[frozenset[bytes], int, int, int, int, int, int, int]
 """Where a flat entry's fields are, by the order of its names: the kinds whose fields it may
-carry, then the list index of the value of ``type``, ``order_id``, ``timestamp``, ``quantity``,
-``price``, ``side`` and ``order_type`` (0: absent; a value's index is always odd)."""
+carry (an :class:`_Owner` if an ``account`` is among them), then the list index of the value of
+``type``, ``order_id``, ``timestamp``, ``quantity``, ``price``, ``side`` and ``order_type`` (0:
+absent; a value's index is always odd)."""
+
+
+class _Owner(frozenset[bytes]):
+    """The kinds of the layout of names with an ``account``: none, so that :func:`_fast_flat`
+    refuses such an entry at its first test and the common layouts pay nothing for accounts,
+    and what :func:`_fast_owned` needs: the layout of the other names, and the list index of
+    the value of ``account`` and of ``stp`` (0: absent)."""
+
+    __slots__ = ("at_account", "at_stp", "layout")
+
+    layout: Layout
+    at_account: int
+    at_stp: int
+
+    @classmethod
+    def of(cls, layout: Layout, at_account: int, at_stp: int) -> Layout:
+        owner = cls()
+        owner.layout, owner.at_account, owner.at_stp = layout, at_account, at_stp
+        return (owner, *layout[1:])
+
+
 _LAYOUTS: dict[tuple[bytes, ...], Layout | None] = {}
 _UNSEEN: Final[Layout] = (frozenset(), 0, 0, 0, 0, 0, 0, 0)
-
-OwnedLayout = tuple[Layout, int, int]
-"""Where the fields of a flat entry with an ``account`` are: the layout of its other fields, then
-the list index of the value of ``account`` and of ``stp`` (0: absent)."""
-_OWNED_LAYOUTS: dict[tuple[bytes, ...], OwnedLayout | None] = {}
-_UNSEEN_OWNED: Final[OwnedLayout] = (_UNSEEN, 0, 0)
+_OWNED_NAMES: set[tuple[bytes, ...]] = set()
+"""The orders of names with an ``account`` or ``stp`` that :data:`_LAYOUTS` holds."""
 OWNED_LAYOUTS_MAX: Final = 1024
-"""At most this many orders of names with an ``account`` are remembered (nearly a million are
-possible); past that, an entry's is worked out each time, which is slower, never wrong."""
+"""At most this many orders of names with an ``account`` or ``stp`` are remembered (nearly a
+million are possible); past that, an entry's layout is worked out each time, which is slower,
+never wrong."""
 
 
 def _new_layout(names: tuple[bytes, ...]) -> Layout | None:
-    """The layout of distinct names of :data:`_ALL_NAMES`, or None; an ``account`` or ``stp``
-    among them is left to :func:`_fast_owned`."""
+    """The layout of distinct names of :data:`_ALL_NAMES`, or None (an ``stp`` without an
+    ``account`` among them is the validator's)."""
     plain = [name for name in names if name not in _OWNER_NAMES]
     if b"type" not in plain or b"order_id" not in plain:
         return None
@@ -147,26 +166,40 @@ def _new_layout(names: tuple[bytes, ...]) -> Layout | None:
     if not kinds:
         return None
     at = {name: 2 * i + 1 for i, name in enumerate(names)}
-    return (
+    layout: Layout = (
         kinds, at[b"type"], at[b"order_id"], at.get(b"timestamp", 0), at.get(b"quantity", 0),
         at.get(b"price", 0), at.get(b"side", 0), at.get(b"order_type", 0),
     )  # fmt: skip
+    if len(plain) == len(names):
+        return layout
+    if b"account" not in at:
+        return None
+    return _Owner.of(layout, at[b"account"], at.get(b"stp", 0))
 
 
 def _layout(pairs: list[bytes]) -> Layout | None:
-    """The layout of a flat ``[name, value, ...]`` list whose names are all distinct fields of
-    the plain layouts (else None). Cost: one dict lookup on the names. Only orders of those
-    names are remembered, fewer than 14,000, so hostile names (unknown or repeated) cannot grow
-    the cache; an ``account`` or ``stp`` is no such name, but :func:`_owned_layout` records
-    here, as None, the orders of names it remembers."""
+    """The layout of a flat ``[name, value, ...]`` list whose names are all distinct fields the
+    fast paths know (else None). Cost: one dict lookup on the names. Only orders of the plain
+    names (fewer than 14,000) and :data:`OWNED_LAYOUTS_MAX` orders of names with an account or
+    stp are remembered, so hostile names (unknown, repeated or ordered anew) cannot grow the
+    cache."""
     if len(pairs) & 1:
         return None
     names = tuple(pairs[::2])
     layout = _LAYOUTS.get(names, _UNSEEN)
     if layout is _UNSEEN:
-        if len(names) > len(_NAMES) or not _NAMES.issuperset(names) or len(set(names)) < len(names):
+        if (
+            len(names) > len(_ALL_NAMES)
+            or not _ALL_NAMES.issuperset(names)
+            or len(set(names)) < len(names)
+        ):
             return None
-        layout = _LAYOUTS[names] = _new_layout(names)
+        layout = _new_layout(names)
+        if _NAMES.issuperset(names):
+            _LAYOUTS[names] = layout
+        elif len(_OWNED_NAMES) < OWNED_LAYOUTS_MAX:
+            _OWNED_NAMES.add(names)
+            _LAYOUTS[names] = layout
     return layout
 
 
@@ -227,47 +260,21 @@ def _fast_flat(
     return Order(order_id, side, quantity, price, order_type, timestamp)  # type: ignore[arg-type]
 
 
-def _owned_layout(pairs: list[bytes]) -> OwnedLayout | None:
-    """The layout of a flat list whose names are distinct fields of the fast paths, an
-    ``account`` among them (else None). Cost: one dict lookup on the names; the cache is
-    bounded by :data:`OWNED_LAYOUTS_MAX`."""
-    if len(pairs) & 1:
-        return None
-    names = tuple(pairs[::2])
-    owned = _OWNED_LAYOUTS.get(names, _UNSEEN_OWNED)
-    if owned is _UNSEEN_OWNED:
-        if (
-            len(names) > len(_ALL_NAMES)
-            or b"account" not in names
-            or not _ALL_NAMES.issuperset(names)
-            or len(set(names)) < len(names)
-        ):
-            return None
-        layout = _new_layout(names)
-        at_stp = 2 * names.index(b"stp") + 1 if b"stp" in names else 0
-        owned = None if layout is None else (layout, 2 * names.index(b"account") + 1, at_stp)
-        if len(_OWNED_LAYOUTS) < OWNED_LAYOUTS_MAX:
-            _OWNED_LAYOUTS[names] = owned
-            _LAYOUTS[names] = None  # so that _layout() finds at once it has no plain layout
-    return owned
-
-
 def _fast_owned(
-    pairs: list[bytes], owned: OwnedLayout, default_timestamp: int | None
+    pairs: list[bytes], owner: _Owner, default_timestamp: int | None
 ) -> Order | Cancel | Amend | None:
     """An order, cancel or amend that also carries an ``account``, and an order maybe an
-    ``stp``, decoded from its :func:`_owned_layout`: :func:`_fast_flat` on its other fields,
-    then those two. None when unsure (an account not of 1-64 ASCII bytes, an stp on a
-    cancel...). Cost: :func:`_fast_flat`'s and a few operations."""
-    layout, at_account, at_stp = owned
-    raw = pairs[at_account]
+    ``stp``: :func:`_fast_flat` on its other fields, then those two. None when unsure (an
+    account not of 1-64 ASCII bytes, an stp on a cancel...). Cost: :func:`_fast_flat`'s and a
+    few operations."""
+    raw = pairs[owner.at_account]
     if not raw or len(raw) > MAX_ACCOUNT_BYTES or not raw.isascii():
         return None
-    msg = _fast_flat(pairs, layout, default_timestamp)
+    msg = _fast_flat(pairs, owner.layout, default_timestamp)
     if msg is None:
         return None
-    if at_stp:
-        stp = _STP_MODES.get(pairs[at_stp])
+    if owner.at_stp:
+        stp = _STP_MODES.get(pairs[owner.at_stp])
         if stp is None or type(msg) is not Order:
             return None
         msg.stp = stp  # type: ignore[assignment]
@@ -279,10 +286,13 @@ def _fast_pairs(pairs: list[bytes], default_timestamp: int | None) -> Input | No
     """:func:`_fast_flat` or :func:`_fast_owned` on a flat list of any shape; None when it is
     not the fast paths'."""
     layout = _layout(pairs)
-    if layout is not None:
-        return _fast_flat(pairs, layout, default_timestamp)
-    owned = _owned_layout(pairs)
-    return None if owned is None else _fast_owned(pairs, owned, default_timestamp)
+    if layout is None:
+        return None
+    fast = _fast_flat(pairs, layout, default_timestamp)
+    owner = layout[0]
+    if fast is None and type(owner) is _Owner:
+        return _fast_owned(pairs, owner, default_timestamp)
+    return fast
 
 
 FAST_MAX_BYTES: Final = 288
@@ -298,9 +308,9 @@ def decode_entry(entry_id: str, pairs: list[bytes], max_bytes: int) -> Input:
 
     Cost: a canonical flat entry (the common case) is decoded by :func:`_fast_flat` from its
     cached layout: one lookup on its names, no dict of its fields and no sum of its size,
-    which cannot exceed :data:`FAST_MAX_BYTES`. One with an account takes a second lookup,
-    for its :func:`_owned_layout`, and :func:`_fast_owned`. Only other entries are measured
-    and sent through the validator, O(fields)."""
+    which cannot exceed :data:`FAST_MAX_BYTES`. One with an account, which that refuses at
+    once, by :func:`_fast_owned`. Only other entries are measured and sent through the
+    validator, O(fields)."""
     if max_bytes >= FAST_MAX_BYTES:
         layout = _layout(pairs)
         if layout is not None:
@@ -308,11 +318,9 @@ def decode_entry(entry_id: str, pairs: list[bytes], max_bytes: int) -> Input:
             fast = _fast_flat(pairs, layout, default)
             if fast is not None:
                 return fast
-        else:
-            owned = _owned_layout(pairs)
-            if owned is not None:
-                default = None if owned[0][3] else int(entry_id.partition("-")[0])
-                fast = _fast_owned(pairs, owned, default)
+            owner = layout[0]
+            if type(owner) is _Owner:
+                fast = _fast_owned(pairs, owner, default)
                 if fast is not None:
                     return fast
     it = iter(pairs)

@@ -328,11 +328,11 @@ def test_the_largest_owned_entry_fits_the_fast_path_bound() -> None:
 
 
 def test_the_layouts_of_names_with_an_account_are_bounded() -> None:
-    """Names with an account have a cache of their own, capped, and the plain one holds no more
-    of them than that; past the cap an entry still decodes alike, its layout worked out anew."""
-    from shard.decode import _LAYOUTS, _OWNED_LAYOUTS, OWNED_LAYOUTS_MAX
+    """The layout cache holds a capped number of orders of names with an account: past the cap
+    an entry still decodes alike, its layout worked out anew."""
+    from shard.decode import _LAYOUTS, _OWNED_NAMES, OWNED_LAYOUTS_MAX
 
-    saved, saved_plain = dict(_OWNED_LAYOUTS), dict(_LAYOUTS)
+    saved, saved_layouts = set(_OWNED_NAMES), dict(_LAYOUTS)
     try:
         fields = {b"type": b"order", b"order_id": b"o1", b"side": b"sell", b"price": b"9",
                   b"quantity": b"2", b"timestamp": b"7", b"account": b"a"}  # fmt: skip
@@ -342,15 +342,14 @@ def test_the_layouts_of_names_with_an_account_are_bounded() -> None:
                 break
             pairs = [x for name in names for x in (name, fields[name])]
             assert decode_entry("5-0", pairs, 16_384) == want
-        assert len(_OWNED_LAYOUTS) == OWNED_LAYOUTS_MAX
-        owned_names = [names for names in _LAYOUTS if b"account" in names]
-        assert set(owned_names) == set(_OWNED_LAYOUTS)  # there only to say "no plain layout"
-        assert all(_LAYOUTS[names] is None for names in owned_names)
+        assert len(_OWNED_NAMES) == OWNED_LAYOUTS_MAX
+        owned_names = {names for names in _LAYOUTS if not {b"account", b"stp"}.isdisjoint(names)}
+        assert owned_names == _OWNED_NAMES
     finally:
-        _OWNED_LAYOUTS.clear()
-        _OWNED_LAYOUTS.update(saved)
+        _OWNED_NAMES.clear()
+        _OWNED_NAMES.update(saved)
         _LAYOUTS.clear()
-        _LAYOUTS.update(saved_plain)
+        _LAYOUTS.update(saved_layouts)
 
 
 _GOOD: dict[str, list[object]] = {
