@@ -48,9 +48,9 @@ Cost: the common input of each form takes a fast path that never builds a mappin
 fields: a flat entry is decoded from a cached layout of its names (:func:`_fast_flat`) when they
 are distinct and known, a JSON message by msgspec's typed decoder and two guards it needs (see
 :func:`~shard.decode_json.decode_json`). An order, cancel or amend with an ``account`` (and
-``stp``) takes them too, for a few list operations more in the flat form
-(:func:`_fast_owned`), and costs a message without them nothing. Only input a fast path does
-not take (a ``cancel_all`` among it) goes to :func:`validate`, several times dearer, which
+``stp``) takes them too, in the flat form from the same cached layout (:class:`_Owner`,
+:func:`_fast_owned`), and a message without them pays nothing for them. Only input a fast path
+does not take (a ``cancel_all`` among it) goes to :func:`validate`, several times dearer, which
 explains the refusal. The fast paths agree with the slow ones on every input (property tests
 hold them to it).
 """
@@ -308,9 +308,9 @@ def decode_entry(entry_id: str, pairs: list[bytes], max_bytes: int) -> Input:
 
     Cost: a canonical flat entry (the common case) is decoded by :func:`_fast_flat` from its
     cached layout: one lookup on its names, no dict of its fields and no sum of its size,
-    which cannot exceed :data:`FAST_MAX_BYTES`. One with an account, which that refuses at
-    once, by :func:`_fast_owned`. Only other entries are measured and sent through the
-    validator, O(fields)."""
+    which cannot exceed :data:`FAST_MAX_BYTES`. One with an account, which :func:`_fast_flat`
+    refuses at once, is decoded by :func:`_fast_owned` from the same layout. Only other
+    entries are measured and sent through the validator, O(fields)."""
     if max_bytes >= FAST_MAX_BYTES:
         layout = _layout(pairs)
         if layout is not None:
