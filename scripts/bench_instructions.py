@@ -19,6 +19,7 @@ no cache model, about 30x slower), which is the same on every run of the same co
 
   .venv/bin/python scripts/bench_instructions.py --count 20000
   PYTHONPATH=/tmp/other-commit .venv/bin/python scripts/bench_instructions.py   # to compare
+  .venv/bin/python scripts/bench_instructions.py --accounts 10   # accounts on half the orders
 
 Needs ``valgrind`` on PATH (Debian: ``apt-get install valgrind``).
 """
@@ -48,12 +49,13 @@ from shard.workload import standard_mix
 
 PAIR = "BENCH"
 BATCH = 1000
+ACCOUNTS = 0
 
 
 def raw_entries(count: int, seed: int) -> list[tuple[bytes, list[bytes]]]:
     """The standard mix as XREAD returns it: (entry ID, [name, value, ...]) in bytes."""
     out = []
-    for i, msg in enumerate(standard_mix(count, seed)):
+    for i, msg in enumerate(standard_mix(count, seed, accounts=ACCOUNTS)):
         pairs = [x for k, v in msg.items() for x in (k.encode(), str(v).encode())]
         out.append((f"1700000000000-{i + 1}".encode(), pairs))
     return out
@@ -100,7 +102,7 @@ def instructions(command: list[str], env: dict[str, str] | None = None) -> int:
 
 def shard_side(count: int, seed: int) -> float:
     me = [sys.executable, __file__, "--count", str(count), "--seed", str(seed)]
-    me += ["--batch", str(BATCH)]
+    me += ["--batch", str(BATCH), "--accounts", str(ACCOUNTS)]
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     base = instructions([*me, "--inner", "inputs"], env)
     work = instructions([*me, "--inner", "work"], env)
@@ -160,7 +162,7 @@ def server_run(
 
 
 def main() -> None:
-    global BATCH
+    global BATCH, ACCOUNTS
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -169,9 +171,12 @@ def main() -> None:
     parser.add_argument(
         "--batch", type=int, default=BATCH, help="inputs per batch (commit and read)"
     )
+    parser.add_argument(
+        "--accounts", type=int, default=0, help="accounts on half the orders (0: none)"
+    )
     parser.add_argument("--inner", choices=("inputs", "work"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    BATCH = args.batch
+    BATCH, ACCOUNTS = args.batch, args.accounts
     if args.inner == "inputs":
         raw_entries(args.count, args.seed)
         return
@@ -180,7 +185,11 @@ def main() -> None:
         return
     if not shutil.which("valgrind"):
         sys.exit("valgrind is not on PATH (Debian: apt-get install valgrind)")
-    print(f"# {args.count:,} inputs of the standard mix, seed {args.seed}, {BATCH}-input batches")
+    with_accounts = f", accounts on half the orders ({ACCOUNTS})" if ACCOUNTS else ""
+    print(
+        f"# {args.count:,} inputs of the standard mix, seed {args.seed}, {BATCH}-input "
+        f"batches{with_accounts}"
+    )
     print(f"shard:  {shard_side(args.count, args.seed):,.0f} instructions per input")
     entries = raw_entries(args.count, args.seed)
     batches = commits(args.count, args.seed)
