@@ -441,3 +441,219 @@ def test_cancel_all_reports_the_same_order_after_a_restore() -> None:
     for r in (run, restored):
         r.cancel_all("alice")
         assert [e.order_id for e in r.order_events] == ["c", "a", "d", "b"]
+
+
+# -- the sum of fees over a stream; rule cases the tests above leave out ------------------------
+
+
+def _fee_by_the_rule(notional: int, ppm: int) -> int:
+    """The fee rule restated with divmod: a charge rounds a remainder up; a rebate drops it."""
+    whole, remainder = divmod(notional * abs(ppm), 1_000_000)
+    return whole + (remainder > 0) if ppm >= 0 else -whole
+
+
+@pytest.mark.parametrize("rates", [Fees(-100, 250), Fees(0, 1), Fees(7, 0), Fees(-999, 999)])
+@pytest.mark.parametrize("seed", [1, 2])
+def test_the_sum_of_fees_over_a_stream_equals_an_independent_computation(
+    rates: Fees, seed: int
+) -> None:
+    """The engine's fees summed over every trade of a stream with accounts (prevention,
+    cancel_all, rebates) equal the rule computed per trade of the reference model's trades
+    (tests/unit/reference.py, which shares no code with the engine)."""
+    import msgspec
+
+    from shard.decode import decode_json
+    from shard.messages import CancelAll as Mass
+    from shard.workload import standard_mix
+
+    from .reference import ReferenceBook
+
+    engine = Engine(fees=rates, stp_default="decrement")
+    reference = ReferenceBook(rates, "decrement")
+    got: list[Trade] = []
+    want: list[Trade] = []
+    reasons: set[str | None] = set()
+    for n, m in enumerate(standard_mix(2_000, seed, accounts=3)):
+        msg = decode_json(msgspec.json.encode(m))
+        if n % 97 == 96:
+            msg = Mass(f"acct{n % 3}", None, m["timestamp"])
+        engine.apply(msg, f"1-{n}", got)
+        reasons |= {e.reason for e in engine.order_events}
+        engine.order_events.clear()
+        reference.apply(msg, f"1-{n}", want)
+    assert len(got) == len(want) > 100
+    assert reasons == {STP, "cancel_all"}
+    notionals = [t.price * t.quantity for t in want]
+    assert sum(t.maker_fee + t.taker_fee for t in got) == sum(  # type: ignore[operator]
+        _fee_by_the_rule(x, rates.maker_ppm) + _fee_by_the_rule(x, rates.taker_ppm)
+        for x in notionals
+    )
+    # Per trade, not on the total: rounding each trade up costs the taker at most 1 more each.
+    exact = sum(notionals) * rates.taker_ppm
+    assert 0 <= sum(t.taker_fee for t in got) * 1_000_000 - exact < len(got) * 1_000_000  # type: ignore[misc]
+    assert got == want  # the same trades, so the sums above are over the same stream
+    assert any(t.maker_account for t in got) and any(t.taker_account for t in got)
+
+
+def test_prevention_follows_the_takers_mode_not_the_makers(run: Run) -> None:
+    """The mode is the incoming order's (or the pair's): the resting order's own does not apply."""
+    run.order("a1", "sell", 2, 100, account="alice", stp="none")
+    event = run.order("t1", "buy", 2, 100, account="alice")  # the pair's cancel_taker
+    assert (event.status, event.reason, run.trades) == ("cancelled", STP, [])
+    run.order("a2", "sell", 2, 101, account="bob", stp="cancel_maker")
+    run.order("t2", "buy", 1, 101, account="bob", stp="none")
+    assert run.fills() == [("t2", "a1", 1)]  # a1 at 100 came first, and alice is not bob
+    run.order("t3", "buy", 3, 101, account="alice", stp="none")
+    assert run.fills()[1:] == [("t3", "a1", 1), ("t3", "a2", 2)]
+
+
+def test_cancel_taker_after_other_accounts_at_the_same_level(run: Run) -> None:
+    run.order("o1", "sell", 2, 100, account="carol")
+    run.order("o2", "sell", 1, 100)
+    run.order("a1", "sell", 4, 100, account="alice")
+    run.order("o3", "sell", 5, 100, account="bob")
+    event = run.order("t", "buy", 6, 100, account="alice")
+    assert run.fills() == [("t", "o1", 2), ("t", "o2", 1)]
+    assert (event.status, event.filled_quantity, event.remaining_quantity) == ("cancelled", 3, 0)
+    assert (event.cancelled_quantity, event.reason) == (3, STP) and balanced(event, 6)
+    assert [run.live(o) for o in ("a1", "o3")] == [("sell", 100, 4), ("sell", 100, 5)]
+    assert list(run.engine.book.asks.best.orders) == ["a1", "o3"]  # type: ignore[union-attr]
+
+
+def test_cancel_both_after_a_partial_fill(run: Run) -> None:
+    run.order("o1", "sell", 2, 99)
+    run.order("a1", "sell", 4, 100, account="alice")
+    run.order("o2", "sell", 5, 100)
+    event = run.order("t", "buy", 9, 100, account="alice", stp="cancel_both")
+    assert run.fills() == [("t", "o1", 2)]
+    assert (event.status, event.filled_quantity, event.cancelled_quantity) == ("cancelled", 2, 7)
+    assert event.reason == STP and balanced(event, 9) and "t" not in run.engine.book
+    assert [(e.order_id, e.status, e.cancelled_quantity) for e in run.order_events] == [
+        ("a1", "cancelled", 4)
+    ]
+    assert run.live("o2") == ("sell", 100, 5)
+
+
+def test_decrement_of_equal_quantities_ends_both(run: Run) -> None:
+    run.order("a1", "sell", 4, 100, account="alice")
+    event = run.order("t", "buy", 4, 100, account="alice", stp="decrement")
+    assert event == Event("0-2", "t", "cancelled", 0, 0, 4, STP, event.detail, account="alice")
+    assert [
+        (e.order_id, e.status, e.remaining_quantity, e.cancelled_quantity) for e in run.order_events
+    ] == [("a1", "cancelled", 0, 4)]
+    assert len(run.engine.book) == 0 and run.trades == []
+
+
+def test_a_limit_trades_then_is_decremented_then_rests(run: Run) -> None:
+    run.order("o1", "sell", 3, 99)
+    run.order("a1", "sell", 2, 100, account="alice")
+    event = run.order("t", "buy", 10, 100, account="alice", stp="decrement")
+    assert event == Event(
+        "0-3", "t", "partially_filled", 3, 5, 2, STP, event.detail, account="alice"
+    )
+    assert run.live("t") == ("buy", 100, 5) and run.engine.book.owners.modes["t"] == "decrement"
+
+
+@pytest.mark.parametrize("mode", ["decrement", "cancel_both", "cancel_taker"])
+def test_fok_stops_at_its_own_order_under_every_mode_but_cancel_maker_and_none(
+    run: Run, mode: str
+) -> None:
+    run.order("o1", "sell", 2, 100)
+    run.order("a1", "sell", 2, 100, account="alice")
+    run.order("o2", "sell", 9, 101)
+    event = run.order("f1", "buy", 3, 101, "fok", account="alice", stp=mode)
+    assert (event.status, event.reason, event.cancelled_quantity) == (
+        "cancelled",
+        "fok_unfilled",
+        3,
+    )
+    assert run.trades == [] and run.order_events == [] and len(run.engine.book) == 3
+    # What it reaches before its own order is liquidity: it fills, the own order untouched.
+    assert run.order("f2", "buy", 2, 101, "fok", account="alice", stp=mode).status == "filled"
+    assert run.fills() == [("f2", "o1", 2)] and run.live("a1") == ("sell", 100, 2)
+
+
+@pytest.mark.parametrize(
+    ("mode", "fills", "gone"),
+    [
+        ("cancel_maker", [("m", "o1", 1), ("m", "o2", 3)], ["a1", "a2"]),
+        ("decrement", [("m", "o1", 1)], ["a1", "a2"]),  # 2 + 3 taken off, 1 traded
+        ("none", [("m", "a1", 2), ("m", "o1", 1), ("m", "a2", 3)], ["a1", "a2"]),
+    ],
+)
+def test_a_market_order_meeting_its_own_orders(
+    run: Run, mode: str, fills: list[tuple[str, str, int]], gone: list[str]
+) -> None:
+    run.order("a1", "sell", 2, 100, account="alice")
+    run.order("o1", "sell", 1, 100)
+    run.order("a2", "sell", 3, 101, account="alice")
+    run.order("o2", "sell", 3, 102)
+    event = run.order("m", "buy", 6, None, "market", account="alice", stp=mode)
+    assert run.fills() == fills and all(o not in run.engine.book for o in gone)
+    assert balanced(event, 6) and event.remaining_quantity == 0
+    if mode == "decrement":  # nothing left for o2
+        assert (event.filled_quantity, event.cancelled_quantity) == (1, 5)
+        assert run.live("o2") == ("sell", 102, 3)
+
+
+def test_a_pure_size_reduction_keeps_place_account_and_mode(run: Run) -> None:
+    run.order("a1", "buy", 5, 100, account="alice", stp="cancel_maker")
+    run.order("b1", "buy", 5, 100, account="bob")
+    assert run.amend("a1", qty=2, account="alice") == Event(
+        "0-3", "a1", "amended", 0, 2, account="alice"
+    )
+    assert list(run.engine.book.bids.best.orders) == ["a1", "b1"]  # type: ignore[union-attr]
+    assert run.engine.book.owners.modes["a1"] == "cancel_maker"
+    run.order("t", "sell", 3, 100, account="bob", stp="cancel_maker")
+    assert run.fills() == [("t", "a1", 2)] and [e.order_id for e in run.order_events] == ["b1"]
+
+
+def test_an_amend_reentry_under_decrement_stays_amended(run: Run) -> None:
+    run.order("a1", "sell", 2, 101, account="alice")
+    run.order("b1", "buy", 5, 99, account="alice", stp="decrement")
+    event = run.amend("b1", price=101, account="alice")
+    assert event == Event("0-3", "b1", "amended", 0, 3, 2, STP, event.detail, account="alice")
+    assert run.live("b1") == ("buy", 101, 3) and "a1" not in run.engine.book
+
+
+def test_an_amend_reentry_under_cancel_both(run: Run) -> None:
+    run.order("a1", "sell", 2, 101, account="alice")
+    run.order("b1", "buy", 5, 99, account="alice", stp="cancel_both")
+    event = run.amend("b1", price=101)
+    assert (event.status, event.cancelled_quantity, event.reason) == ("cancelled", 5, STP)
+    assert event.account is None  # the amend gave none: its event carries none
+    assert len(run.engine.book) == 0 and [e.order_id for e in run.order_events] == ["a1"]
+
+
+def test_a_reentry_takes_the_pair_default_at_the_time_of_the_amend() -> None:
+    """An order that gave no stp meets its own orders under the default in force when it is
+    amended (a restart may have changed it); one that gave a mode keeps it."""
+    run = Run(stp_default="cancel_taker")
+    run.order("a1", "sell", 2, 101, account="alice")
+    run.order("b1", "buy", 5, 99, account="alice")
+    run.order("b2", "buy", 5, 98, account="alice", stp="cancel_taker")
+    run.engine = Engine.restore(run.engine.snapshot(), stp_default="cancel_maker")
+    run.amend("b2", price=101)  # its own cancel_taker: the rest is cancelled, a1 stays
+    assert "b2" not in run.engine.book and run.live("a1") == ("sell", 101, 2)
+    event = run.amend("b1", price=101)  # the new default: a1 cancelled, b1 rests
+    assert event == Event("0-5", "b1", "amended", 0, 5)
+    assert [e.order_id for e in run.order_events] == ["a1"] and run.live("b1") == ("buy", 101, 5)
+
+
+def test_inputs_events_carry_the_inputs_account(run: Run) -> None:
+    run.order("a1", "buy", 5, 100, account="alice")
+    assert run.order("a1", "buy", 1, 90, account="bob").account == "bob"  # duplicate
+    assert (run.order("p", "sell", 1, 100, "post_only", account="bob").reason) == "would_cross"
+    assert run.events[-1].account == "bob"
+    assert run.cancel("a1", account="alice") == Event(
+        "0-4", "a1", "cancelled", None, 0, 5, account="alice"
+    )
+    assert run.cancel("zz").account is None
+
+
+def test_one_rate_zero_still_puts_both_fee_fields() -> None:
+    """Only Fees(0, 0) means no fees: with one rate 0, that fee is there and 0."""
+    run = Run(fees=Fees(0, 3))
+    run.order("m", "sell", 1, 1_000_000)
+    run.order("t", "buy", 1, 1_000_000)
+    assert (run.trades[0].maker_fee, run.trades[0].taker_fee) == (0, 3)
