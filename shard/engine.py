@@ -99,7 +99,16 @@ class Ticker(NamedTuple):
 class Engine:
     """One pair's matching engine: a book plus the message semantics of the contract."""
 
-    __slots__ = ("_top_nth", "_top_texts", "book", "order_events", "stp_default", "terms")
+    __slots__ = (
+        "_fees",
+        "_owned",
+        "_top_nth",
+        "_top_texts",
+        "book",
+        "order_events",
+        "stp_default",
+        "terms",
+    )
 
     def __init__(
         self,
@@ -111,6 +120,9 @@ class Engine:
         without it the book records nothing and costs nothing more. ``fees``: the pair's
         rates; ``stp_default``: the self-trade prevention mode of an order that gives none."""
         self.book = OrderBook(track_depth, fees)
+        # The book's owned orders and fees, one attribute away: the test on every order.
+        self._owned = self.book.owners.of
+        self._fees = self.book.fees
         self.stp_default = stp_default
         self.terms = Terms(stp_default, *(fees or Fees()))
         """The trading terms this engine applies."""
@@ -125,7 +137,7 @@ class Engine:
 
     def adopt(self, terms: Terms) -> None:
         """Apply ``terms`` from the next input on (a start whose configuration changed them)."""
-        self.book.fees = terms.fees
+        self.book.fees = self._fees = terms.fees
         self.stp_default = terms.stp_default
         self.terms = terms
 
@@ -134,7 +146,7 @@ class Engine:
         :attr:`order_events`, and return its own event."""
         # Exact types, most common first: cheaper than a class match (docs/benchmarks.md).
         if type(msg) is Order:
-            if msg.account is None and self.book.fees is None and not self.book.owners.of:
+            if msg.account is None and not self._owned and self._fees is None:
                 return self._order(msg, input_id, trades)
             return self._owned_order(msg, input_id, trades)
         if type(msg) is Cancel:
@@ -182,7 +194,13 @@ class Engine:
         book = self.book
         order_id = msg.order_id
         account = msg.account
-        side, price, quantity, order_type = msg.side, msg.price, msg.quantity, msg.order_type
+        order_type = msg.order_type
+        side = msg.side
+        price = msg.price
+        quantity = msg.quantity
+        if order_type == "limit" and order_id not in book and not book.crosses(side, price):  # type: ignore[arg-type]
+            book.add(order_id, side, price, quantity, account, msg.stp)  # type: ignore[arg-type]
+            return Event(input_id, order_id, RESTING, 0, quantity, None, None, None, None, account)
         mode = msg.stp or self.stp_default
         event: Event
         if order_id in book:
@@ -322,7 +340,7 @@ class Engine:
             if new_quantity < remaining:
                 book.reduce(order_id, new_quantity)
             event = Event(input_id, order_id, AMENDED, 0, new_quantity)
-        elif book.fees is None and not book.owners.of:
+        elif self._fees is None and not self._owned:
             book.cancel(order_id)
             rest = book.take(
                 order_id, side, new_price, new_quantity, msg.timestamp, input_id, trades
