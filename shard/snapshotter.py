@@ -248,28 +248,26 @@ class Snapshots:
     async def take(self, engine: Engine, pipeline: Pipeline, now: float) -> None:
         """Start a snapshot of ``engine`` at the pipeline's committed checkpoint: only between
         batches (none in doubt)."""
+        await self._start(engine, pipeline, now)
+        await self.poll()  # inline, it has ended already
+
+    async def _start(self, engine: Engine, pipeline: Pipeline, now: float) -> None:
         if pipeline.unconfirmed:
             raise ProtocolError("a snapshot with batches in doubt")
-        checkpoint = pipeline.committed
         self.since = 0
         self.began = now
         started = time.perf_counter()
         if not self.frozen:  # a book grown from empty joins the frozen heap, once
             collector.freeze_survivors()
             self.frozen = len(engine.book) > 0
-        await self.snapshotter.start(engine, checkpoint, self.store)
+        await self.snapshotter.start(engine, pipeline.committed, self.store)
         self.metrics.snapshot_stall.observe(time.perf_counter() - started)
-        await self.poll()  # inline, it has ended already
 
     async def store_now(self, engine: Engine, pipeline: Pipeline) -> None:
         """Snapshot ``engine`` at the committed checkpoint and wait until it is stored (or
         found stored already): what new trading terms need before the first batch under them
         (:mod:`shard.terms`). :class:`SnapshotNotStored` if it is not."""
-        if pipeline.unconfirmed:
-            raise ProtocolError("a snapshot with batches in doubt")
-        self.since = 0
-        self.began = time.monotonic()
-        await self.snapshotter.start(engine, pipeline.committed, self.store)
+        await self._start(engine, pipeline, time.monotonic())
         running = self.snapshotter.running
         if running is not None:
             await asyncio.wait([running.task])

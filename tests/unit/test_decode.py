@@ -387,18 +387,22 @@ def test_a_repeated_name_cannot_smuggle_an_oversize_entry_through_the_fast_path(
     assert decode_entry("5-0", pairs[2:], 16_384) == Cancel("o1", 5)
 
 
+LARGEST_CANONICAL = {
+    b"type": b"order",
+    b"order_id": b"x" * 64,
+    b"timestamp": str(2**63 - 1).encode(),
+    b"side": b"sell",
+    b"order_type": b"post_only",
+    b"price": str(2**63 - 1).encode(),
+    b"quantity": str(2**63 - 1).encode(),
+}
+"""The largest entry of the canonical layout: every value at its longest."""
+
+
 def test_the_largest_canonical_entry_fits_the_fast_path_bound() -> None:
     from shard.decode import FAST_MAX_BYTES, _fast_pairs
 
-    fields = {
-        b"type": b"order",
-        b"order_id": b"x" * 64,
-        b"timestamp": str(2**63 - 1).encode(),
-        b"side": b"sell",
-        b"order_type": b"post_only",
-        b"price": str(2**63 - 1).encode(),
-        b"quantity": str(2**63 - 1).encode(),
-    }
+    fields = dict(LARGEST_CANONICAL)
     assert _fast_pairs([x for kv in fields.items() for x in kv], None) is not None
     assert sum(len(k) + len(v) for k, v in fields.items()) <= FAST_MAX_BYTES
     fields[b"order_id"] += b"x"  # one byte more: no longer the fast path's

@@ -15,6 +15,8 @@ from shard.decode import decode_entry, decode_fields, decode_json, validate
 from shard.input_rules import APPLIES, KNOWN_FIELDS
 from shard.messages import STP_MODES, Amend, Cancel, CancelAll, Invalid, Order
 
+from .test_decode import LARGEST_CANONICAL
+
 ORDER = {"type": "order", "order_id": "o1", "side": "buy", "price": 100, "quantity": 3}
 
 
@@ -310,13 +312,7 @@ def test_the_largest_owned_entry_fits_the_fast_path_bound() -> None:
     from shard.decode import FAST_MAX_BYTES, _fast_pairs
 
     fields = {
-        b"type": b"order",
-        b"order_id": b"x" * 64,
-        b"timestamp": str(2**63 - 1).encode(),
-        b"side": b"sell",
-        b"order_type": b"post_only",
-        b"price": str(2**63 - 1).encode(),
-        b"quantity": str(2**63 - 1).encode(),
+        **LARGEST_CANONICAL,
         b"account": b"a" * 64,
         b"stp": max(STP_MODES, key=len).encode(),
     }
