@@ -156,7 +156,8 @@ async def sync_book(store: Store, engine: Engine, checkpoint: Checkpoint) -> Non
     """Make ``book:{P}`` hold the recovered engine's book at ``checkpoint``: it may be missing
     (a pair older than market data, an operator's DEL) or not match (a field changed by hand).
     Rebuilt all at once, keeping its ``depth_id`` when its ``seq`` is the checkpoint's (else the
-    last ``depth:{P}`` entry's, or ``0-0``), and said so. Cost: O(levels), once per recovery."""
+    last ``depth:{P}`` entry's, or ``0-0``), and said so; not if the checkpoint has moved on
+    meanwhile (another daemon publishing). Cost: O(levels), once per recovery."""
     keys = store.keys
     stored = await store.book_fields()
     want = book_of(engine)
@@ -171,9 +172,9 @@ async def sync_book(store: Store, engine: Engine, checkpoint: Checkpoint) -> Non
     if not depth_id:
         last = await store.last_entry(keys.depth)
         depth_id = last[0] if last and last[1].get("seq") == seq else ZERO_ID
-    await store.replace_book(
-        {"seq": seq, "depth_id": depth_id, "input_id": checkpoint.last_id, **want}
-    )
+    fields = {"seq": seq, "depth_id": depth_id, "input_id": checkpoint.last_id, **want}
+    if not await store.replace_book(fields, checkpoint.last_id):
+        return  # the checkpoint moved: another daemon publishes, and the fence settles it
     log.warning(
         "book:{P} did not hold the recovered book; rebuilt from the engine",
         key=keys.book,

@@ -20,7 +20,7 @@ from typing import Any, Final, cast
 
 import msgspec
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
+from redis.exceptions import ResponseError, WatchError
 
 from shard.batch import Entries
 from shard.checkpoint import Checkpoint, SnapshotMeta
@@ -223,14 +223,24 @@ class Store:
         raw = await self.redis.hgetall(self.keys.book)
         return {str(text(k)): str(text(v)) for k, v in raw.items()}
 
-    async def replace_book(self, fields: dict[str, str]) -> None:
-        """Write ``book:{P}`` anew, all at once (MULTI: DEL, then HSET in chunks)."""
+    async def replace_book(self, fields: dict[str, str], last_id: str) -> bool:
+        """Write ``book:{P}`` anew, all at once (MULTI: DEL, then HSET in chunks), only while
+        the checkpoint stands at ``last_id`` (WATCHed): a daemon recovering behind another
+        that publishes must not write its older book over the newer. Whether it was written."""
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(self.keys.book)
-            items = list(fields.items())
-            for i in range(0, len(items), 1000):
-                pipe.hset(self.keys.book, mapping=dict(items[i : i + 1000]))
-            await pipe.execute()
+            try:
+                await pipe.watch(self.keys.checkpoint)
+                if text(await pipe.hget(self.keys.checkpoint, "last_id")) != last_id:
+                    return False
+                pipe.multi()  # type: ignore[no-untyped-call]
+                pipe.delete(self.keys.book)
+                items = list(fields.items())
+                for i in range(0, len(items), 1000):
+                    pipe.hset(self.keys.book, mapping=dict(items[i : i + 1000]))
+                await pipe.execute()
+            except WatchError:
+                return False
+        return True
 
     # -- snapshots -------------------------------------------------------------------------------
 

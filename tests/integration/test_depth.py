@@ -135,3 +135,31 @@ def test_depth_maxlen_trims_the_stream_and_a_client_resyncs_from_the_book(
     seqs = [int(f[b"seq"]) for _, f in entries]
     assert seqs == list(range(seq - len(seqs) + 1, seq + 1))  # what is kept is the newest
     assert stored_book(r, keys)["seq"] == str(seq)
+
+
+def test_a_recovery_behind_the_checkpoint_does_not_rewrite_the_book(
+    server: LocalServer, r: redis.Redis, keys: Keys
+) -> None:
+    """Two daemons at once (a lease expired under a stalled holder): the one recovering at an
+    older checkpoint must not write its older book over the other's. Its rebuild of
+    book:{P} is fenced on the checkpoint, as every write of the outputs is."""
+    from shard.checkpoint import Checkpoint
+    from shard.engine import Engine
+    from shard.marketdata import connect
+    from shard.recovery import sync_book
+    from shard.store import Store
+
+    publish(r, list(standard_mix(300, seed=17)))
+    run_until_idle(server.url, batch_size=20)
+    before = stored_book(r, keys)
+    behind = Checkpoint("1-1", 0, 1, "", 0)  # where a slower daemon believes it stands
+
+    async def recover_behind() -> None:
+        client = connect(config(server.url))
+        try:
+            await sync_book(Store(client, keys, "shard"), Engine(), behind)
+        finally:
+            await client.aclose()
+
+    asyncio.run(recover_behind())
+    assert stored_book(r, keys) == before
