@@ -50,7 +50,18 @@ def _config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         raise SystemExit(f"shard: {exc}") from None
 
 
+def _stop_before_the_loop(signum: int, frame: object) -> None:
+    """SIGTERM or SIGINT before the daemon's loop has taken them over (the imports and the
+    connection take up to a second on a loaded machine): nothing has been read, so there is
+    nothing to finish, and the stop is a clean exit 0, as it is later."""
+    raise SystemExit(0)
+
+
 def _run(args: argparse.Namespace) -> int:
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _stop_before_the_loop)
     import uvloop
 
     from shard.daemon import Shard

@@ -82,13 +82,32 @@ def encoded(fields: dict[str, str]) -> dict[bytes, bytes]:
 def start_daemon(
     url: str, *extra: str, env: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
-    """Start ``python -m shard run`` for PAIR on ``url`` (stderr piped, env added to ours)."""
-    return subprocess.Popen(
+    """Start ``python -m shard run`` for PAIR on ``url`` (stderr piped, env added to ours) and
+    return once it handles SIGTERM itself, so a test may stop it at once."""
+    proc = subprocess.Popen(
         [sys.executable, "-m", "shard", "run", "--pair", PAIR, "--redis-url", url, *extra],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         env={**os.environ, **(env or {})},
     )
+    wait_until_it_handles_sigterm(proc)
+    return proc
+
+
+def wait_until_it_handles_sigterm(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    """Poll the process's caught-signal mask (Linux ``/proc``) until SIGTERM is in it, or the
+    process has exited; before that, SIGTERM kills the interpreter as it starts up."""
+    deadline = time.monotonic() + timeout
+    status = f"/proc/{proc.pid}/status"
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            with open(status) as f:
+                caught = next(int(line.split()[1], 16) for line in f if line.startswith("SigCgt:"))
+        except (FileNotFoundError, StopIteration):
+            return  # no /proc here (or it has gone): nothing to wait for
+        if caught >> (signal.SIGTERM - 1) & 1:
+            return
+        time.sleep(0.005)
 
 
 def wait_events(client: redis.Redis, keys: Keys, n: int, timeout: float = 60) -> None:

@@ -37,6 +37,7 @@ from .helpers import (
     start_daemon,
     stop_daemon,
     wait_events,
+    wait_until_it_handles_sigterm,
 )
 
 
@@ -258,6 +259,24 @@ def test_sigterm_drains_and_exits_zero(server: LocalServer, r: redis.Redis, keys
     proc = start_daemon(server.url, "--exit-when-idle")
     assert finish_daemon(proc)[0] == 0
     assert r.xlen(keys.events) == 2000
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_while_the_daemon_starts_is_a_clean_exit(
+    server: LocalServer, r: redis.Redis, keys: Keys, sig: int
+) -> None:
+    """An orchestrator may stop a daemon it has just started, while Python still imports it
+    (up to a second on a loaded machine): a clean stop (exit 0, nothing consumed), not death by
+    signal. The signal goes as soon as the process catches SIGTERM, which is before the
+    daemon has started (it logs nothing)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shard", "run", "--pair", PAIR, "--redis-url", server.url],
+        stderr=subprocess.PIPE,
+    )
+    wait_until_it_handles_sigterm(proc)
+    code, log = stop_daemon(proc, sig)
+    assert (code, log) == (0, "")
+    assert not r.exists(keys.events)
 
 
 def test_sigint_too(server: LocalServer, r: redis.Redis, keys: Keys) -> None:
