@@ -58,7 +58,7 @@ from shard.messages import (
     Trade,
     show,
 )
-from shard.state import EngineState, SnapshotWriter, book_state, encode_state, load_state
+from shard.state import SnapshotWriter, encode_state, load_state
 from shard.terms import STP_DEFAULT, Terms
 
 DUPLICATE_ORDER_ID: Final = "duplicate_order_id"
@@ -414,10 +414,6 @@ class Engine:
 
     # -- state -----------------------------------------------------------------------------------
 
-    def state(self) -> EngineState:
-        """The engine's whole state as plain data. O(orders)."""
-        return book_state(self.book)
-
     def snapshot(self) -> bytes:
         """The engine's whole state as msgpack bytes; :meth:`restore` continues from it."""
         return encode_state(self.book)
@@ -490,14 +486,23 @@ class Engine:
         shape = [book.next_trade_id, len(book)]
         for side in (book.bids, book.asks):
             best = side.best
-            shape += (len(side.levels), side.quantity)
-            shape += (best.price, best.total, len(best.orders)) if best else (0, 0, 0)
+            shape += (len(side.levels), _msgpack_int(side.quantity))
+            if best:
+                shape += (best.price, _msgpack_int(best.total), len(best.orders))
+            else:
+                shape += (0, 0, 0)
         if book.owners.of:  # so a book without accounts keeps the digest it always had
             shape += (len(book.owners.of), len(book.owners.orders), len(book.owners.modes))
         return (
             DIGEST_SCHEME
             + hashlib.blake2b(_digest_encoder.encode(shape), digest_size=16).hexdigest()
         )
+
+
+def _msgpack_int(n: int) -> int | str:
+    """``n``, or its decimal text past msgpack's 64 bits (a sum of quantities may be; the
+    digest of every smaller book stays what it was)."""
+    return n if n < 1 << 64 else str(n)
 
 
 def _rejected(

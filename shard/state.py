@@ -18,16 +18,19 @@ from shard.book import Level, OrderBook
 from shard.cut import Cut, owned
 from shard.messages import Trade
 
-SNAPSHOT_VERSION: Final = 3
+SNAPSHOT_VERSION: Final = 4
 """Version 2 added the trade totals (``volume``, ``notional``, ``last_trade``); a version 1
 snapshot restores with totals counted from zero. Version 3 added the orders' accounts and stp
-modes; a level without them encodes as in version 2."""
-READABLE_VERSIONS: Final = (1, 2, 3)
+modes. Version 4 writes the totals and the last trade's fees as decimal strings (msgpack
+integers stop at 2**64 - 1; a notional does not) and leaves a level's accounts and modes out
+where it has none."""
+READABLE_VERSIONS: Final = (1, 2, 3, 4)
 
 
-class LevelState(msgspec.Struct, array_like=True, gc=False, omit_defaults=True):
+class LevelState(msgspec.Struct, array_like=True, gc=False):
     """One price level in a snapshot: its orders in FIFO order, as parallel lists (accounts
-    and modes ``''`` where an order has none, and left out where no order of the level has)."""
+    and modes ``''`` where an order has none; the lists left out where no order of the level
+    has one)."""
 
     price: int
     order_ids: list[str]
@@ -36,23 +39,42 @@ class LevelState(msgspec.Struct, array_like=True, gc=False, omit_defaults=True):
     modes: list[str] | None = None
 
 
-def _level(level: Level, book: OrderBook) -> LevelState:
+def _level(
+    price: int,
+    order_ids: list[str],
+    quantities: list[int],
+    accounts: list[str] | None,
+    modes: list[str] | None,
+) -> tuple[object, ...]:
+    """A level as it is written: :class:`LevelState`'s fields, less the trailing absent ones
+    (msgspec writes every field of an array-like struct)."""
+    if accounts is None:
+        return price, order_ids, quantities
+    if modes is None:
+        return price, order_ids, quantities, accounts
+    return price, order_ids, quantities, accounts, modes
+
+
+def _book_level(level: Level, book: OrderBook) -> tuple[object, ...]:
     order_ids = list(level.orders)
-    return LevelState(
+    return _level(
         level.price, order_ids, list(level.orders.values()), *owned(book.owners, order_ids)
     )
 
 
 class EngineState(msgspec.Struct, array_like=True):
-    """Everything an engine needs to continue exactly where it was (levels best first)."""
+    """Everything an engine needs to continue exactly where it was (levels best first), as any
+    readable version holds it: the totals are integers up to version 3, decimal strings from 4,
+    where the last trade's fees (if it had any) are in ``last_fees`` instead."""
 
     version: int
     next_trade_id: int
     bids: list[LevelState]
     asks: list[LevelState]
-    volume: int = 0
-    notional: int = 0
+    volume: int | str = 0
+    notional: int | str = 0
     last_trade: Trade | None = None
+    last_fees: tuple[str, str] | None = None
 
 
 FIELDS: Final = len(EngineState.__struct_fields__)
@@ -66,22 +88,26 @@ def _array_header(n: int) -> bytes:
     return _state_encoder.encode([_NOTHING] * n)
 
 
-def book_state(book: OrderBook) -> EngineState:
-    """The book's whole state as plain data. O(orders)."""
-    return EngineState(
-        SNAPSHOT_VERSION,
-        book.next_trade_id,
-        [_level(level, book) for level in book.bids],
-        [_level(level, book) for level in book.asks],
-        book.volume,
-        book.notional,
-        book.last_trade,
-    )
+def _totals(volume: int, notional: int, last_trade: Trade | None) -> tuple[object, ...]:
+    """The state's last four fields as version 4 writes them."""
+    fees = None
+    if last_trade is not None and last_trade.maker_fee is not None:
+        fees = (str(last_trade.maker_fee), str(last_trade.taker_fee))
+        last_trade = msgspec.structs.replace(last_trade, maker_fee=None, taker_fee=None)
+    return str(volume), str(notional), last_trade, fees
 
 
 def encode_state(book: OrderBook) -> bytes:
-    """The book's whole state as snapshot bytes."""
-    return _state_encoder.encode(book_state(book))
+    """The book's whole state as snapshot bytes. O(orders)."""
+    return _state_encoder.encode(
+        (
+            SNAPSHOT_VERSION,
+            book.next_trade_id,
+            [_book_level(level, book) for level in book.bids],
+            [_book_level(level, book) for level in book.asks],
+            *_totals(book.volume, book.notional, book.last_trade),
+        )
+    )
 
 
 def load_state(book: OrderBook, data: bytes) -> None:
@@ -90,7 +116,12 @@ def load_state(book: OrderBook, data: bytes) -> None:
     if state.version not in READABLE_VERSIONS:
         raise ValueError(f"snapshot version {state.version}, expected {SNAPSHOT_VERSION}")
     book.next_trade_id = state.next_trade_id
-    book.volume, book.notional, book.last_trade = state.volume, state.notional, state.last_trade
+    book.volume, book.notional = int(state.volume), int(state.notional)
+    last = state.last_trade
+    if last is not None and state.last_fees is not None:
+        maker_fee, taker_fee = map(int, state.last_fees)
+        last = msgspec.structs.replace(last, maker_fee=maker_fee, taker_fee=taker_fee)
+    book.last_trade = last
     for side, levels in (("buy", state.bids), ("sell", state.asks)):
         for level in levels:
             book.load_level(
@@ -125,9 +156,12 @@ class SnapshotWriter:
         for levels in cut.sides:
             yield _array_header(len(levels)), 0
             for level in levels:
-                state = LevelState(level.price, *cut.orders(level))
-                yield _state_encoder.encode(state), len(state.order_ids)
-        totals = (cut.volume, cut.notional, cut.last_trade)
+                ids, quantities, accounts, modes = cut.orders(level)
+                yield (
+                    _state_encoder.encode(_level(level.price, ids, quantities, accounts, modes)),
+                    len(ids),
+                )
+        totals = _totals(cut.volume, cut.notional, cut.last_trade)
         yield b"".join(_state_encoder.encode(x) for x in totals), 0
 
     def step(self, budget: int) -> bytes:

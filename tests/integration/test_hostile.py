@@ -22,7 +22,16 @@ from shard.server import LocalServer
 from shard.wire import trade_from_fields
 from shard.workload import standard_mix
 
-from .helpers import PAIR, publish, read_outputs, wait_events
+from .helpers import (
+    PAIR,
+    assert_market_data,
+    expected_outputs,
+    publish,
+    read_outputs,
+    run_until_idle,
+    stored_book,
+    wait_events,
+)
 from .test_faults import assert_exactly_once, entries_of
 
 MAX_ID = "18446744073709551615-18446744073709551615"
@@ -552,3 +561,31 @@ def test_a_depth_entry_past_the_checkpoints_seq_stops_the_daemon_before_it_publi
     assert code == 70 and "the outputs go past the checkpoint" in log
     assert f"seq {seq + 1}" in log and keys.depth in log
     assert r.xlen(keys.depth) == entries
+
+
+def test_sums_past_64_bits_are_committed_snapshotted_and_recovered(
+    server: LocalServer, r: redis.Redis, keys: Keys
+) -> None:
+    """Quantities at the limit (2**63 - 1): a level's total, the volume and the notional pass
+    64 bits. The daemon commits them, snapshots them and recovers from that snapshot, with the
+    outputs and the market data of an uninterrupted run."""
+    big, price = 2**63 - 1, 10**13
+    orders = [{"type": "order", "order_id": f"b{n}", "side": "buy", "price": price,
+               "quantity": big, "timestamp": n} for n in range(3)]  # fmt: skip
+    orders += [{"type": "order", "order_id": f"s{n}", "side": "sell", "price": price,
+                "quantity": big, "timestamp": 3 + n} for n in range(2)]  # fmt: skip
+    ids = publish(r, orders[:4])
+    run_until_idle(server.url, snapshot_every_inputs=1, snapshot_in_background=False)
+    assert r.exists(keys.snapshot)
+    assert stored_book(r, keys)[f"b:{price}"] == f"{2 * big}:2"
+    r.xdel(keys.orders, *ids)  # recovery can only start from the snapshot
+    ids += publish(r, orders[4:])
+    run_until_idle(server.url)
+    trades, events = read_outputs(r, keys)
+    entries = entries_of(r, ids, orders)
+    assert (trades, events) == expected_outputs(entries)
+    assert [e.input_id for e in events] == ids
+    ticker = r.hgetall(keys.ticker)
+    assert ticker[b"volume"] == str(2 * big).encode()
+    assert ticker[b"notional"] == str(2 * big * price).encode()
+    assert_market_data(r, keys, entries)

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from shard.decode import decode_json
 from shard.engine import Engine
 from shard.fees import Fees
-from shard.messages import STP_MODES, Input, Invalid, Order, Trade
+from shard.messages import INT64_MAX, STP_MODES, Input, Invalid, Order, Trade
 from shard.workload import resting_orders, standard_mix
 
 ACCOUNTS = 3
@@ -154,8 +154,8 @@ def test_large_book_round_trip(accounts: bool) -> None:
 
 
 def test_wrong_version_is_refused() -> None:
-    state = Engine().state()
-    state.version = 99
+    state = _generic(Engine().snapshot())
+    state[0] = 99  # type: ignore[index]
     with pytest.raises(ValueError, match="version 99"):
         Engine.restore(msgspec.msgpack.encode(state))
 
@@ -280,32 +280,18 @@ def _a_book(accounts: bool) -> Engine:
 
 
 def test_a_snapshot_holds_accounts_and_modes_per_level() -> None:
-    """Version 3; a level's accounts are '' for an order without one, its modes '' for an
-    order that gave none; no accounts or modes where no order of the level has one."""
+    """Version 4; a level's accounts are '' for an order without one, its modes '' for an
+    order that gave none; no accounts or modes where no order of the level has one; the totals
+    as decimal strings."""
     version, next_trade_id, bids, asks, *totals = _generic(_a_book(True).snapshot())
-    assert (version, next_trade_id) == (3, 2)
-    for level in bids:  # type: ignore[attr-defined]
-        assert level[:3] in ([99, ["b1"], [4]], [98, ["b2"], [3]])
-        assert all(x is None for x in level[3:])
-    (p1, ids1, q1, *owned1), (p2, ids2, q2, *owned2) = asks  # type: ignore[misc]
-    assert (p1, ids1, q1, owned1[0]) == (101, ["a1", "a2"], [2, 2], ["alice", ""])
-    assert all(x is None for x in owned1[1:])
-    assert (p2, ids2, q2, owned2) == (102, ["a3"], [4], [["bob"], ["decrement"]])
-    assert totals[:2] == [1, 99]
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="LevelState's omit_defaults does nothing on an array_like struct (msgspec encodes "
-    "every field of an array), so each level carries two trailing nils: shard/state.py",
-)
-@pytest.mark.parametrize("accounts", [False, True], ids=["plain", "accounts"])
-def test_a_level_without_accounts_encodes_as_in_version_2(accounts: bool) -> None:
-    """[price, order_ids, quantities], and a level with accounts but no modes has no modes."""
-    _, _, bids, asks, *_ = _generic(_a_book(accounts).snapshot())
-    assert [len(level) for level in bids] == [3, 3]  # type: ignore[attr-defined, arg-type]
-    if accounts:
-        assert [len(level) for level in asks] == [4, 5]  # type: ignore[attr-defined, arg-type]
+    assert (version, next_trade_id) == (4, 2)
+    assert bids == [[99, ["b1"], [4]], [98, ["b2"], [3]]]
+    assert asks == [
+        [101, ["a1", "a2"], [2, 2], ["alice", ""]],
+        [102, ["a3"], [4], ["bob"], ["decrement"]],
+    ]
+    assert totals[:2] == ["1", "99"]
+    assert totals[3] is None  # the pair charges no fees
 
 
 def test_a_version_2_snapshot_restores_and_continues() -> None:
@@ -315,7 +301,8 @@ def test_a_version_2_snapshot_restores_and_continues() -> None:
     original = Engine()
     run(original, msgs[:1500])
     state = _generic(original.snapshot())
-    version_2 = [2, state[1], *([lv[:3] for lv in side] for side in state[2:4]), *state[4:]]  # type: ignore[attr-defined]
+    volume, notional, last_trade, _ = state[4:]  # type: ignore[misc]
+    version_2 = [2, state[1], *state[2:4], int(volume), int(notional), last_trade]  # type: ignore[call-overload]
     restored = Engine.restore(msgspec.msgpack.encode(version_2))
     restored.book.check()
     assert restored.snapshot() == original.snapshot()
@@ -324,12 +311,26 @@ def test_a_version_2_snapshot_restores_and_continues() -> None:
     assert run(restored, msgs[1500:], 1500) == run(original, msgs[1500:], 1500)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=OverflowError,
-    reason="the snapshot encodes the trade totals (volume, notional) and last_trade's fees as "
-    "msgpack integers, which stop at 2**64 - 1; notional is unbounded: shard/state.py",
-)
+def test_a_version_3_snapshot_restores_and_continues() -> None:
+    """Version 3 wrote the totals and the last trade's fees as msgpack integers, and every
+    level with two trailing nils where it had no accounts."""
+    msgs = mix(2000, 5, accounts=True)
+    original = engine_for(True, 5)
+    run(original, msgs[:1500])
+    state = _generic(original.snapshot())
+    volume, notional, last_trade, fees = state[4:]  # type: ignore[misc]
+    assert isinstance(last_trade, dict) and fees is not None
+    last_trade.update(maker_fee=int(fees[0]), taker_fee=int(fees[1]))
+    levels = [[[*lv, None, None][:5] for lv in side] for side in state[2:4]]  # type: ignore[attr-defined]
+    version_3 = [3, state[1], *levels, int(volume), int(notional), last_trade]
+    restored = engine_for(True, 5, msgspec.msgpack.encode(version_3))
+    restored.book.check()
+    assert restored.snapshot() == original.snapshot()
+    assert restored.ticker() == original.ticker()
+    assert owners(restored) == owners(original)
+    assert run(restored, msgs[1500:], 1500) == run(original, msgs[1500:], 1500)
+
+
 def test_a_snapshot_holds_totals_beyond_64_bits() -> None:
     """Realistic values overflow: a price of 100,000.00 (x 10^8) times 2,000,000 lots is a
     notional of 2 x 10^19 after one trade."""
@@ -339,6 +340,21 @@ def test_a_snapshot_holds_totals_beyond_64_bits() -> None:
     assert engine.book.notional == 2 * 10**19
     restored = Engine.restore(engine.snapshot(), fees=Fees(0, 1_000_000))
     assert restored.ticker() == engine.ticker()
+
+
+def test_a_book_holding_more_than_64_bits_of_quantity_has_a_digest_and_a_snapshot() -> None:
+    """A quantity is at most 2**63 - 1, but a level's and a side's totals are sums: three
+    orders at the limit pass msgpack's 64 bits. The digest (taken after every batch) and the
+    snapshot must still be made, and tell the books apart."""
+    engine, smaller = Engine(track_depth=True), Engine()
+    for n in range(3):
+        engine.apply(Order(f"b{n}", "buy", INT64_MAX, 100), None, [])
+        smaller.apply(Order(f"b{n}", "buy", INT64_MAX - (n == 2), 100), None, [])
+    assert engine.digest() != smaller.digest()
+    restored = Engine.restore(engine.snapshot())
+    assert restored.digest() == engine.digest()
+    depth = engine.take_depth()
+    assert depth is not None and depth.best_bid == (100, 3 * INT64_MAX, 3)
 
 
 def test_a_closed_writer_releases_the_book() -> None:
