@@ -483,7 +483,7 @@ class Engine:
         one, how many accounts and how many orders gave an stp mode. Prefixed with its scheme
         (:data:`DIGEST_SCHEME`), so a digest of another scheme is recognised, not compared."""
         book = self.book
-        shape = [book.next_trade_id, len(book)]
+        shape: list[int | str] = [book.next_trade_id, len(book)]
         for side in (book.bids, book.asks):
             best = side.best
             shape += (len(side.levels), _msgpack_int(side.quantity))
