@@ -400,12 +400,12 @@ class OrderBook:
                 if rates is not None:
                     notional = level_price * fill
                     maker_fee, taker_fee = fee(notional, rates[0]), fee(notional, rates[1])
-                trade = Trade(
-                    trade_id, taker_id, maker, level_price, fill, timestamp, side, input_id
-                )
-                trade.maker_account, trade.taker_account = owner, account
-                trade.maker_fee, trade.taker_fee = maker_fee, taker_fee
-                append(trade)
+                append(
+                    Trade(
+                        trade_id, taker_id, maker, level_price, fill, timestamp, side, input_id,
+                        owner, account, maker_fee, taker_fee,
+                    )
+                )  # fmt: skip
                 trade_id += 1
                 traded += fill
                 quantity -= fill
