@@ -1,0 +1,1 @@
+"""The HTTP/WebSocket gateway in front of the shards (docs/gateway.md)."""
