@@ -208,6 +208,35 @@ def _load(args: argparse.Namespace) -> int:
     return load_main(args)
 
 
+def _gateway(args: argparse.Namespace) -> int:
+    import signal
+
+    # Until uvicorn takes the signals over, and when it raises them again after its graceful
+    # shutdown: a stop is a clean exit 0, as for the daemon.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _stop_before_the_loop)
+    if args.hash_key:
+        from shard.gateway.limits import hash_key
+
+        key = sys.stdin.readline().strip()
+        if not key:
+            raise SystemExit("shard gateway --hash-key: give the key on standard input")
+        print(f'{{sha256 = "{hash_key(key)}", account = "<account>"}}')
+        return 0
+    from shard.config import ConfigError
+    from shard.gateway.config import load_gateway
+    from shard.gateway.serve import serve
+
+    try:
+        gateway, connection = load_gateway(
+            args.config, pairs=args.pairs, host=args.host, port=args.port,
+            redis_url=args.redis_url,
+        )  # fmt: skip
+    except ConfigError as exc:
+        raise SystemExit(f"shard gateway: {exc}") from None
+    return serve(gateway, connection)
+
+
 def _common(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--pair", help="trading pair, e.g. BTC-USDT (env SHARD_PAIR)")
     sub.add_argument("--redis-url", help="redis:// or rediss:// URL (env REDIS_URL)")
@@ -360,6 +389,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="port of the embedded server (default %(default)s, where the other commands look)",
     )
     up.set_defaults(handler=_up)
+
+    gateway = commands.add_parser(
+        "gateway",
+        help="HTTP and WebSocket gateway in front of the shards, with a trading page",
+        description="Serve REST order entry, market data and a WebSocket feed for the pairs "
+        "(docs/gateway.md).",
+    )
+    gateway.add_argument("--pairs", help="comma-separated pairs (env SHARD_GATEWAY_PAIRS)")
+    gateway.add_argument("--redis-url", help="redis:// or rediss:// URL (env REDIS_URL)")
+    gateway.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    gateway.add_argument("--port", type=int, help="port to listen on (default 8080)")
+    gateway.add_argument(
+        "--config", help="TOML file with [gateway] and [shard] tables (env SHARD_CONFIG)"
+    )
+    gateway.add_argument(
+        "--hash-key",
+        action="store_true",
+        help="read an API key on standard input and print its config line (a SHA-256)",
+    )
+    gateway.set_defaults(handler=_gateway)
 
     from shard.load.main import add_arguments
 

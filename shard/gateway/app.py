@@ -1,0 +1,489 @@
+"""The gateway's ASGI app: REST routes, the WebSocket feed and the page (docs/gateway.md).
+
+Order entry publishes to ``orders:{P}`` and answers with the input's event, read by the pair's
+:class:`~shard.gateway.feed.PairFeed`; everything else is served from the feeds' memory, so a
+request costs no Redis round trip but the XADD. Errors are JSON ``{"error", "detail"}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, Final
+
+import msgspec
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from redis.asyncio import Redis
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from shard.config import Config
+from shard.gateway.candles import INTERVALS, candles
+from shard.gateway.config import GatewayConfig
+from shard.gateway.feed import Outcome, PairFeed, Subscriber, levels
+from shard.gateway.limits import KeyRing, RateLimiter
+from shard.messages import REJECTED
+from shard.transport import RETRIED, describe, plain_async_client, text
+
+STATIC: Final = Path(__file__).parent / "static"
+_json = msgspec.json.Encoder()
+
+
+class ApiError(Exception):
+    """An answer other than success: its HTTP status, code and sentence."""
+
+    def __init__(self, status: int, code: str, detail: str, **headers: str) -> None:
+        super().__init__(detail)
+        self.status, self.code, self.detail, self.headers = status, code, detail, headers
+
+
+def _answer(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(_json.encode(body), status, headers, media_type="application/json")
+
+
+class OrderBody(msgspec.Struct, forbid_unknown_fields=True):
+    side: str
+    quantity: int
+    price: int | None = None
+    order_type: str | None = None
+    order_id: str | None = None
+    timestamp: int | None = None
+    stp: str | None = None
+    account: str | None = None
+    type: str | None = None
+
+
+class AmendBody(msgspec.Struct, forbid_unknown_fields=True):
+    price: int | None = None
+    quantity: int | None = None
+    timestamp: int | None = None
+    account: str | None = None
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.requests = Counter(
+            "gateway_requests", "HTTP requests by route and status.", ["route", "status"],
+            registry=r,
+        )  # fmt: skip
+        self.entry_seconds = Histogram(
+            "gateway_order_entry_seconds", "Order entry, request to the input's event.",
+            ["pair"], registry=r,
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),
+        )  # fmt: skip
+        self.clients = Gauge("gateway_ws_clients", "WebSocket clients.", ["pair"], registry=r)
+        self.sent = Counter(
+            "gateway_ws_messages", "WebSocket messages sent, by type.", ["pair", "type"],
+            registry=r,
+        )  # fmt: skip
+        self.slow = Counter(
+            "gateway_ws_slow_closes", "Clients closed for falling behind on trades.", ["pair"],
+            registry=r,
+        )  # fmt: skip
+        self.resyncs = Gauge("gateway_book_resyncs", "Book resyncs so far.", ["pair"], registry=r)
+
+
+class Gateway:
+    """The app's state: the Redis client, one feed per pair, the key ring and the limiters."""
+
+    def __init__(self, config: GatewayConfig, connection: Config) -> None:
+        self.config = config
+        self.connection = connection
+        self.client: Redis = plain_async_client(connection, client_name="shard-gateway")
+        self.feeds = {
+            pair: PairFeed(self.client, pair, connection.key_prefix, config.trades_kept)
+            for pair in config.pairs
+        }
+        self.keys = KeyRing.from_entries([msgspec.to_builtins(k) for k in config.keys])
+        self.per_key = RateLimiter(config.rate_per_key, config.burst_per_key)
+        self.per_address = RateLimiter(config.rate_per_address, config.burst_per_address)
+        self.metrics = GatewayMetrics()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        self._tasks = [asyncio.create_task(feed.run()) for feed in self.feeds.values()]
+        try:
+            yield
+        finally:
+            for task in self._tasks:
+                task.cancel()
+            for task in self._tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            await self.client.aclose()
+
+    # -- request helpers -----------------------------------------------------------------------
+
+    def feed(self, request: Request | WebSocket) -> PairFeed:
+        pair = request.path_params["pair"]
+        feed = self.feeds.get(pair)
+        if feed is None:
+            raise ApiError(404, "unknown_pair", f"pair {pair!r} is not served here")
+        return feed
+
+    def limit(self, request: Request) -> None:
+        address = request.client.host if request.client else "?"
+        wait = self.per_address.take(address, time.monotonic())
+        if wait:
+            raise ApiError(
+                429, "rate_limited", f"too many requests from {address}; retry in {wait:.1f} s",
+                **{"Retry-After": str(math.ceil(wait))},
+            )  # fmt: skip
+
+    def account(self, request: Request, named: str | None) -> str | None:
+        """The caller's account: the key's (order entry needs one when keys are configured),
+        else what the request names."""
+        if not self.keys:
+            return named
+        account = self.keys.account_of(request.headers.get("authorization"))
+        if account is None:
+            raise ApiError(
+                401, "unauthorized", "a valid API key is needed: Authorization: Bearer <key>"
+            )
+        if named is not None and named != account:
+            raise ApiError(
+                403, "account_mismatch", f"the key trades as its own account, not {named!r}"
+            )
+        wait = self.per_key.take(account, time.monotonic())
+        if wait:
+            raise ApiError(
+                429, "rate_limited", f"too many orders for this key; retry in {wait:.1f} s",
+                **{"Retry-After": str(math.ceil(wait))},
+            )  # fmt: skip
+        return account
+
+    async def body(self, request: Request, kind: type[Any]) -> Any:
+        limit = self.config.max_body_bytes
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise ApiError(413, "body_too_large", f"the body is {length} bytes; at most {limit}")
+        data = bytearray()
+        async for chunk in request.stream():
+            data += chunk
+            if len(data) > limit:
+                raise ApiError(413, "body_too_large", f"the body is over {limit} bytes")
+        try:
+            return msgspec.json.decode(bytes(data) or b"{}", type=kind)
+        except msgspec.DecodeError as exc:
+            raise ApiError(400, "bad_request", f"the body is not a valid request: {exc}") from None
+
+    async def publish(self, feed: PairFeed, fields: dict[str, str]) -> Response:
+        """XADD ``fields`` and answer with the input's outcome (or 202 after ``wait_ms``)."""
+        started = time.perf_counter()
+        try:
+            added: Any = await self.client.xadd(feed.keys.orders, fields)  # type: ignore[arg-type]
+            input_id = text(added) or ""
+        except RETRIED as exc:
+            raise ApiError(503, "unavailable", f"Redis: {describe(exc)}") from None
+        outcome = await feed.outcome(input_id, self.config.wait_ms / 1000)
+        if outcome is None:
+            return _answer({"input_id": input_id}, 202)
+        self.metrics.entry_seconds.labels(feed.pair).observe(time.perf_counter() - started)
+        return outcome_response(outcome)
+
+
+def outcome_response(outcome: Outcome) -> Response:
+    body: dict[str, Any] = {
+        "input_id": outcome.input_id, "event": outcome.event, "trades": outcome.trades,
+    }  # fmt: skip
+    if outcome.order_events:
+        body["order_events"] = outcome.order_events
+    event = outcome.event
+    if event.status != REJECTED:
+        return _answer(body)
+    status = 404 if event.reason == "unknown_order" else 422
+    return _answer({"error": event.reason, "detail": event.detail, **body}, status)
+
+
+Handler = Callable[[Gateway, Request], Awaitable[Response]]
+
+
+def _route(
+    gateway: Gateway, name: str, handler: Handler
+) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        try:
+            if name not in ("health", "metrics"):
+                gateway.limit(request)
+            response = await handler(gateway, request)
+        except ApiError as exc:
+            response = _answer({"error": exc.code, "detail": exc.detail}, exc.status, exc.headers)
+        gateway.metrics.requests.labels(name, str(response.status_code)).inc()
+        return response
+
+    return endpoint
+
+
+def _int_param(request: Request, name: str, default: int, most: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= most:
+        raise ApiError(400, "bad_request", f"{name} = {raw!r}: an integer from 1 to {most}")
+    return int(raw)
+
+
+def _best(level: Any) -> list[int] | None:
+    return None if level is None else [level.price, level.quantity, level.orders]
+
+
+# -- routes ------------------------------------------------------------------------------------
+
+
+async def pairs(gateway: Gateway, request: Request) -> Response:
+    return _answer(
+        [
+            {
+                "pair": pair,
+                "best_bid": _best(feed.view.best_bid),
+                "best_ask": _best(feed.view.best_ask),
+                "ticker": feed.ticker,
+                "decimals": gateway.config.decimals.get(pair, 8),
+            }
+            for pair, feed in gateway.feeds.items()
+        ]
+    )
+
+
+async def book(gateway: Gateway, request: Request) -> Response:
+    feed = gateway.feed(request)
+    depth = _int_param(request, "depth", 50, 1000)
+    view = feed.view
+    if not view.synced:
+        raise ApiError(503, "unavailable", f"the book of {feed.pair} is resyncing: {view.problem}")
+    return _answer(
+        {
+            "pair": feed.pair, "seq": view.seq, "input_id": view.input_id,
+            "bids": levels(view.bids(depth)), "asks": levels(view.asks(depth)),
+            "checksum": view.book.checksum(),
+        }
+    )  # fmt: skip
+
+
+async def trades(gateway: Gateway, request: Request) -> Response:
+    feed = gateway.feed(request)
+    return _answer(feed.latest_trades(_int_param(request, "limit", 100, 1000)))
+
+
+async def ticker(gateway: Gateway, request: Request) -> Response:
+    return _answer(gateway.feed(request).ticker)
+
+
+async def candle_route(gateway: Gateway, request: Request) -> Response:
+    feed = gateway.feed(request)
+    interval = request.query_params.get("interval", "1m")
+    if interval not in INTERVALS:
+        raise ApiError(
+            400, "bad_request", f"interval = {interval!r}: one of {', '.join(INTERVALS)}"
+        )
+    limit = _int_param(request, "limit", 100, 1000)
+    rows = ((t.timestamp, t.price, t.quantity) for t in feed.trades)
+    return _answer(candles(rows, INTERVALS[interval], limit))
+
+
+async def place(gateway: Gateway, request: Request) -> Response:
+    feed = gateway.feed(request)
+    body: OrderBody = await gateway.body(request, OrderBody)
+    if body.type not in (None, "order"):
+        raise ApiError(400, "bad_request", f"type = {body.type!r}: this route places orders")
+    account = gateway.account(request, body.account)
+    fields = {"type": "order", "order_id": body.order_id or secrets.token_hex(8)}
+    fields["side"], fields["quantity"] = body.side, str(body.quantity)
+    optional = {
+        "order_type": body.order_type, "price": body.price, "timestamp": body.timestamp,
+        "stp": body.stp, "account": account,
+    }  # fmt: skip
+    fields.update({k: str(v) for k, v in optional.items() if v is not None})
+    return await gateway.publish(feed, fields)
+
+
+async def cancel(gateway: Gateway, request: Request) -> Response:
+    feed = gateway.feed(request)
+    account = gateway.account(request, request.query_params.get("account"))
+    fields = {"type": "cancel", "order_id": request.path_params["order_id"]}
+    if account is not None:
+        fields["account"] = account
+    return await gateway.publish(feed, fields)
+
+
+async def amend(gateway: Gateway, request: Request) -> Response:
+    feed = gateway.feed(request)
+    body: AmendBody = await gateway.body(request, AmendBody)
+    account = gateway.account(request, body.account)
+    fields = {"type": "amend", "order_id": request.path_params["order_id"]}
+    optional = {"price": body.price, "quantity": body.quantity, "timestamp": body.timestamp}
+    fields.update({k: str(v) for k, v in optional.items() if v is not None})
+    if account is not None:
+        fields["account"] = account
+    return await gateway.publish(feed, fields)
+
+
+async def cancel_all(gateway: Gateway, request: Request) -> Response:
+    feed = gateway.feed(request)
+    account = gateway.account(request, request.query_params.get("account"))
+    if account is None:
+        raise ApiError(400, "bad_request", "cancel all needs an account (a key, or ?account=)")
+    fields = {"type": "cancel_all", "account": account}
+    side = request.query_params.get("side")
+    if side is not None:
+        fields["side"] = side
+    return await gateway.publish(feed, fields)
+
+
+async def health(gateway: Gateway, request: Request) -> Response:
+    try:
+        await gateway.client.ping()
+        redis_ok, problem = True, None
+    except RETRIED as exc:
+        redis_ok, problem = False, describe(exc)
+    report = {
+        pair: {
+            "synced": feed.view.synced, "seq": feed.view.seq,
+            "resyncs": sum(feed.view.resyncs.values()), "problem": feed.view.problem,
+        }
+        for pair, feed in gateway.feeds.items()
+    }  # fmt: skip
+    ok = redis_ok and all(p["synced"] for p in report.values())
+    body = {"status": "ok" if ok else "degraded", "redis": problem or "ok", "pairs": report}
+    return _answer(body, 200 if ok else 503)
+
+
+async def metrics(gateway: Gateway, request: Request) -> Response:
+    for pair, feed in gateway.feeds.items():
+        gateway.metrics.resyncs.labels(pair).set(sum(feed.view.resyncs.values()))
+        gateway.metrics.clients.labels(pair).set(len(feed.subscribers))
+    return Response(generate_latest(gateway.metrics.registry), media_type="text/plain")
+
+
+async def page(gateway: Gateway, request: Request) -> Response:
+    return FileResponse(STATIC / "index.html")
+
+
+# -- the WebSocket feed ----------------------------------------------------------------------
+
+
+def snapshot_message(feed: PairFeed, sub: Subscriber) -> dict[str, Any]:
+    """The whole book now; the subscriber's pending changes are dropped (the book holds them)."""
+    view = feed.view
+    sub.snapshot, sub.resync = False, None
+    sub.bids.clear()
+    sub.asks.clear()
+    sub.sent_seq = sub.seq = view.seq
+    sub.trades.clear()
+    sub.ticker = None
+    return {
+        "type": "snapshot", "seq": view.seq, "input_id": view.input_id,
+        "bids": levels(view.bids()), "asks": levels(view.asks()),
+        "checksum": view.book.checksum(), "ticker": feed.ticker,
+        "trades": feed.latest_trades(100),
+    }  # fmt: skip
+
+
+def depth_message(sub: Subscriber) -> dict[str, Any]:
+    """The merged changes from ``sent_seq`` to ``seq``, best first."""
+    bids = sorted(sub.bids.values(), reverse=True)
+    asks = sorted(sub.asks.values())
+    best_bid, best_ask = sub.best
+    message = {
+        "type": "depth", "prev": sub.sent_seq, "seq": sub.seq, "input_id": sub.input_id,
+        "bids": levels(bids), "asks": levels(asks), "checksum": sub.checksum,
+        "best_bid": None if best_bid is None else list(best_bid),
+        "best_ask": None if best_ask is None else list(best_ask),
+    }  # fmt: skip
+    sub.bids.clear()
+    sub.asks.clear()
+    sub.sent_seq = sub.seq
+    return message
+
+
+async def stream(gateway: Gateway, websocket: WebSocket) -> None:
+    try:
+        feed = gateway.feed(websocket)
+    except ApiError as exc:
+        await websocket.close(code=1008, reason=exc.detail[:120])
+        return
+    await websocket.accept()
+    sub = feed.subscribe(gateway.config.ws_queue)
+    sent = gateway.metrics.sent
+
+    async def receive() -> None:
+        while True:
+            message = await websocket.receive_text()
+            with contextlib.suppress(msgspec.DecodeError):
+                if msgspec.json.decode(message).get("op") == "snapshot":
+                    sub.snapshot = True
+                    sub.wake.set()
+
+    async def send(kind: str, message: Any) -> None:
+        await websocket.send_text(_json.encode(message).decode())
+        sent.labels(feed.pair, kind).inc()
+
+    async def deliver() -> None:
+        while True:
+            await sub.wake.wait()
+            sub.wake.clear()
+            if sub.overflowed:
+                gateway.metrics.slow.labels(feed.pair).inc()
+                await websocket.close(code=1013, reason="fell behind on trades")
+                return
+            if sub.snapshot:
+                if not feed.view.synced:
+                    continue  # the sync's update wakes us again
+                if sub.resync:
+                    await send("resync", {"type": "resync", "reason": sub.resync})
+                await send("snapshot", snapshot_message(feed, sub))
+                continue
+            if sub.depth_due():
+                await send("depth", depth_message(sub))
+            while sub.trades:
+                await send("trade", {"type": "trade", **msgspec.to_builtins(sub.trades.popleft())})
+            if sub.ticker is not None:
+                ticker, sub.ticker = sub.ticker, None
+                await send("ticker", {"type": "ticker", **ticker})
+
+    try:
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(receive())
+            tasks.create_task(deliver())
+    except* (WebSocketDisconnect, RuntimeError):
+        pass
+    finally:
+        feed.unsubscribe(sub)
+
+
+def create_app(config: GatewayConfig, connection: Config) -> Starlette:
+    """The gateway as an ASGI app; its feeds start and stop with the app's lifespan."""
+    gateway = Gateway(config, connection)
+
+    def route(path: str, name: str, handler: Handler, methods: list[str]) -> Route:
+        return Route(path, _route(gateway, name, handler), methods=methods)
+
+    pair = "/api/v1/pairs/{pair}"
+    routes = [
+        route("/", "page", page, ["GET"]),
+        route("/health", "health", health, ["GET"]),
+        route("/metrics", "metrics", metrics, ["GET"]),
+        route("/api/v1/pairs", "pairs", pairs, ["GET"]),
+        route(f"{pair}/book", "book", book, ["GET"]),
+        route(f"{pair}/trades", "trades", trades, ["GET"]),
+        route(f"{pair}/ticker", "ticker", ticker, ["GET"]),
+        route(f"{pair}/candles", "candles", candle_route, ["GET"]),
+        route(f"{pair}/orders", "place", place, ["POST"]),
+        route(f"{pair}/orders", "cancel_all", cancel_all, ["DELETE"]),
+        route(f"{pair}/orders/{{order_id}}", "cancel", cancel, ["DELETE"]),
+        route(f"{pair}/orders/{{order_id}}", "amend", amend, ["PATCH"]),
+        WebSocketRoute(f"{pair}/ws", lambda ws: stream(gateway, ws)),
+    ]
+    app = Starlette(routes=routes, lifespan=gateway.lifespan)
+    app.state.gateway = gateway
+    return app

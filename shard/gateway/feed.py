@@ -1,0 +1,277 @@
+"""One pair's live data in the gateway, read once and fanned out in process.
+
+A :class:`PairFeed` runs two readers, however many HTTP and WebSocket clients there are:
+
+* a :class:`~shard.marketdata.BookView` following ``depth:{P}`` (it resyncs by itself);
+* an outputs reader that blocks on ``events:{P}`` and, after each read, drains ``trades:{P}``
+  with ``XRANGE``. A batch's trades and events are committed together, so once an event is
+  read every trade of its input is already on ``trades:{P}``: the drain finds them all.
+
+Order entry waits on :meth:`PairFeed.outcome` for the event of the input it published.
+WebSocket clients are :class:`Subscriber` objects: the readers only merge into them (O(levels
+changed) per depth entry, O(1) per trade) and wake their senders; a client's slowness stays in
+its own sender.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import OrderedDict, deque
+from collections.abc import Iterable
+from typing import Any, Final
+
+import msgspec
+from redis.asyncio import Redis
+from redis.backoff import ExponentialWithJitterBackoff
+
+from shard.config import Keys
+from shard.marketdata import BookView, Level, decode_ticker
+from shard.messages import Event, Trade
+from shard.transport import RETRIED, describe
+from shard.wire import event_from_fields, trade_from_fields
+
+log = logging.getLogger("shard.gateway")
+
+OUTCOMES_KEPT: Final = 10_000
+"""Outcomes of recent inputs kept for an order-entry request that asks after its reader saw
+the event (the two run on different connections)."""
+READ_COUNT: Final = 1000
+
+
+def _id(entry_id: bytes | str) -> tuple[int, int]:
+    ms, _, seq = (entry_id.decode() if isinstance(entry_id, bytes) else entry_id).partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class Outcome(msgspec.Struct):
+    """An input's event, the trades it made and the order events of resting orders that
+    self-trade prevention or a cancel_all removed (they share its ``input_id``)."""
+
+    input_id: str
+    event: Event
+    trades: list[Trade]
+    order_events: list[Event]
+
+
+class Subscriber:
+    """A WebSocket client's pending messages, merged by the readers and sent by its own task.
+
+    Book changes are merged per level (the latest value wins), so what is pending is one
+    update from :attr:`sent_seq` to :attr:`seq`, however many entries it spans. Trades are a
+    queue of at most ``max_trades``; past it the client is marked :attr:`overflowed`."""
+
+    __slots__ = (
+        "asks", "best", "bids", "checksum", "input_id", "max_trades", "overflowed",
+        "resync", "sent_seq", "seq", "snapshot", "ticker", "trades", "wake",
+    )  # fmt: skip
+
+    def __init__(self, max_trades: int) -> None:
+        self.wake = asyncio.Event()
+        self.snapshot = True
+        """A snapshot is due (the first message, after a resync, or asked for)."""
+        self.resync: str | None = None
+        self.bids: dict[int, Level] = {}
+        self.asks: dict[int, Level] = {}
+        self.sent_seq = self.seq = 0
+        self.input_id = ""
+        self.checksum = 0
+        self.best: tuple[Any, Any] = (None, None)
+        self.trades: deque[Trade] = deque()
+        self.max_trades = max_trades
+        self.overflowed = False
+        self.ticker: dict[str, int | str] | None = None
+
+    def depth_due(self) -> bool:
+        return self.seq > self.sent_seq
+
+
+class PairFeed:
+    """The readers and the state of one pair (see the module)."""
+
+    def __init__(self, client: Redis, pair: str, prefix: str = "", trades_kept: int = 10_000):
+        self.client = client
+        self.pair = pair
+        self.keys = Keys(pair, prefix)
+        self.view = BookView(client, pair, prefix=prefix)
+        self.trades: deque[Trade] = deque(maxlen=trades_kept)
+        self.ticker: dict[str, int | str] = {}
+        self.subscribers: set[Subscriber] = set()
+        self.outcomes: OrderedDict[str, Outcome] = OrderedDict()
+        self._waiters: dict[str, asyncio.Future[Outcome]] = {}
+        self._pending: dict[str, Outcome] = {}
+        """Inputs whose trades or order events are in hand but not yet their own event."""
+        self._events_id = "0-0"
+        self._trades_id = "0-0"
+        self.outputs_ok = False
+        self.problem: str | None = None
+        self._backoff = ExponentialWithJitterBackoff(cap=2.0, base=0.05)
+
+    # -- the readers -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Follow the book and the outputs until cancelled."""
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._follow_book())
+            tasks.create_task(self._follow_outputs())
+
+    async def _follow_book(self) -> None:
+        async for update in self.view.updates():
+            if update.entry is None:
+                for sub in self.subscribers:
+                    sub.snapshot, sub.resync = True, update.resync
+                    sub.wake.set()
+                continue
+            entry = update.entry
+            for sub in self.subscribers:
+                if sub.snapshot:
+                    continue
+                for level in entry.bids:
+                    sub.bids[level.price] = level
+                for level in entry.asks:
+                    sub.asks[level.price] = level
+                sub.seq, sub.input_id, sub.checksum = entry.seq, entry.input_id, entry.checksum
+                sub.best = (entry.best_bid, entry.best_ask)
+                sub.wake.set()
+
+    async def _follow_outputs(self) -> None:
+        failures = 0
+        while True:
+            try:
+                if not self.outputs_ok:
+                    await self._start_outputs()
+                await self._read_outputs()
+                failures = 0
+            except RETRIED as exc:
+                self.outputs_ok = False
+                self.problem = describe(exc)
+                log.warning("%s outputs: %s; reading again", self.pair, self.problem)
+                failures += 1
+                await asyncio.sleep(self._backoff.compute(failures))
+
+    async def _start_outputs(self) -> None:
+        """Load the latest trades and the ticker; follow from the last trade and event."""
+        keys = self.keys
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.xrevrange(keys.trades, count=self.trades.maxlen)
+            pipe.xrevrange(keys.events, count=1)
+            pipe.hgetall(keys.ticker)
+            trades, events, ticker = await pipe.execute()
+        if self._trades_id == "0-0" or not self.trades:  # a restart keeps what it holds
+            self.trades.clear()
+            self.trades.extend(trade_from_fields(f) for _, f in reversed(trades))
+        if trades:
+            self._trades_id = max(self._trades_id, _text(trades[0][0]), key=_id)
+        if events:
+            self._events_id = max(self._events_id, _text(events[0][0]), key=_id)
+        self.ticker = decode_ticker(ticker)
+        self.outputs_ok = True
+        self.problem = None
+
+    async def _read_outputs(self) -> None:
+        reply: Any = await self.client.xread(
+            {self.keys.events: self._events_id}, count=READ_COUNT, block=1000
+        )
+        events = list(reply[0][1]) if reply else []
+        new_trades = await self._drain_trades()
+        if new_trades:
+            ticker = await self.client.hgetall(self.keys.ticker)
+            self.ticker = decode_ticker(ticker)
+        for sub in self.subscribers:
+            if new_trades:
+                sub.trades.extend(new_trades)
+                if len(sub.trades) > sub.max_trades:
+                    sub.overflowed = True
+                    sub.trades.clear()
+                sub.ticker = self.ticker
+                sub.wake.set()
+        for entry_id, fields in events:
+            self._events_id = _text(entry_id)
+            self._on_event(event_from_fields(fields))
+        if events:
+            last = _id(self._events_id)
+            for input_id in [i for i in self._pending if _id(i) <= last]:
+                # Trades of an input whose event is behind us: its event was trimmed away.
+                del self._pending[input_id]
+
+    async def _drain_trades(self) -> list[Trade]:
+        got: list[Trade] = []
+        while True:
+            entries: Any = await self.client.xrange(
+                self.keys.trades, f"({self._trades_id}", "+", count=READ_COUNT
+            )
+            for entry_id, fields in entries:
+                trade = trade_from_fields(fields)
+                got.append(trade)
+                self._trades_id = _text(entry_id)
+                if trade.input_id:
+                    self._held(trade.input_id).trades.append(trade)
+            if len(entries) < READ_COUNT:
+                break
+        self.trades.extend(got)
+        return got
+
+    def _held(self, input_id: str) -> Outcome:
+        held = self._pending.get(input_id)
+        if held is None:
+            held = self._pending[input_id] = Outcome(input_id, Event(input_id, None, ""), [], [])
+        return held
+
+    def _on_event(self, event: Event) -> None:
+        input_id = event.input_id or ""
+        held = self._held(input_id)
+        if event.resting_order:  # a resting order this input removed: before its own event
+            held.order_events.append(event)
+            return
+        del self._pending[input_id]
+        held.event = event
+        self.outcomes[input_id] = held
+        if len(self.outcomes) > OUTCOMES_KEPT:
+            self.outcomes.popitem(last=False)
+        waiter = self._waiters.pop(input_id, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(held)
+
+    # -- what the routes ask -------------------------------------------------------------------
+
+    async def outcome(self, input_id: str, timeout: float) -> Outcome | None:
+        """The outcome of ``input_id`` once its event is read, or None after ``timeout`` s.
+        Call it right after the XADD returned, before anything else awaits."""
+        done = self.outcomes.get(input_id)
+        if done is not None:
+            return done
+        waiter = self._waiters.get(input_id)
+        if waiter is None:
+            waiter = self._waiters[input_id] = asyncio.get_running_loop().create_future()
+        try:
+            return await asyncio.wait_for(asyncio.shield(waiter), timeout)
+        except TimeoutError:
+            return None
+        finally:
+            if not waiter.done() or self._waiters.get(input_id) is waiter:
+                with contextlib.suppress(KeyError):
+                    del self._waiters[input_id]
+
+    def latest_trades(self, limit: int) -> list[Trade]:
+        """The latest ``limit`` trades held, oldest first."""
+        n = len(self.trades)
+        return [self.trades[i] for i in range(max(0, n - limit), n)]
+
+    def subscribe(self, max_trades: int) -> Subscriber:
+        sub = Subscriber(max_trades)
+        sub.wake.set()
+        self.subscribers.add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        self.subscribers.discard(sub)
+
+
+def levels(items: Iterable[Level]) -> list[list[int]]:
+    """Levels as ``[price, quantity, orders]`` for JSON."""
+    return [[lv.price, lv.quantity, lv.orders] for lv in items]
