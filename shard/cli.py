@@ -180,7 +180,8 @@ def _up(args: argparse.Namespace) -> int:
 
     pairs = [p.strip() for p in args.pairs.split(",") if p.strip()]
     url = args.redis_url or os.environ.get("REDIS_URL")
-    return Cluster(pairs, url, Path(args.data_dir), args.port).run()
+    gateway = args.gateway_port or None
+    return Cluster(pairs, url, Path(args.data_dir), args.port, gateway_port=gateway).run()
 
 
 def _book(args: argparse.Namespace) -> int:
@@ -387,6 +388,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=DEFAULT_PORT,
         help="port of the embedded server (default %(default)s, where the other commands look)",
+    )
+    from shard.up import GATEWAY_PORT
+
+    up.add_argument(
+        "--gateway-port",
+        type=int,
+        default=GATEWAY_PORT,
+        help="port of the gateway and its trading page (default %(default)s; 0: none)",
     )
     up.set_defaults(handler=_up)
 

@@ -41,6 +41,10 @@ DEFAULT_URL: Final[str] = next(
 DEFAULT_PORT: Final = urlsplit(DEFAULT_URL).port or 6379
 """The embedded server's port: the one every other command reaches without a URL."""
 RESTART_PAUSE = 2.0
+GATEWAY: Final = "gateway"
+"""The gateway's name among the children (not a pair: a pair has no lower-case-only rule, but
+``shard up`` refuses this one)."""
+GATEWAY_PORT: Final = 8080
 
 
 def listen_error(port: int) -> str | None:
@@ -67,9 +71,10 @@ class Cluster:
         env: dict[str, str] | None = None,
         server_args: list[str] | None = None,
         floor: bool = False,
+        gateway_port: int | None = None,
     ) -> None:
         for pair in pairs:
-            if not PAIR_RE.fullmatch(pair):
+            if not PAIR_RE.fullmatch(pair) or pair == GATEWAY:
                 raise SystemExit(f"shard up: bad pair {pair!r}: 1-32 letters, digits, -, _ or .")
         self.pairs = pairs
         self.data_dir = data_dir
@@ -80,14 +85,21 @@ class Cluster:
         self.children: dict[str, subprocess.Popen[bytes]] = {}
         self.env = env or {}
         self.floor = floor  # run the harness floor (shard.load.relay) in place of the daemons
+        self.gateway_port = gateway_port
+        """Where ``shard gateway`` for every pair listens (None: no gateway)."""
         self.stop = threading.Event()
 
     def _spawn(self, pair: str) -> subprocess.Popen[bytes]:
-        """One daemon (or floor relay) for ``pair``; the URL goes in its environment, which only
-        this user can read, not on its command line, which every local user can."""
+        """One daemon (or floor relay) for ``pair``, or the gateway for :data:`GATEWAY`; the URL
+        goes in its environment, which only this user can read, not on its command line, which
+        every local user can."""
         env = {**os.environ, "SHARD_INSTANCE": f"up:{pair}", **self.env, "REDIS_URL": self.url}
         if self.server is not None:  # our own plain server: TLS keys meant for another are not
             env.update({f"SHARD_{name.upper()}": "" for name in TLS_FILES})
+        if pair == GATEWAY:
+            pairs = ",".join(self.pairs)
+            gateway = ["gateway", "--pairs", pairs, "--port", str(self.gateway_port)]
+            return subprocess.Popen([sys.executable, "-m", "shard", *gateway], env=env)
         command = ["shard.load.relay"] if self.floor else ["shard", "run"]
         return subprocess.Popen([sys.executable, "-m", *command, "--pair", pair], env=env)
 
@@ -134,9 +146,19 @@ class Cluster:
                     f"shard up: cannot listen on 127.0.0.1:{port} ({error}): give `--port N` "
                     f"and then `--redis-url redis://127.0.0.1:N/0` to the other commands"
                 )
+        if self.gateway_port is not None:
+            error = listen_error(self.gateway_port)
+            if error:
+                raise SystemExit(
+                    f"shard up: the gateway cannot listen on 127.0.0.1:{self.gateway_port} "
+                    f"({error}): give `--gateway-port N`, or 0 for no gateway"
+                )
+        if self.server:
             self.server.start()
         for pair in self.pairs:
             self.children[pair] = self._spawn(pair)
+        if self.gateway_port is not None:
+            self.children[GATEWAY] = self._spawn(GATEWAY)
         return self
 
     def _banner(self) -> None:
@@ -164,6 +186,8 @@ class Cluster:
             lines.append(
                 "  (*** is the password: give the URL in REDIS_URL, not on a command line)"
             )
+        if self.gateway_port is not None:
+            lines.append(f"  the trading page: http://127.0.0.1:{self.gateway_port}/")
         lines.append("Ctrl-C stops everything cleanly.")
         print("\n".join(lines), file=sys.stderr, flush=True)
 

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import redis
 
 from shard.config import Keys
@@ -43,7 +44,9 @@ def test_shard_up_end_to_end_and_resume(tmp_path: Path) -> None:
     url = f"redis://127.0.0.1:{port}/0"
     data = tmp_path / "data"
     keys = Keys(PAIR)
+    gateway = free_port()
     up = [*SHARD, "up", "--pairs", f"{PAIR},ETH-USDT", "--data-dir", str(data), "--port", str(port)]
+    up += ["--gateway-port", str(gateway)]
 
     first = subprocess.Popen(up, stderr=subprocess.PIPE)
     try:
@@ -60,11 +63,24 @@ def test_shard_up_end_to_end_and_resume(tmp_path: Path) -> None:
             {**SEED_TRADE, "input_id": ids[1].decode()}
         ]
         client.close()
+        deadline = time.monotonic() + 30
+        while True:  # the gateway serves both pairs, with the trade's ticker
+            try:
+                listed = httpx.get(f"http://127.0.0.1:{gateway}/api/v1/pairs", timeout=5).json()
+                if listed[0]["ticker"]:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the gateway never answered"
+            time.sleep(0.2)
+        assert [p["pair"] for p in listed] == [PAIR, "ETH-USDT"]
+        assert listed[0]["ticker"]["last_price"] == SEED_TRADE["price"]
     finally:
         first.send_signal(signal.SIGINT)
         _, err = first.communicate(timeout=60)
     assert first.returncode == 0, err.decode()
     assert b"orders:{BTC-USDT}" in err and b"shard up: stopped" in err
+    assert f"http://127.0.0.1:{gateway}/".encode() in err
 
     second = subprocess.Popen(up, stderr=subprocess.PIPE)
     try:

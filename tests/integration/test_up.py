@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from shard.config import Keys
-from shard.server import LocalServer
+from shard.server import LocalServer, free_port
 
 from ..seed import SEED_LINES, SEED_TRADE
 from .helpers import PAIR, wait_events
@@ -75,6 +75,7 @@ def test_up_keeps_the_password_off_command_lines_and_out_of_its_banner(
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL" and not k.startswith("SHARD_")}
     env_with_url = {**env, "REDIS_URL": url}
     up_args = ["up", "--pairs", PAIR, "--data-dir", str(tmp_path / "data")]
+    up_args += ["--gateway-port", str(free_port())]  # its child sees the URL too
     if given == "flag":
         up = subprocess.Popen(
             [*SHARD, *up_args, "--redis-url", url], env=env, stderr=subprocess.PIPE
