@@ -45,6 +45,10 @@ class ApiError(Exception):
         self.status, self.code, self.detail, self.headers = status, code, detail, headers
 
 
+class _Kicked(Exception):
+    """A WebSocket client was closed for falling behind."""
+
+
 def _answer(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(_json.encode(body), status, headers, media_type="application/json")
 
@@ -428,14 +432,21 @@ async def stream(gateway: Gateway, websocket: WebSocket) -> None:
         await websocket.send_text(_json.encode(message).decode())
         sent.labels(feed.pair, kind).inc()
 
+    async def kick() -> None:
+        """Close a client that fell behind on trades, even while a send to it blocks: the close
+        frame goes behind what is buffered, and the connection ends after 2 s at most."""
+        await sub.kicked.wait()
+        gateway.metrics.slow.labels(feed.pair).inc()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(websocket.close(code=1013, reason="fell behind on trades"), 2)
+        raise _Kicked
+
     async def deliver() -> None:
         while True:
             await sub.wake.wait()
             sub.wake.clear()
             if sub.overflowed:
-                gateway.metrics.slow.labels(feed.pair).inc()
-                await websocket.close(code=1013, reason="fell behind on trades")
-                return
+                await asyncio.Event().wait()  # kick() closes the connection
             if sub.snapshot:
                 if not feed.view.synced:
                     continue  # the sync's update wakes us again
@@ -455,7 +466,8 @@ async def stream(gateway: Gateway, websocket: WebSocket) -> None:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(receive())
             tasks.create_task(deliver())
-    except* (WebSocketDisconnect, RuntimeError):
+            tasks.create_task(kick())
+    except* (WebSocketDisconnect, RuntimeError, _Kicked):
         pass
     finally:
         feed.unsubscribe(sub)

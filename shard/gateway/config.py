@@ -42,6 +42,9 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     """Digits after the point the page shows, per pair (default 8)."""
     ws_queue: int = 1000
     """Trades a WebSocket client may have unsent before it is closed."""
+    send_buffer_bytes: int = 262_144
+    """The kernel's send buffer of each connection (0: the kernel's own, which may grow to
+    megabytes a client): what a client that stops reading can hold before its sends block."""
     trades_kept: int = 10_000
     """Trades per pair held in memory for ``/trades``, ``/candles`` and new WebSocket clients."""
 
@@ -65,6 +68,8 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
         for name, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"gateway: {name} = {value} must be above 0")
+        if self.send_buffer_bytes < 0:
+            raise ConfigError(f"gateway: send_buffer_bytes = {self.send_buffer_bytes} is below 0")
         if self.port > 65535:
             raise ConfigError(f"gateway: port = {self.port} is not a TCP port")
         for pair, places in self.decimals.items():

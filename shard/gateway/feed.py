@@ -67,7 +67,7 @@ class Subscriber:
     queue of at most ``max_trades``; past it the client is marked :attr:`overflowed`."""
 
     __slots__ = (
-        "asks", "best", "bids", "checksum", "input_id", "max_trades", "overflowed",
+        "asks", "best", "bids", "checksum", "input_id", "kicked", "max_trades", "overflowed",
         "resync", "sent_seq", "seq", "snapshot", "ticker", "trades", "wake",
     )  # fmt: skip
 
@@ -85,6 +85,8 @@ class Subscriber:
         self.trades: deque[Trade] = deque()
         self.max_trades = max_trades
         self.overflowed = False
+        self.kicked = asyncio.Event()
+        """Set with :attr:`overflowed`: its connection is closed even while a send blocks."""
         self.ticker: dict[str, int | str] | None = None
 
     def depth_due(self) -> bool:
@@ -188,6 +190,7 @@ class PairFeed:
                 if len(sub.trades) > sub.max_trades:
                     sub.overflowed = True
                     sub.trades.clear()
+                    sub.kicked.set()
                 sub.ticker = self.ticker
                 sub.wake.set()
         for entry_id, fields in events:
