@@ -25,13 +25,15 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from shard.config import Config
+from shard.config import Config, Keys
 from shard.gateway.candles import INTERVALS, candles
 from shard.gateway.config import GatewayConfig
 from shard.gateway.feed import Outcome, PairFeed, Subscriber, levels
 from shard.gateway.limits import KeyRing, RateLimiter
+from shard.gateway.replica import LiveOrder, Replica
 from shard.messages import REJECTED
-from shard.transport import RETRIED, describe, plain_async_client, text
+from shard.store import Store
+from shard.transport import RETRIED, connect, describe, plain_async_client, text
 
 STATIC: Final = Path(__file__).parent / "static"
 _json = msgspec.json.Encoder()
@@ -103,10 +105,17 @@ class Gateway:
         self.config = config
         self.connection = connection
         self.client: Redis = plain_async_client(connection, client_name="shard-gateway")
+        self.replica_client: Redis = connect(connection)  # raw XRANGE replies, as recovery's
         self.feeds = {
-            pair: PairFeed(self.client, pair, connection.key_prefix, config.trades_kept)
+            pair: PairFeed(
+                self.client, pair, connection.key_prefix, config.trades_kept,
+                Replica(
+                    Store(self.replica_client, Keys(pair, connection.key_prefix), connection.group),
+                    msgspec.structs.replace(connection, pair=pair),
+                ),
+            )
             for pair in config.pairs
-        }
+        }  # fmt: skip
         self.keys = KeyRing.from_entries([msgspec.to_builtins(k) for k in config.keys])
         self.per_key = RateLimiter(config.rate_per_key, config.burst_per_key)
         self.per_address = RateLimiter(config.rate_per_address, config.burst_per_address)
@@ -125,6 +134,7 @@ class Gateway:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             await self.client.aclose()
+            await self.replica_client.aclose()
 
     # -- request helpers -----------------------------------------------------------------------
 
@@ -140,13 +150,13 @@ class Gateway:
         wait = self.per_address.take(address, time.monotonic())
         if wait:
             raise ApiError(
-                429, "rate_limited", f"too many requests from {address}; retry in {wait:.1f} s",
+                429, "rate_limited", f"too many requests from {address}; retry in {wait:.2f} s",
                 **{"Retry-After": str(math.ceil(wait))},
             )  # fmt: skip
 
-    def account(self, request: Request, named: str | None) -> str | None:
-        """The caller's account: the key's (order entry needs one when keys are configured),
-        else what the request names."""
+    def account(self, request: Request, named: str | None, entry: bool = True) -> str | None:
+        """The caller's account: the key's (needed when keys are configured), else what the
+        request names. ``entry``: order entry, which the key's token bucket limits."""
         if not self.keys:
             return named
         account = self.keys.account_of(request.headers.get("authorization"))
@@ -158,10 +168,10 @@ class Gateway:
             raise ApiError(
                 403, "account_mismatch", f"the key trades as its own account, not {named!r}"
             )
-        wait = self.per_key.take(account, time.monotonic())
+        wait = self.per_key.take(account, time.monotonic()) if entry else 0.0
         if wait:
             raise ApiError(
-                429, "rate_limited", f"too many orders for this key; retry in {wait:.1f} s",
+                429, "rate_limited", f"too many orders for this key; retry in {wait:.2f} s",
                 **{"Retry-After": str(math.ceil(wait))},
             )  # fmt: skip
         return account
@@ -344,6 +354,51 @@ async def cancel_all(gateway: Gateway, request: Request) -> Response:
     return await gateway.publish(feed, fields)
 
 
+def _replica(feed: PairFeed) -> Replica:
+    replica = feed.replica
+    if replica is None or replica.engine is None:
+        raise ApiError(503, "unavailable", f"the orders of {feed.pair} are being rebuilt")
+    return replica
+
+
+def _live(order: LiveOrder) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "order_id": order.order_id, "status": "live", "side": order.side,
+        "price": order.price, "remaining_quantity": order.remaining,
+    }  # fmt: skip
+    if order.account is not None:
+        out["account"] = order.account
+    return out
+
+
+async def order_state(gateway: Gateway, request: Request) -> Response:
+    feed = gateway.feed(request)
+    order_id = request.path_params["order_id"]
+    account = gateway.account(request, request.query_params.get("account"), entry=False)
+    replica = _replica(feed)
+    unknown = ApiError(
+        404, "unknown_order",
+        f"order_id {order_id!r} is not live, and did not finish since this gateway started",
+    )  # fmt: skip
+    live = replica.live(order_id)
+    if live is not None:
+        if account is not None and live.account != account:
+            raise unknown  # another account's order is not revealed
+        return _answer(_live(live))
+    finished = replica.finished.get(order_id)
+    if finished is None or (account is not None and finished.get("account") != account):
+        raise unknown
+    return _answer({"order_id": order_id, **finished})
+
+
+async def open_orders(gateway: Gateway, request: Request) -> Response:
+    feed = gateway.feed(request)
+    account = gateway.account(request, request.query_params.get("account"), entry=False)
+    if account is None:
+        raise ApiError(400, "bad_request", "open orders need an account (a key, or ?account=)")
+    return _answer([_live(order) for order in _replica(feed).open_orders(account)])
+
+
 async def health(gateway: Gateway, request: Request) -> Response:
     try:
         await gateway.client.ping()
@@ -354,10 +409,12 @@ async def health(gateway: Gateway, request: Request) -> Response:
         pair: {
             "synced": feed.view.synced, "seq": feed.view.seq,
             "resyncs": sum(feed.view.resyncs.values()), "problem": feed.view.problem,
+            "outputs": feed.outputs_ok,
+            "orders": feed.replica is None or feed.replica.engine is not None,
         }
         for pair, feed in gateway.feeds.items()
     }  # fmt: skip
-    ok = redis_ok and all(p["synced"] for p in report.values())
+    ok = redis_ok and all(p["synced"] and p["outputs"] and p["orders"] for p in report.values())
     body = {"status": "ok" if ok else "degraded", "redis": problem or "ok", "pairs": report}
     return _answer(body, 200 if ok else 503)
 
@@ -494,6 +551,8 @@ def create_app(config: GatewayConfig, connection: Config) -> Starlette:
         route(f"{pair}/orders", "cancel_all", cancel_all, ["DELETE"]),
         route(f"{pair}/orders/{{order_id}}", "cancel", cancel, ["DELETE"]),
         route(f"{pair}/orders/{{order_id}}", "amend", amend, ["PATCH"]),
+        route(f"{pair}/orders/{{order_id}}", "order", order_state, ["GET"]),
+        route(f"{pair}/orders", "open_orders", open_orders, ["GET"]),
         WebSocketRoute(f"{pair}/ws", lambda ws: stream(gateway, ws)),
     ]
     app = Starlette(routes=routes, lifespan=gateway.lifespan)

@@ -27,8 +27,10 @@ from redis.asyncio import Redis
 from redis.backoff import ExponentialWithJitterBackoff
 
 from shard.config import Keys
+from shard.gateway.replica import Replica
 from shard.marketdata import BookView, Level, decode_ticker
 from shard.messages import Event, Trade
+from shard.recovery import RecoveryError
 from shard.transport import RETRIED, describe
 from shard.wire import event_from_fields, trade_from_fields
 
@@ -96,8 +98,17 @@ class Subscriber:
 class PairFeed:
     """The readers and the state of one pair (see the module)."""
 
-    def __init__(self, client: Redis, pair: str, prefix: str = "", trades_kept: int = 10_000):
+    def __init__(
+        self,
+        client: Redis,
+        pair: str,
+        prefix: str = "",
+        trades_kept: int = 10_000,
+        replica: Replica | None = None,
+    ) -> None:
         self.client = client
+        self.replica = replica
+        """Where each live order stands, advanced before an event's waiter is answered."""
         self.pair = pair
         self.keys = Keys(pair, prefix)
         self.view = BookView(client, pair, prefix=prefix)
@@ -110,6 +121,7 @@ class PairFeed:
         """Inputs whose trades or order events are in hand but not yet their own event."""
         self._events_id = "0-0"
         self._trades_id = "0-0"
+        self._started = False
         self.outputs_ok = False
         self.problem: str | None = None
         self._backoff = ExponentialWithJitterBackoff(cap=2.0, base=0.05)
@@ -164,14 +176,21 @@ class PairFeed:
             pipe.xrevrange(keys.events, count=1)
             pipe.hgetall(keys.ticker)
             trades, events, ticker = await pipe.execute()
-        if self._trades_id == "0-0" or not self.trades:  # a restart keeps what it holds
-            self.trades.clear()
+        if not self._started:  # a restart goes on from where it was
             self.trades.extend(trade_from_fields(f) for _, f in reversed(trades))
-        if trades:
-            self._trades_id = max(self._trades_id, _text(trades[0][0]), key=_id)
-        if events:
-            self._events_id = max(self._events_id, _text(events[0][0]), key=_id)
+            if trades:
+                self._trades_id = _text(trades[0][0])
+            if events:
+                self._events_id = _text(events[0][0])
+            self._started = True
         self.ticker = decode_ticker(ticker)
+        if self.replica is not None and self.replica.engine is None:
+            try:
+                await self.replica.build()
+            except RecoveryError as exc:
+                log.warning(
+                    "%s order replica: %s; trying again with the next events", self.pair, exc
+                )
         self.outputs_ok = True
         self.problem = None
 
@@ -193,9 +212,16 @@ class PairFeed:
                     sub.kicked.set()
                 sub.ticker = self.ticker
                 sub.wake.set()
-        for entry_id, fields in events:
+        parsed = [event_from_fields(fields) for _, fields in events]
+        if self.replica is not None and parsed:
+            try:
+                await self.replica.advance(parsed)
+            except RecoveryError as exc:
+                log.warning("%s order replica: %s; rebuilding it", self.pair, exc)
+                self.replica.engine = None
+        for (entry_id, _), event in zip(events, parsed, strict=True):
             self._events_id = _text(entry_id)
-            self._on_event(event_from_fields(fields))
+            self._on_event(event)
         if events:
             last = _id(self._events_id)
             for input_id in [i for i in self._pending if _id(i) <= last]:

@@ -13,17 +13,21 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 import redis
 from websockets.sync.client import connect
 
 from shard.config import Keys
+from shard.decode import decode_json
+from shard.engine import Engine
 from shard.gateway.limits import hash_key
 from shard.l2 import checksum
 from shard.server import LocalServer, free_port
 from shard.wire import event_from_fields
+from shard.workload import standard_mix
 
-from .helpers import PAIR, start_daemon, stop_daemon
+from .helpers import PAIR, publish, start_daemon, stop_daemon, wait_events
 
 ALICE, BOB = "alice-key-0123456789", "bob-key-9876543210"
 
@@ -281,3 +285,66 @@ def test_the_websocket_feed_is_a_snapshot_then_updates_that_check(open_gateway: 
         while (again := json.loads(ws.recv(timeout=10)))["type"] != "snapshot":
             pass
         assert again["seq"] == seq and again["asks"] == [[105, 4, 1]]
+
+
+def test_an_orders_state_live_and_finished_and_the_callers_open_orders(
+    keyed_gateway: Gateway,
+) -> None:
+    http, path = keyed_gateway.http, f"/api/v1/pairs/{PAIR}/orders"
+    http.post(path, json=_order("sell", 50, 5, order_id="m1"), headers=auth(ALICE))
+    http.post(path, json=_order("buy", 40, 2, order_id="m2"), headers=auth(ALICE))
+    http.post(path, json=_order("buy", 50, 3, order_id="t1"), headers=auth(BOB))
+    live = http.get(f"{path}/m1", headers=auth(ALICE))
+    assert live.json() == {
+        "order_id": "m1", "status": "live", "side": "sell", "price": 50,
+        "remaining_quantity": 2, "account": "alice",
+    }  # fmt: skip
+    assert http.get(f"{path}/m1", headers=auth(BOB)).status_code == 404  # not bob's
+    assert http.get(f"{path}/t1", headers=auth(BOB)).json()["status"] == "filled"
+    opened = http.get(path, headers=auth(ALICE)).json()
+    assert [(o["order_id"], o["remaining_quantity"]) for o in opened] == [("m2", 2), ("m1", 2)]
+    assert http.get(path, headers=auth(BOB)).json() == []
+    http.post(path, json=_order("buy", 50, 2, order_id="t2"), headers=auth(BOB))
+    filled = http.get(f"{path}/m1", headers=auth(ALICE)).json()
+    assert filled["status"] == "filled" and filled["by_trade"] == 2
+    http.delete(f"{path}/m2", headers=auth(ALICE))
+    assert http.get(f"{path}/m2", headers=auth(ALICE)).json()["status"] == "cancelled"
+    assert http.get(f"{path}/nope", headers=auth(ALICE)).status_code == 404
+
+
+def test_orders_placed_before_the_gateway_started_are_known_exactly(
+    server: LocalServer, r: redis.Redis, keys: Keys, tmp_path: Path
+) -> None:
+    """The gateway's replica starts from the shard's snapshot (the inputs below it trimmed)
+    and replays the rest: the live orders it reports are the engine's."""
+    env = {"SHARD_BLOCK_MS": "50", "SHARD_SNAPSHOT_EVERY_INPUTS": "300", "SHARD_BATCH_SIZE": "100"}
+    proc = start_daemon(server.url, env=env)
+    try:
+        messages = list(standard_mix(1000, seed=5))
+        publish(r, messages)
+        wait_events(r, keys, len(messages))
+        deadline = time.monotonic() + 30
+        while not r.exists(keys.snapshot) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        gw = Gateway(server.url, tmp_path, "rate_per_address = 1000\nburst_per_address = 1000\n")
+        try:
+            engine = Engine()
+            trades: list[Any] = []
+            for m in messages:
+                engine.apply(decode_json(msgspec.json.encode(m)), None, trades)
+                engine.order_events.clear()
+            some = list(engine.book._index)[:50]
+            for order_id in some:
+                got = gw.http.get(f"/api/v1/pairs/{PAIR}/orders/{order_id}").json()
+                assert "side" in got, (order_id, got)
+                side, price, remaining = engine.book.get(order_id)  # type: ignore[misc]
+                assert (got["side"], got["price"], got["remaining_quantity"]) == (
+                    side,
+                    price,
+                    remaining,
+                )
+        finally:
+            assert gw.stop() == 0
+    finally:
+        assert stop_daemon(proc)[0] == 0
+    assert r.xlen(keys.orders) < len(messages)  # the replica could not have replayed them all
