@@ -30,6 +30,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 
 from shard.config import Keys
+from shard.gateway.limits import hash_key
 from shard.server import LocalServer
 
 from . import test_gateway
@@ -394,3 +395,31 @@ def test_the_page_reconnects_when_the_gateway_comes_back(
         assert ladder(browser) == {"b:700000000": "2:1", "a:800000000": "3:1"}
     finally:
         assert again.stop() == 0
+
+
+def test_with_an_api_key_the_page_trades_as_the_keys_account(
+    browser: WebDriver, server: LocalServer, daemon: None,  # noqa: F811
+    r: redis.Redis, keys: Keys, tmp_path: Path,
+) -> None:  # fmt: skip
+    """The key goes in ``Authorization: Bearer`` (kept in sessionStorage), the gateway stamps
+    its account; the cancel button sends it too."""
+    key = "page-key-0123456789"
+    entry = f'[[gateway.keys]]\nsha256 = "{hash_key(key)}"\naccount = "kim"\n'
+    gw = Gateway(server.url, tmp_path, GATEWAY_CONFIG + entry)
+    try:
+        open_page(browser, gw)
+        browser.find_element(By.CSS_SELECTOR, "#order-form details summary").click()
+        browser.find_element(By.ID, "api-key").send_keys(key)
+        fill_form(browser, "buy", "5", "2")
+        ((order_id, _),) = until(lambda: open_orders(browser), "the keyed order").items()
+        (_, placed), *_ = r.xrevrange(keys.orders, count=1)
+        assert placed[b"account"] == b"kim" and placed[b"order_id"].decode() == order_id
+        stored = browser.execute_script("return sessionStorage.getItem('shard.apiKey')")
+        assert stored == key
+        browser.find_element(By.CSS_SELECTOR, f"button.cancel[data-order-id='{order_id}']").click()
+        until(lambda: open_orders(browser) == {}, "the open-orders list after cancel")
+        until(lambda: ladder(browser) == {}, "the ladder after cancel")
+        assert console_errors(browser) == []
+    finally:
+        browser.execute_script("sessionStorage.clear()")
+        assert gw.stop() == 0
