@@ -6,6 +6,8 @@ Wall-clock and CPU-time figures on this shared machine move by 25% between runs,
 changes. Valgrind's cachegrind counts the instructions a process executes (``--cache-sim=no``:
 no cache model, about 30x slower), which is the same on every run of the same code and input.
 
+* ``engine``: the matching alone: the standard mix decoded first, then applied to an
+  ``Engine`` without market data; a run that only decodes is subtracted.
 * ``shard``: the daemon's CPU work on a batch, without I/O: ``Pipeline.apply`` (decode, match,
   build the output rows), the reject metrics and ``Commit.command`` (pack the commit), over
   --count inputs of the standard mix (shard/workload.py, --seed) in 1,000-input batches, as raw
@@ -20,6 +22,7 @@ no cache model, about 30x slower), which is the same on every run of the same co
   .venv/bin/python scripts/bench_instructions.py --count 20000
   PYTHONPATH=/tmp/other-commit .venv/bin/python scripts/bench_instructions.py   # to compare
   .venv/bin/python scripts/bench_instructions.py --accounts 10   # accounts on half the orders
+  .venv/bin/python scripts/bench_instructions.py --count 50000 --engine-only
 
 Needs ``valgrind`` on PATH (Debian: ``apt-get install valgrind``).
 """
@@ -36,11 +39,13 @@ import tempfile
 import time
 from typing import Any
 
+import msgspec
 import redis
 from redis.asyncio import Redis as AsyncRedis
 
 from shard.commit import COMMIT_LUA, Commit
 from shard.config import Config, Keys
+from shard.decode import decode_json
 from shard.engine import Engine
 from shard.metrics import Metrics
 from shard.pipeline import Pipeline
@@ -81,6 +86,24 @@ def commits(count: int, seed: int) -> list[list[Any]]:
     return out
 
 
+def decoded(count: int, seed: int) -> list[Any]:
+    """The standard mix decoded once (as the daemon's decoder would), for the engine alone."""
+    return [
+        decode_json(msgspec.json.encode(m)) for m in standard_mix(count, seed, accounts=ACCOUNTS)
+    ]
+
+
+def engine_work(count: int, seed: int) -> None:
+    """The matching alone: each decoded input applied to an engine without market data."""
+    engine, trades = Engine(), []
+    side = engine.order_events
+    for n, msg in enumerate(decoded(count, seed)):
+        engine.apply(msg, None, trades)
+        side.clear()
+        if n % 1000 == 999:
+            trades.clear()
+
+
 def counted(stderr: str) -> int:
     """The instruction count in valgrind's report."""
     found = re.search(r"I\s+refs:\s+([\d,]+)", stderr)
@@ -100,12 +123,12 @@ def instructions(command: list[str], env: dict[str, str] | None = None) -> int:
     return counted(done.stderr)
 
 
-def shard_side(count: int, seed: int) -> float:
+def shard_side(count: int, seed: int, parts: tuple[str, str] = ("inputs", "work")) -> float:
     me = [sys.executable, __file__, "--count", str(count), "--seed", str(seed)]
     me += ["--batch", str(BATCH), "--accounts", str(ACCOUNTS)]
     env = {**os.environ, "PYTHONHASHSEED": "0"}
-    base = instructions([*me, "--inner", "inputs"], env)
-    work = instructions([*me, "--inner", "work"], env)
+    base = instructions([*me, "--inner", parts[0]], env)
+    work = instructions([*me, "--inner", parts[1]], env)
     return (work - base) / count
 
 
@@ -174,7 +197,12 @@ def main() -> None:
     parser.add_argument(
         "--accounts", type=int, default=0, help="accounts on half the orders (0: none)"
     )
-    parser.add_argument("--inner", choices=("inputs", "work"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--engine-only", action="store_true", help="only the engine line (no server runs)"
+    )
+    parser.add_argument(
+        "--inner", choices=("inputs", "work", "decoded", "engine"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     BATCH, ACCOUNTS = args.batch, args.accounts
     if args.inner == "inputs":
@@ -183,6 +211,12 @@ def main() -> None:
     if args.inner == "work":
         commits(args.count, args.seed)
         return
+    if args.inner == "decoded":
+        decoded(args.count, args.seed)
+        return
+    if args.inner == "engine":
+        engine_work(args.count, args.seed)
+        return
     if not shutil.which("valgrind"):
         sys.exit("valgrind is not on PATH (Debian: apt-get install valgrind)")
     with_accounts = f", accounts on half the orders ({ACCOUNTS})" if ACCOUNTS else ""
@@ -190,6 +224,10 @@ def main() -> None:
         f"# {args.count:,} inputs of the standard mix, seed {args.seed}, {BATCH}-input "
         f"batches{with_accounts}"
     )
+    engine = shard_side(args.count, args.seed, ("decoded", "engine"))
+    print(f"engine: {engine:,.0f} instructions per input (pre-decoded, matching alone)")
+    if args.engine_only:
+        return
     print(f"shard:  {shard_side(args.count, args.seed):,.0f} instructions per input")
     entries = raw_entries(args.count, args.seed)
     batches = commits(args.count, args.seed)
