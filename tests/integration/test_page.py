@@ -94,7 +94,10 @@ def console_errors(driver: WebDriver) -> list[dict[str, Any]]:
 
 
 def open_page(driver: WebDriver, gw: Gateway) -> None:
-    console_errors(driver)  # what an earlier test's page left
+    # An earlier test's page, its gateway gone, retries its socket until it is unloaded: unload
+    # it first, then drop what it logged.
+    driver.get("about:blank")
+    console_errors(driver)
     driver.get(f"{gw.base}/#{PAIR}")
     until(lambda: conn_state(driver) == "live", "the page's connection state")
 
@@ -280,6 +283,47 @@ def test_cancel_from_the_open_orders_list_removes_it(
     (_, cancel), *_ = r.xrevrange(keys.orders, count=1)
     assert cancel[b"type"] == b"cancel" and cancel[b"account"] == b"me"
     assert cancel[b"order_id"].decode() == order_id
+    assert resyncs(browser) == 0
+    assert console_errors(browser) == []
+
+
+def test_the_open_orders_are_the_servers_also_for_orders_placed_and_cancelled_elsewhere(
+    browser: WebDriver, gateway: Gateway, r: redis.Redis, keys: Keys
+) -> None:
+    """The list is ``GET …/orders`` of the page's account, not what the page placed: an order
+    placed by the test through REST (or straight on ``orders:{P}``) appears, another account's
+    does not, a fill elsewhere shows, and a cancel through REST takes it off."""
+    open_page(browser, gateway)
+    field = browser.find_element(By.ID, "account")
+    browser.execute_script(
+        "arguments[0].value = ''; arguments[0].dispatchEvent(new Event('input'))", field
+    )
+    until(
+        lambda: browser.find_elements(By.CSS_SELECTOR, "#open-orders tr.hint"),
+        "the hint with neither account nor key",
+    )
+    field.send_keys("ann")
+    until(lambda: browser.find_elements(By.CSS_SELECTOR, "#open-orders tr.none"), "an empty list")
+    rest_order(gateway, "buy", 4, 6, order_id="rest-1", account="ann")
+    rest_order(gateway, "sell", 9, 2, order_id="theirs", account="bob")
+    until(lambda: open_orders(browser) == {"rest-1": "6"}, "the REST order in the list", 5)
+    publish(r, [{"type": "order", "order_id": "redis-1", "side": "sell", "price": 8 * SCALE,
+                 "quantity": 3, "account": "ann"}])  # fmt: skip
+    until(
+        lambda: open_orders(browser) == {"rest-1": "6", "redis-1": "3"},
+        "the order published on orders:{P} in the list", 5,
+    )  # fmt: skip
+    rest_order(gateway, "sell", 4, 2, account="bob")  # takes 2 of rest-1
+    until(
+        lambda: open_orders(browser) == {"rest-1": "4", "redis-1": "3"}, "the fill", 5
+    )  # fmt: skip
+    gone = gateway.http.delete(f"/api/v1/pairs/{PAIR}/orders/rest-1", params={"account": "ann"})
+    assert gone.status_code == 200, gone.text
+    until(lambda: open_orders(browser) == {"redis-1": "3"}, "the list after a REST cancel", 5)
+    gone = gateway.http.delete(f"/api/v1/pairs/{PAIR}/orders", params={"account": "ann"})
+    assert gone.status_code == 200, gone.text
+    until(lambda: open_orders(browser) == {}, "the list after a REST cancel-all", 5)
+    assert ladder(browser) == {"a:900000000": "2:1"}  # bob's order, never listed
     assert resyncs(browser) == 0
     assert console_errors(browser) == []
 
