@@ -19,6 +19,7 @@ from typing import Any, Final
 import msgspec
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
@@ -121,6 +122,38 @@ class Gateway:
         self.per_address = RateLimiter(config.rate_per_address, config.burst_per_address)
         self.metrics = GatewayMetrics()
         self._tasks: list[asyncio.Task[None]] = []
+        self._outbox: list[tuple[str, dict[str, str], asyncio.Future[str]]] = []
+        self._flushing: set[asyncio.Task[None]] = set()
+
+    async def xadd(self, key: str, fields: dict[str, str]) -> str:
+        """XADD ``fields`` to ``key``; the entry ID. The XADDs of requests that arrive together
+        go in one pipeline (one write, one round trip): on this kind of machine a socket write
+        costs about 0.2 ms, more than the rest of a request."""
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._outbox.append((key, fields, future))
+        if len(self._outbox) == 1:
+            task = asyncio.create_task(self._flush())
+            self._flushing.add(task)
+            task.add_done_callback(self._flushing.discard)
+        return await future
+
+    async def _flush(self) -> None:
+        await asyncio.sleep(0)  # the requests already parsed in this turn of the loop join
+        batch, self._outbox = self._outbox, []
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for key, fields, _ in batch:
+                    pipe.xadd(key, fields)  # type: ignore[arg-type]
+                replies: list[Any] = await pipe.execute(raise_on_error=False)
+        except RETRIED as exc:
+            replies = [exc] * len(batch)
+        for (_, _, future), reply in zip(batch, replies, strict=True):
+            if future.done():
+                continue
+            if isinstance(reply, BaseException):
+                future.set_exception(reply)
+            else:
+                future.set_result(text(reply) or "")
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -195,9 +228,8 @@ class Gateway:
         """XADD ``fields`` and answer with the input's outcome (or 202 after ``wait_ms``)."""
         started = time.perf_counter()
         try:
-            added: Any = await self.client.xadd(feed.keys.orders, fields)  # type: ignore[arg-type]
-            input_id = text(added) or ""
-        except RETRIED as exc:
+            input_id = await self.xadd(feed.keys.orders, fields)
+        except (*RETRIED, ResponseError) as exc:
             raise ApiError(503, "unavailable", f"Redis: {describe(exc)}") from None
         outcome = await feed.outcome(input_id, self.config.wait_ms / 1000)
         if outcome is None:
