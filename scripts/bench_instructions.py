@@ -205,17 +205,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     BATCH, ACCOUNTS = args.batch, args.accounts
-    if args.inner == "inputs":
-        raw_entries(args.count, args.seed)
-        return
-    if args.inner == "work":
-        commits(args.count, args.seed)
-        return
-    if args.inner == "decoded":
-        decoded(args.count, args.seed)
-        return
-    if args.inner == "engine":
-        engine_work(args.count, args.seed)
+    if args.inner:  # one side of a subtraction, run under valgrind
+        inner = {"inputs": raw_entries, "work": commits, "decoded": decoded, "engine": engine_work}
+        inner[args.inner](args.count, args.seed)
         return
     if not shutil.which("valgrind"):
         sys.exit("valgrind is not on PATH (Debian: apt-get install valgrind)")

@@ -57,11 +57,16 @@ def _stop_before_the_loop(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
 
-def _run(args: argparse.Namespace) -> int:
+def _stop_cleanly() -> None:
+    """SIGTERM and SIGINT end the process with exit 0 from now on, until a loop takes them."""
     import signal
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _stop_before_the_loop)
+
+
+def _run(args: argparse.Namespace) -> int:
+    _stop_cleanly()
     import uvloop
 
     from shard.daemon import Shard
@@ -210,12 +215,9 @@ def _load(args: argparse.Namespace) -> int:
 
 
 def _gateway(args: argparse.Namespace) -> int:
-    import signal
-
     # Until uvicorn takes the signals over, and when it raises them again after its graceful
     # shutdown: a stop is a clean exit 0, as for the daemon.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, _stop_before_the_loop)
+    _stop_cleanly()
     if args.hash_key:
         from shard.gateway.limits import hash_key
 

@@ -312,6 +312,18 @@ def _redact(url: str) -> str:
 ENV_NAMES: Final = {"pair": "SHARD_PAIR", "redis_url": "REDIS_URL"}
 
 
+def read_table(path: str | Path, name: str) -> dict[str, Any]:
+    """The ``[name]`` table of the TOML file at ``path`` (empty if it has none)."""
+    try:
+        with open(path, "rb") as f:
+            table = tomllib.load(f).get(name, {})
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {exc}") from None
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [{name}] must be a table")
+    return table
+
+
 def load(
     path: str | Path | None = None,
     env: Mapping[str, str] | None = None,
@@ -322,15 +334,7 @@ def load(
     values: dict[str, Any] = {}
     path = path or env.get("SHARD_CONFIG") or None
     if path:
-        try:
-            with open(path, "rb") as f:
-                doc = tomllib.load(f)
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"cannot read config file {str(path)!r}: {exc}") from None
-        table = doc.get("shard", {})
-        if not isinstance(table, dict):
-            raise ConfigError(f"{path}: [shard] must be a table")
-        values.update(table)
+        values.update(read_table(path, "shard"))
     for name in Config.__struct_fields__:
         var = ENV_NAMES.get(name, f"SHARD_{name.upper()}")
         if var in env:

@@ -52,6 +52,16 @@ class _Kicked(Exception):
     """A WebSocket client was closed for falling behind."""
 
 
+def _limited(what: str, wait: float) -> ApiError:
+    """429, with the whole seconds until a token is there in Retry-After."""
+    return ApiError(
+        429,
+        "rate_limited",
+        f"{what}; retry in {wait:.2f} s",
+        **{"Retry-After": str(math.ceil(wait))},
+    )
+
+
 def _answer(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(_json.encode(body), status, headers, media_type="application/json")
 
@@ -182,10 +192,7 @@ class Gateway:
         address = request.client.host if request.client else "?"
         wait = self.per_address.take(address, time.monotonic())
         if wait:
-            raise ApiError(
-                429, "rate_limited", f"too many requests from {address}; retry in {wait:.2f} s",
-                **{"Retry-After": str(math.ceil(wait))},
-            )  # fmt: skip
+            raise _limited(f"too many requests from {address}", wait)
 
     def account(self, request: Request, named: str | None, entry: bool = True) -> str | None:
         """The caller's account: the key's (needed when keys are configured), else what the
@@ -203,10 +210,7 @@ class Gateway:
             )
         wait = self.per_key.take(account, time.monotonic()) if entry else 0.0
         if wait:
-            raise ApiError(
-                429, "rate_limited", f"too many orders for this key; retry in {wait:.2f} s",
-                **{"Retry-After": str(math.ceil(wait))},
-            )  # fmt: skip
+            raise _limited("too many orders for this key", wait)
         return account
 
     async def body(self, request: Request, kind: type[Any]) -> Any:
@@ -280,7 +284,7 @@ def _int_param(request: Request, name: str, default: int, most: int) -> int:
 
 
 def _best(level: Any) -> list[int] | None:
-    return None if level is None else [level.price, level.quantity, level.orders]
+    return None if level is None else list(level)
 
 
 # -- routes ------------------------------------------------------------------------------------

@@ -7,14 +7,13 @@ start with one sentence naming the key and the value.
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from shard.config import PAIR_RE, Config, ConfigError, load
+from shard.config import PAIR_RE, Config, ConfigError, load, read_table
 
 
 class KeyEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -89,14 +88,7 @@ def load_gateway(
     path = path or env.get("SHARD_CONFIG") or None
     values: dict[str, Any] = {}
     if path:
-        try:
-            with open(path, "rb") as f:
-                table = tomllib.load(f).get("gateway", {})
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"cannot read config file {str(path)!r}: {exc}") from None
-        if not isinstance(table, dict):
-            raise ConfigError(f"{path}: [gateway] must be a table")
-        values.update(table)
+        values.update(read_table(path, "gateway"))
     for name in GatewayConfig.__struct_fields__:
         var = f"SHARD_GATEWAY_{name.upper()}"
         if var in env and name not in ("keys", "decimals"):

@@ -26,12 +26,13 @@ import msgspec
 from redis.asyncio import Redis
 from redis.backoff import ExponentialWithJitterBackoff
 
+from shard.checkpoint import parse_id
 from shard.config import Keys
 from shard.gateway.replica import Replica
 from shard.marketdata import BookView, Level, decode_ticker
 from shard.messages import Event, Trade
 from shard.recovery import RecoveryError
-from shard.transport import RETRIED, describe
+from shard.transport import RETRIED, describe, text
 from shard.wire import event_from_fields, trade_from_fields
 
 log = logging.getLogger("shard.gateway")
@@ -42,13 +43,8 @@ the event (the two run on different connections)."""
 READ_COUNT: Final = 1000
 
 
-def _id(entry_id: bytes | str) -> tuple[int, int]:
-    ms, _, seq = (entry_id.decode() if isinstance(entry_id, bytes) else entry_id).partition("-")
-    return int(ms), int(seq or 0)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+def _str(value: object) -> str:
+    return text(value) or ""
 
 
 class Outcome(msgspec.Struct):
@@ -179,9 +175,9 @@ class PairFeed:
         if not self._started:  # a restart goes on from where it was
             self.trades.extend(trade_from_fields(f) for _, f in reversed(trades))
             if trades:
-                self._trades_id = _text(trades[0][0])
+                self._trades_id = _str(trades[0][0])
             if events:
-                self._events_id = _text(events[0][0])
+                self._events_id = _str(events[0][0])
             self._started = True
         self.ticker = decode_ticker(ticker)
         if self.replica is not None and self.replica.engine is None:
@@ -203,15 +199,14 @@ class PairFeed:
         if new_trades:
             ticker = await self.client.hgetall(self.keys.ticker)
             self.ticker = decode_ticker(ticker)
-        for sub in self.subscribers:
-            if new_trades:
-                sub.trades.extend(new_trades)
-                if len(sub.trades) > sub.max_trades:
-                    sub.overflowed = True
-                    sub.trades.clear()
-                    sub.kicked.set()
-                sub.ticker = self.ticker
-                sub.wake.set()
+        for sub in self.subscribers if new_trades else ():
+            sub.trades.extend(new_trades)
+            if len(sub.trades) > sub.max_trades:
+                sub.overflowed = True
+                sub.trades.clear()
+                sub.kicked.set()
+            sub.ticker = self.ticker
+            sub.wake.set()
         parsed = [event_from_fields(fields) for _, fields in events]
         if self.replica is not None and parsed:
             try:
@@ -220,11 +215,11 @@ class PairFeed:
                 log.warning("%s order replica: %s; rebuilding it", self.pair, exc)
                 self.replica.engine = None
         for (entry_id, _), event in zip(events, parsed, strict=True):
-            self._events_id = _text(entry_id)
+            self._events_id = _str(entry_id)
             self._on_event(event)
         if events:
-            last = _id(self._events_id)
-            for input_id in [i for i in self._pending if _id(i) <= last]:
+            last = parse_id(self._events_id)
+            for input_id in [i for i in self._pending if parse_id(i) <= last]:
                 # Trades of an input whose event is behind us: its event was trimmed away.
                 del self._pending[input_id]
 
@@ -237,7 +232,7 @@ class PairFeed:
             for entry_id, fields in entries:
                 trade = trade_from_fields(fields)
                 got.append(trade)
-                self._trades_id = _text(entry_id)
+                self._trades_id = _str(entry_id)
                 if trade.input_id:
                     self._held(trade.input_id).trades.append(trade)
             if len(entries) < READ_COUNT:
@@ -303,4 +298,4 @@ class PairFeed:
 
 def levels(items: Iterable[Level]) -> list[list[int]]:
     """Levels as ``[price, quantity, orders]`` for JSON."""
-    return [[lv.price, lv.quantity, lv.orders] for lv in items]
+    return [list(level) for level in items]
