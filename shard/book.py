@@ -116,12 +116,12 @@ class OrderBook:
     """Resting orders of one pair and the matching primitives the engine builds order types from."""
 
     __slots__ = (
-        "_index",
         "asks",
         "bids",
         "changed",
         "cut",
         "fees",
+        "index",
         "last_trade",
         "next_trade_id",
         "notional",
@@ -132,7 +132,9 @@ class OrderBook:
     def __init__(self, track_changes: bool = False, fees: Fees | None = None) -> None:
         self.bids = BookSide("buy", -1, track_changes)
         self.asks = BookSide("sell", 1, track_changes)
-        self._index: dict[str, Level] = {}
+        self.index: dict[str, Level] = {}
+        """Order ID -> the level it rests on, for every live order. Read it; only the book
+        writes it."""
         self.owners = Owners()
         """The accounts of the resting orders that have one (:mod:`shard.owners`)."""
         self.fees = fees
@@ -162,28 +164,28 @@ class OrderBook:
 
     def __len__(self) -> int:
         """Number of live orders. O(1)."""
-        return len(self._index)
+        return len(self.index)
 
     def __contains__(self, order_id: object) -> bool:
         """Whether ``order_id`` is live. O(1)."""
-        return order_id in self._index
+        return order_id in self.index
 
     def get(self, order_id: str) -> tuple[str, int, int] | None:
         """``(side, price, remaining)`` of a live order, else None. O(1)."""
-        level = self._index.get(order_id)
+        level = self.index.get(order_id)
         if level is None:
             return None
         return level.owner.name, level.price, level.orders[order_id]
 
     def side_of(self, order_id: str) -> str:
         """The side ("buy" or "sell") of a live order. O(1)."""
-        return self._index[order_id].owner.name
+        return self.index[order_id].owner.name
 
     def in_priority(self, order_ids: list[str]) -> list[str]:
         """Live ``order_ids`` in the book's order: the bids, best level first, then the asks,
         each level's orders in the order given (the account index lists a level's orders in
         FIFO order, before and after a restore alike). O(k log k) for k orders."""
-        index, asks = self._index, self.asks
+        index, asks = self.index, self.asks
         return sorted(order_ids, key=lambda o: (index[o].owner is asks, index[o].key))
 
     def best_bid(self) -> int | None:
@@ -250,7 +252,7 @@ class OrderBook:
         level = opposite.best
         if level is None or level.key > limit:
             return quantity
-        index = self._index
+        index = self.index
         trade_id = self.next_trade_id
         append = trades.append
         changed = self.changed
@@ -351,7 +353,7 @@ class OrderBook:
         level = opposite.best
         if level is None or level.key > limit:
             return quantity, 0, False
-        index = self._index
+        index = self.index
         owners = self.owners
         of = owners.of
         rates = self.fees
@@ -493,16 +495,16 @@ class OrderBook:
         level.orders[order_id] = quantity
         level.total += quantity
         book_side.quantity += quantity
-        self._index[order_id] = level
+        self.index[order_id] = level
 
     def cancel(self, order_id: str) -> int | None:
         """Remove a live order; return its remaining quantity, or None if it is not live. O(1)*."""
-        level = self._index.pop(order_id, None)
+        level = self.index.pop(order_id, None)
         if level is None:
             return None
         if level.held:  # first: the cut copies the level with its orders' accounts
             self._keep(level)
-        if self.owners.of:
+        if order_id in self.owners.of:
             self.owners.forget(order_id)
         if not level.changed:
             level.changed = True
@@ -517,7 +519,7 @@ class OrderBook:
 
     def reduce(self, order_id: str, quantity: int) -> None:
         """Lower a live order's remaining quantity to ``quantity``, keeping its place. O(1)."""
-        level = self._index[order_id]
+        level = self.index[order_id]
         if level.held:
             self._keep(level)
         if not level.changed:
@@ -592,7 +594,7 @@ class OrderBook:
         added = sum(quantities)
         level.total += added
         book_side.quantity += added
-        self._index.update(dict.fromkeys(order_ids, level))
+        self.index.update(dict.fromkeys(order_ids, level))
 
     def check(self) -> None:
         """Assert every invariant of the book. O(orders); for tests and debugging.
@@ -612,13 +614,13 @@ class OrderBook:
                 assert all(q > 0 for q in level.orders.values()), f"non-positive qty at {key}"
                 assert level.total == sum(level.orders.values()), f"stale total at {level.price}"
                 for order_id in level.orders:
-                    assert self._index.get(order_id) is level, f"index wrong for {order_id!r}"
+                    assert self.index.get(order_id) is level, f"index wrong for {order_id!r}"
                 seen += len(level.orders)
             total = sum(level.total for level in levels.values())
             assert book_side.quantity == total, f"stale quantity on {book_side.name}"
             expected = levels[book_side.keys[0]] if book_side.keys else None
             assert book_side.best is expected, f"stale best level on {book_side.name}"
-        assert seen == len(self._index), "index holds orders that rest nowhere"
-        self.owners.check(self._index)
+        assert seen == len(self.index), "index holds orders that rest nowhere"
+        self.owners.check(self.index)
         bid, ask = self.best_bid(), self.best_ask()
         assert bid is None or ask is None or bid < ask, f"crossed book: bid {bid} >= ask {ask}"

@@ -33,6 +33,7 @@ per input here.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sized
 from typing import Final, NamedTuple
 
 import msgspec
@@ -69,6 +70,10 @@ NO_LIQUIDITY: Final = "no_liquidity"
 SELF_TRADE_PREVENTED: Final = "self_trade_prevented"
 CANCEL_ALL: Final = "cancel_all"
 
+_CHARGED: Final = ("fees",)
+"""The never-empty stand-in for the account index of a pair that charges fees: its orders all
+take the path that charges them."""
+
 DIGEST_SCHEME: Final = "d2:"
 """Prefix of :meth:`Engine.digest`; digests stored under another scheme are not compared."""
 
@@ -101,6 +106,8 @@ class Engine:
 
     __slots__ = (
         "_fees",
+        "_live",
+        "_of",
         "_owned",
         "_top_nth",
         "_top_texts",
@@ -120,9 +127,14 @@ class Engine:
         without it the book records nothing and costs nothing more. ``fees``: the pair's
         rates; ``stp_default``: the self-trade prevention mode of an order that gives none."""
         self.book = OrderBook(track_depth, fees)
-        # The book's owned orders and fees, one attribute away: the test on every order.
-        self._owned = self.book.owners.of
+        self._live = self.book.index
+        self._of = self.book.owners.of
         self._fees = self.book.fees
+        self._owned: Sized = self.book.owners.of if self._fees is None else _CHARGED
+        """Empty exactly when an order without an account takes the plain path (no account
+        index or fee on it): the book's account index on a pair without fees (empty while no
+        order with an account rests), else a stand-in that is never empty. One attribute
+        away: the test on every order."""
         self.stp_default = stp_default
         self.terms = Terms(stp_default, *(fees or Fees()))
         """The trading terms this engine applies."""
@@ -138,6 +150,7 @@ class Engine:
     def adopt(self, terms: Terms) -> None:
         """Apply ``terms`` from the next input on (a start whose configuration changed them)."""
         self.book.fees = self._fees = terms.fees
+        self._owned = self.book.owners.of if self._fees is None else _CHARGED
         self.stp_default = terms.stp_default
         self.terms = terms
 
@@ -146,7 +159,7 @@ class Engine:
         :attr:`order_events`, and return its own event."""
         # Exact types, most common first: cheaper than a class match (docs/benchmarks.md).
         if type(msg) is Order:
-            if msg.account is None and not self._owned and self._fees is None:
+            if msg.account is None and not self._owned:
                 return self._order(msg, input_id, trades)
             return self._owned_order(msg, input_id, trades)
         if type(msg) is Cancel:
@@ -163,13 +176,16 @@ class Engine:
         """An order on a book without accounts or fees, from a taker without an account."""
         book = self.book
         order_id = msg.order_id
-        if order_id in book:
+        if order_id in self._live:
             return _duplicate(input_id, order_id)
         side = msg.side
         price = msg.price
         quantity = msg.quantity
         order_type = msg.order_type
         if order_type == "limit":
+            if not book.crosses(side, price):  # type: ignore[arg-type]
+                book.add(order_id, side, price, quantity)  # type: ignore[arg-type]
+                return Event(input_id, order_id, RESTING, 0, quantity)
             rest = book.take(order_id, side, price, quantity, msg.timestamp, input_id, trades)
             if not rest:
                 return Event(input_id, order_id, FILLED, quantity, 0)
@@ -198,12 +214,13 @@ class Engine:
         side = msg.side
         price = msg.price
         quantity = msg.quantity
-        if order_type == "limit" and order_id not in book and not book.crosses(side, price):  # type: ignore[arg-type]
+        live = self._live
+        if order_type == "limit" and order_id not in live and not book.crosses(side, price):  # type: ignore[arg-type]
             book.add(order_id, side, price, quantity, account, msg.stp)  # type: ignore[arg-type]
             return Event(input_id, order_id, RESTING, 0, quantity, None, None, None, None, account)
         mode = msg.stp or self.stp_default
         event: Event
-        if order_id in book:
+        if order_id in live:
             event = _duplicate(input_id, order_id)
         elif order_type == "post_only":
             if book.crosses(side, price):  # type: ignore[arg-type]
@@ -316,22 +333,23 @@ class Engine:
 
     def _cancel(self, msg: Cancel, input_id: str | None) -> Event:
         account = msg.account
-        if account is not None and self.book.owners.of.get(msg.order_id) != account:
-            return _unknown(msg.order_id, input_id, account)
-        removed = self.book.cancel(msg.order_id)
-        if removed is None:
-            return _unknown(msg.order_id, input_id, account)
-        event = Event(input_id, msg.order_id, CANCELLED, None, 0, removed)
-        if account is not None:
-            event.account = account
-        return event
+        order_id = msg.order_id
+        if account is None:
+            removed = self.book.cancel(order_id)
+            if removed is None:
+                return _unknown(order_id, input_id)
+            return Event(input_id, order_id, CANCELLED, None, 0, removed)
+        if self._of.get(order_id) != account:
+            return _unknown(order_id, input_id, account)
+        removed = self.book.cancel(order_id)
+        return Event(input_id, order_id, CANCELLED, None, 0, removed, None, None, None, account)
 
     def _amend(self, msg: Amend, input_id: str | None, trades: list[Trade]) -> Event:
         book = self.book
         order_id = msg.order_id
         live = book.get(order_id)
         account = msg.account
-        if live is None or (account is not None and book.owners.of.get(order_id) != account):
+        if live is None or (account is not None and self._of.get(order_id) != account):
             return _unknown(order_id, input_id, account)
         side, price, remaining = live
         new_price = price if msg.price is None else msg.price
@@ -340,7 +358,7 @@ class Engine:
             if new_quantity < remaining:
                 book.reduce(order_id, new_quantity)
             event = Event(input_id, order_id, AMENDED, 0, new_quantity)
-        elif self._fees is None and not self._owned:
+        elif not self._owned:
             book.cancel(order_id)
             rest = book.take(
                 order_id, side, new_price, new_quantity, msg.timestamp, input_id, trades

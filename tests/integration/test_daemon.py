@@ -213,7 +213,7 @@ def test_the_book_is_kept_out_of_garbage_collections(
         # The heap is frozen as a snapshot starts; once one is stored, that has run.
         while shard.inputs_done < 500 or not await shard.store.snapshot_meta():
             await asyncio.sleep(0.01)
-        index = shard.engine.book._index
+        index = shard.engine.book.index
         assert len(index) > 0
         seen["tracked"] = any(o is index for o in gc.get_objects())
         seen["threshold"] = gc.get_threshold()[0]

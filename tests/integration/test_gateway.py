@@ -333,7 +333,7 @@ def test_orders_placed_before_the_gateway_started_are_known_exactly(
             for m in messages:
                 engine.apply(decode_json(msgspec.json.encode(m)), None, trades)
                 engine.order_events.clear()
-            some = list(engine.book._index)[:50]
+            some = list(engine.book.index)[:50]
             for order_id in some:
                 got = gw.http.get(f"/api/v1/pairs/{PAIR}/orders/{order_id}").json()
                 assert "side" in got, (order_id, got)
