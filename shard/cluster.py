@@ -23,19 +23,8 @@ from redis.crc import key_slot as _crc_slot
 from redis.exceptions import MovedError
 
 from shard.config import Keys
-from shard.transport import REDIS_ERRORS, error_code
 
 SLOTS: Final = 16384
-
-CLUSTER_CODES: Final = frozenset(
-    {"MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN", "UNBLOCKED", "READONLY"}
-)
-"""Error replies that say the slot's owner is elsewhere, changing, or not serving yet: on a
-cluster, resolve the owner again before the next attempt."""
-
-MIGRATING_CODES: Final = frozenset({"ASK", "TRYAGAIN"})
-"""Error replies of a slot being migrated: the owner stays the same until the migration ends
-(then ``MOVED``); back off and try again."""
 
 
 class Node(NamedTuple):
@@ -119,17 +108,6 @@ def moved_to(exc: BaseException) -> Node | None:
     if isinstance(exc, MovedError):
         return Node(str(exc.host), int(exc.port))
     return None
-
-
-def migrating(exc: BaseException) -> bool:
-    """Whether ``exc`` says the slot is being migrated (``ASK``, ``TRYAGAIN``)."""
-    return error_code(exc) in MIGRATING_CODES
-
-
-def owner_in_doubt(exc: BaseException) -> bool:
-    """Whether ``exc`` says the slot's owner may have changed: a cluster error reply
-    (:data:`CLUSTER_CODES`) or a lost connection (the owner may have died)."""
-    return error_code(exc) in CLUSTER_CODES or isinstance(exc, REDIS_ERRORS)
 
 
 class Topology:

@@ -112,6 +112,11 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     metrics_host: str = "127.0.0.1"
     log_level: str = "INFO"
     reconnect_max_delay: float = 10.0
+    cluster: Literal["auto", "yes", "no"] = "auto"
+    """Redis Cluster: ``auto`` asks the URL's server once at start (``INFO cluster``); ``yes``
+    treats the URL as a node of a cluster without asking; ``no`` never asks. On a cluster the
+    daemon talks to the master that owns its pair's slot, whichever node the URL names, and
+    finds it again after a failover or a slot migration (docs/cluster.md)."""
 
     def __post_init__(self) -> None:
         if not PAIR_RE.fullmatch(self.pair):

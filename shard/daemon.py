@@ -30,24 +30,44 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import os
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from typing import Final, NamedTuple
 
 from shard import collector
+from shard.cluster import (
+    Node,
+    Topology,
+    cluster_enabled,
+    moved_to,
+    node_of_url,
+    node_url,
+    pair_slot,
+    parse_slots,
+)
 from shard.commit import Commit, CommitRefused, Fenced
 from shard.config import Config, Keys
 from shard.engine import Engine
 from shard.lease import Lease, LeaseLost
 from shard.logs import Log
 from shard.metrics import Metrics
-from shard.outage import Stopping, Waits
+from shard.outage import NotYet, Stopping, Waits
 from shard.pipeline import Pipeline, Resync
 from shard.recovery import RecoveryError, check_outputs, place_group, recover, server_run_id
 from shard.snapshotter import Snapshots
 from shard.store import Store
-from shard.transport import RETRIED, Channel, connect, describe, error_code, waited_out
+from shard.transport import (
+    RETRIED,
+    Channel,
+    connect,
+    describe,
+    error_code,
+    plain_async_client,
+    waited_out,
+)
 
 __all__ = ["RecoveryError", "Shard"]
 
@@ -122,6 +142,13 @@ class Shard:
         self.waits = Waits(metrics, self._stop, config.reconnect_max_delay, self.lease.renew)
         self.snapshots = Snapshots(config, keys, store, metrics, self.waits)
         self.run_id: str | None = None
+        self.topology: Topology | None = None
+        """On a cluster: the pair's slot, its owner and the nodes learnt (None: one server)."""
+        self.node: Node | None = None
+        """On a cluster: the node the client talks to."""
+        self._mode_known = config.cluster == "no"
+        self._moved = False  # bound to another node since the last run_id was read
+        self._hint: Node | None = None  # the node a MOVED named
 
     @property
     def inputs_done(self) -> int:
@@ -153,19 +180,38 @@ class Shard:
         if self.config.metrics_port:
             self.metrics.serve(self.config.metrics_port, self.config.metrics_host)
         log.info("starting", orders=self.keys.orders, pid=os.getpid())
+        failing = False
         try:
             await self._loop()
         except Stopping as exc:
             log.info(f"stopped {exc}; uncommitted work is redone by the next holder")
+        except BaseException:
+            failing = True
+            raise
         finally:
-            await self._reset()
-            await self.snapshots.finish_trim()
-            with contextlib.suppress(*RETRIED):
-                await self.lease.release()
             for sig in signals:
                 loop.remove_signal_handler(sig)
-            with contextlib.suppress(*RETRIED):  # a clean stop stays one
-                await self.redis.aclose()
+            await self._close(failing)
+
+    async def _close(self, failing: bool) -> None:
+        """Drop the pipes, wait for a trim, release the lease, close the client. Redis errors
+        are ignored (a clean stop stays one); while another error is on its way out, so is
+        any error here, logged, so that it does not hide the first one."""
+        steps: list[Callable[[], Awaitable[None]]] = [
+            self._reset,
+            self.snapshots.finish_trim,
+            self.lease.release,
+            self.redis.aclose,
+        ]
+        for step in steps:
+            try:
+                await step()
+            except RETRIED:
+                pass
+            except Exception as exc:
+                if not failing:
+                    raise
+                log.warning("cleanup failed after an error", error=describe(exc))
 
     async def _loop(self) -> None:
         """Repair, then step, until stopped; after a stop, a batch already read ahead is still
@@ -181,7 +227,7 @@ class Shard:
         ):
             try:
                 if repair is not None:
-                    await self.waits.retry(actions[repair])
+                    await self.waits.retry(functools.partial(self._repair, actions[repair]))
                     repair = None
                 await self.step()
             except (Fenced, LeaseLost, CommitRefused, *RETRIED) as exc:
@@ -197,6 +243,8 @@ class Shard:
         recover after a fence, take the pair back after a lost lease, else back off and
         resynchronise (which sends the batch again only if the checkpoint and outputs allow)."""
         await self._reset()
+        if self.topology is not None:
+            self._hint = moved_to(exc)
         if isinstance(exc, Fenced):
             checkpoint = exc.checkpoint.last_id
             log.warning("commit refused; recovering", why=exc.why, checkpoint=checkpoint)
@@ -312,10 +360,94 @@ class Shard:
 
     # -- repairs ---------------------------------------------------------------------------------
 
+    async def _repair(self, action: Callable[[], Awaitable[None]]) -> None:
+        """One attempt at a repair: on a cluster, find the slot's owner first."""
+        await self._locate()
+        await action()
+
+    async def _locate(self) -> None:
+        """On a cluster, talk to the master that owns the pair's slot. Whether the URL names a
+        cluster node is asked once (``INFO cluster``; the ``cluster`` key may say so instead);
+        on one server this costs nothing more. O(nodes) round trips at most."""
+        if self.topology is None:
+            if self._mode_known:
+                return
+            if self.config.cluster == "auto":
+                enabled = cluster_enabled(await self.redis.info("cluster"))
+            else:
+                enabled = True
+            self._mode_known = True
+            if not enabled:
+                return
+            url = self.config.redis_url
+            if url.startswith("unix://"):
+                raise RecoveryError(
+                    "redis_url is unix:// but names a node of a Redis Cluster, whose nodes "
+                    "are reached over TCP: give one node's redis:// URL"
+                )
+            slot = pair_slot(self.config.pair, self.config.key_prefix)
+            self.topology = Topology(slot, [node_of_url(url)])
+            self.node = node_of_url(url)
+            log.info("redis cluster: finding the owner of the pair's slot", slot=slot)
+        owner = await self._resolve(self.topology)
+        if owner != self.node:
+            await self._bind(owner)
+
+    async def _resolve(self, topology: Topology) -> Node:
+        """The master that owns the slot, as the first node that answers sees it: the node a
+        MOVED named, then the last owner, then every other node learnt (:class:`Topology`)."""
+        hint, self._hint = self._hint, None
+        errors = []
+        for node in topology.candidates(hint):
+            client = plain_async_client(self.config, node_url(self.config.redis_url, node))
+            try:
+                reply = await client.execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
+            except RETRIED as exc:
+                errors.append(f"{node}: {describe(exc)}")
+                continue
+            finally:
+                with contextlib.suppress(*RETRIED):
+                    await client.aclose()
+            owner = topology.learned(parse_slots(reply, node))
+            if owner is not None:
+                return owner
+            errors.append(f"{node}: no node serves slot {topology.slot}")
+        raise NotYet(f"no node names the owner of slot {topology.slot}: {'; '.join(errors)}")
+
+    async def _bind(self, owner: Node) -> None:
+        """Talk to ``owner`` from now on: a new client for the store, the commit and both
+        pipes (closed before), the old client closed."""
+        for channel in (self.reader, self.writer):
+            with contextlib.suppress(*RETRIED):
+                await channel.reset()
+        old, self.redis = self.redis, connect(self.config, node_url(self.config.redis_url, owner))
+        self.store.bind(self.redis)
+        self.commit.redis = self.reader.redis = self.writer.redis = self.redis
+        self._moved = True
+        self.node = owner
+        log.info("talking to the owner of the pair's slot", node=str(owner))
+        with contextlib.suppress(*RETRIED):
+            await old.aclose()
+
+    async def _server_run_id(self) -> None:
+        self.run_id = await server_run_id(self.store, self.run_id, self._moved)
+        self._moved = False
+
     async def _resync(self) -> None:
-        """After a Redis error: continue if Redis holds what we believe, else recover."""
-        self.run_id = await server_run_id(self.store, self.run_id)
+        """After a Redis error: continue if Redis holds what we believe, else recover. A batch
+        whose commit never landed is sent again only if its inputs are all still there (a
+        failover or a restart may have lost the last ones: replication and the append-only
+        file keep a prefix, so the last input stands for all)."""
+        await self._server_run_id()
         plan = self.pipeline.resync(await self.store.checkpoint())
+        if plan is Resync.RESEND and not await self.store.has_input(
+            self.pipeline.in_doubt.target.last_id
+        ):
+            log.warning(
+                "the inputs of the batch in doubt are gone (lost by the server); recovering",
+                last_id=self.pipeline.in_doubt.target.last_id,
+            )
+            plan = Resync.RECOVER
         if plan is Resync.RECOVER:
             await self._recover()
             return
@@ -340,7 +472,7 @@ class Shard:
         recovery fails half-way, a resync still sees the batches in doubt."""
         await self.snapshots.abandon()  # it reads the engine this replaces
         started = time.perf_counter()
-        self.run_id = await server_run_id(self.store, self.run_id)
+        await self._server_run_id()
         done = await recover(self.store, self.config, self.lease.renew)
         self.engine = engine = done.engine
         self.pipeline.recovered(done.checkpoint)

@@ -79,13 +79,15 @@ def check_server(redis_version: str) -> None:
         )
 
 
-async def server_run_id(store: Store, known: str | None) -> str:
+async def server_run_id(store: Store, known: str | None, moved: bool = False) -> str:
     """The server's ``run_id``, its version checked (:func:`check_server`); one other than the
-    ``known`` one means Redis restarted, which is logged."""
+    ``known`` one means Redis restarted or, on a cluster after the daemon ``moved`` to another
+    node, that the pair's slot has a new owner; either is logged."""
     info = await store.redis.info("server")
     run_id = str(info.get("run_id"))
     if known is not None and run_id != known:
-        log.warning("redis restarted (new run_id); checking the checkpoint", run_id=run_id)
+        what = "slot owner changed" if moved else "redis restarted"
+        log.warning(f"{what} (new run_id); checking the checkpoint", run_id=run_id)
     check_server(str(info.get("redis_version")))
     return run_id
 

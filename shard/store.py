@@ -107,10 +107,14 @@ class Store:
     """The pair's Redis state, through one client."""
 
     def __init__(self, redis: Redis, keys: Keys, group: str, ack: str = "setid") -> None:
-        self.redis = redis
         self.keys = keys
         self.group = group
         self.ack = ack  # see Config.ack
+        self.bind(redis)
+
+    def bind(self, redis: Redis) -> None:
+        """Use ``redis`` from now on (on a cluster: the client of the slot's new owner)."""
+        self.redis = redis
         self._rebuild = redis.register_script(REBUILD_LUA)
         self._tails = redis.register_script(TAILS_LUA)
         self._renew = redis.register_script(RENEW_LUA)
@@ -177,6 +181,11 @@ class Store:
         if self.ack == "setid":
             await self.redis.xgroup_delconsumer(self.keys.orders, self.group, consumer)
         return created
+
+    async def has_input(self, entry_id: str) -> bool:
+        """Whether input entry ``entry_id`` is in ``orders:{P}``."""
+        reply: Any = await self.redis.xrange(self.keys.orders, min=entry_id, max=entry_id)
+        return bool(reply)
 
     async def read_inputs(self, after: str, until: str, count: int) -> Entries:
         """Up to ``count`` input entries from ``after`` (``(id`` excludes it) to ``until``, raw

@@ -99,12 +99,13 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def plain_async_client(config: Config, **options: Any) -> Redis:
-    """An async RESP2 client from the config's URL, timeouts and TLS keys (the URL carries no
-    query parameters, so none of these is overridden), without redis-py's connection-level
-    retries: the caller resynchronises instead."""
+def plain_async_client(config: Config, url: str | None = None, **options: Any) -> Redis:
+    """An async RESP2 client from the config's URL (or ``url``, the same with another node's
+    address), timeouts and TLS keys (the URL carries no query parameters, so none of these is
+    overridden), without redis-py's connection-level retries: the caller resynchronises
+    instead."""
     return Redis.from_url(
-        config.redis_url,
+        url or config.redis_url,
         socket_timeout=config.socket_timeout,
         socket_connect_timeout=config.connect_timeout,
         socket_keepalive=True,
@@ -115,11 +116,11 @@ def plain_async_client(config: Config, **options: Any) -> Redis:
     )
 
 
-def connect(config: Config) -> Redis:
-    """A client for the daemon (:func:`plain_async_client`). Connection-level retries are off
-    on purpose: a silently re-sent XREADGROUP could skip entries; the daemon resynchronises
-    instead."""
-    client = plain_async_client(config, client_name=f"shard:{config.pair}")
+def connect(config: Config, url: str | None = None) -> Redis:
+    """A client for the daemon (:func:`plain_async_client`), on the config's URL or ``url``.
+    Connection-level retries are off on purpose: a silently re-sent XREADGROUP could skip
+    entries; the daemon resynchronises instead."""
+    client = plain_async_client(config, url, client_name=f"shard:{config.pair}")
     # XRANGE replies stay raw ([id, [name, value, ...]]): the decoder reads the flat list, which
     # saves building a dict per entry in redis-py.
     client.set_response_callback("XRANGE", _raw)

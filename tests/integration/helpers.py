@@ -80,12 +80,12 @@ def encoded(fields: dict[str, str]) -> dict[bytes, bytes]:
 
 
 def start_daemon(
-    url: str, *extra: str, env: dict[str, str] | None = None
+    url: str, *extra: str, env: dict[str, str] | None = None, pair: str = PAIR
 ) -> subprocess.Popen[bytes]:
-    """Start ``python -m shard run`` for PAIR on ``url`` (stderr piped, env added to ours) and
-    return once it handles SIGTERM itself, so a test may stop it at once."""
+    """Start ``python -m shard run`` for ``pair`` (PAIR) on ``url`` (stderr piped, env added to
+    ours) and return once it handles SIGTERM itself, so a test may stop it at once."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shard", "run", "--pair", PAIR, "--redis-url", url, *extra],
+        [sys.executable, "-m", "shard", "run", "--pair", pair, "--redis-url", url, *extra],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         env={**os.environ, **(env or {})},
