@@ -10,6 +10,8 @@ inputs (trade IDs contiguous), and the market data follows the book with no ``se
 from __future__ import annotations
 
 import json
+import random
+import signal
 import subprocess
 import sys
 import threading
@@ -239,3 +241,42 @@ def test_daemon_carries_on_through(
     lost = set(producer.acked) - {i for i, _ in entries}
     assert len(entries) >= len(messages) - len(lost)
     after.close()
+
+
+def test_sigkill_at_random_points_on_a_cluster(
+    cluster: LocalCluster, rc: redis.RedisCluster
+) -> None:
+    """The fault suite's SIGKILL test on the cluster: the daemon, given a node that does not
+    own its slot, killed again and again at random instants (start-up, recovery, mid-batch,
+    mid-commit, mid-snapshot) with snapshots and trims, restarted each time: exactly once."""
+    keys = Keys(PAIR)
+    owner = cluster.owner(PAIR)
+    url = next(n for n in cluster.nodes if n.port != owner.port).url
+    messages = list(standard_mix(20_000, seed=91))
+    ids = publish(rc, messages, key=keys.orders)
+    env = {"SHARD_BATCH_SIZE": "10", "SHARD_SNAPSHOT_EVERY_INPUTS": "2000"}
+    rng = random.Random(11)
+    progress = []
+    while (done := rc.xlen(keys.events)) < len(messages) and len(progress) < 30:
+        proc = start_daemon(url, env=env, pair=PAIR)
+        try:
+            if rng.random() < 0.3:
+                time.sleep(rng.uniform(0.0, 0.5))
+            else:
+                wait_events(rc, keys, min(done + rng.randint(1, 3000), len(messages)))
+                time.sleep(rng.uniform(0.0, 0.02))
+        finally:
+            stop_daemon(proc, signal.SIGKILL)
+        progress.append(rc.xlen(keys.events))
+    code, log = finish_daemon(start_daemon(url, "--exit-when-idle", env=env, pair=PAIR))
+    assert code == 0, log
+    assert len([n for n in progress if 0 < n < len(messages)]) >= 4, progress
+    assert rc.xlen(keys.orders) < len(messages)  # trimmed below a snapshot
+    entries = [
+        (i, {k.encode(): str(v).encode() for k, v in m.items()})
+        for i, m in zip(ids, messages, strict=True)
+    ]
+    trades, events = read_outputs(rc, keys)
+    assert (trades, events) == expected_outputs(entries)
+    assert [t.trade_id for t in trades] == list(range(1, len(trades) + 1))
+    assert_market_data(rc, keys, entries)
