@@ -90,9 +90,10 @@ def _health(args: argparse.Namespace) -> int:
     import json
 
     import redis
+    from redis.exceptions import MovedError, RedisClusterException
 
     from shard.config import Keys
-    from shard.transport import connect
+    from shard.transport import connect, sync_client
 
     config = _config(args)
     client = connect(config)
@@ -105,8 +106,12 @@ def _health(args: argparse.Namespace) -> int:
             await client.aclose()
 
     try:
-        raw = asyncio.run(read())
-    except (redis.RedisError, OSError) as exc:
+        try:
+            raw = asyncio.run(read())
+        except MovedError:  # a node of a cluster that does not own the pair's slot
+            with contextlib.closing(sync_client(config)) as cluster:
+                raw = cluster.get(keys.health)
+    except (redis.RedisError, RedisClusterException, OSError) as exc:
         print(f"unhealthy: cannot reach redis: {exc}", file=sys.stderr)
         return 1
     if raw is None:

@@ -128,15 +128,30 @@ def connect(config: Config, url: str | None = None) -> Redis:
 
 
 def sync_client(config: Config) -> redis.Redis:
-    """A plain client for the command-line tools (RESP2, bytes replies, redis-py's retries on):
-    the config's URL, connect timeout and TLS keys, as the daemon's."""
-    return redis.Redis.from_url(
-        config.redis_url,
-        socket_connect_timeout=config.connect_timeout,
-        socket_keepalive=True,
-        protocol=2,
+    """A client for the command-line tools (RESP2, bytes replies, redis-py's retries on): the
+    config's URL, connect timeout and TLS keys, as the daemon's. On a Redis Cluster (the
+    ``cluster`` key, or ``INFO cluster`` asked once when it is ``auto``) a
+    :class:`redis.RedisCluster` from that node, which sends each command to its key's owner;
+    the tools' commands each touch one pair's keys, so one slot."""
+    options: dict[str, Any] = {
+        "socket_connect_timeout": config.connect_timeout,
+        "socket_keepalive": True,
+        "protocol": 2,
         **config.tls_options(),
-    )
+    }
+    plain = redis.Redis.from_url(config.redis_url, **options)
+    if config.cluster == "no" or config.redis_url.startswith("unix://"):
+        return plain
+    if config.cluster == "auto":
+        try:
+            enabled = str(plain.info("cluster").get("cluster_enabled", "0")) == "1"
+        except redis.RedisError:
+            return plain  # the command meets the same error, and reports it as it does today
+        if not enabled:
+            return plain
+    plain.close()
+    # A RedisCluster has every command of a Redis client the tools use (typed as one).
+    return cast(redis.Redis, redis.RedisCluster.from_url(config.redis_url, **options))
 
 
 def _raw(response: Any, **options: Any) -> Any:

@@ -29,6 +29,7 @@ from shard.config import Keys
 from shard.server import LocalServer
 from shard.workload import standard_mix
 
+from ..seed import SEED_LINES, SEED_TRADE
 from .helpers import (
     assert_market_data,
     expected_outputs,
@@ -280,3 +281,38 @@ def test_sigkill_at_random_points_on_a_cluster(
     assert (trades, events) == expected_outputs(entries)
     assert [t.trade_id for t in trades] == list(range(1, len(trades) + 1))
     assert_market_data(rc, keys, entries)
+
+
+def test_publish_trades_and_health_given_a_node_that_does_not_own_the_pair(
+    cluster: LocalCluster, rc: redis.RedisCluster, tmp_path: Any
+) -> None:
+    """`shard publish`, `shard trades` (plain and as a group consumer) and `shard health`,
+    given the URL of a node that does not own the pair's slot, reach the owner."""
+    owner = cluster.owner(PAIR)
+    url = next(m for m in cluster.master_nodes() if m.port != owner.port).url
+    path = tmp_path / "seed.jsonl"
+    path.write_bytes(b"".join(line + b"\n" for line in SEED_LINES))
+
+    def shard(*args: str) -> subprocess.CompletedProcess[bytes]:
+        command = [sys.executable, "-m", "shard", *args, "--pair", PAIR, "--redis-url", url]
+        return subprocess.run(command, capture_output=True, timeout=60)
+
+    published = shard("publish", str(path))
+    assert published.returncode == 0, published.stderr
+    assert len(published.stdout.splitlines()) == len(SEED_LINES)
+    proc = start_daemon(url, env=ENV, pair=PAIR)
+    try:
+        wait_events(rc, Keys(PAIR), len(SEED_LINES))
+        deadline = time.monotonic() + 30
+        while (health := shard("health")).returncode != 0 and time.monotonic() < deadline:
+            time.sleep(0.2)  # the first heartbeat comes within a second
+        assert health.returncode == 0, health.stderr
+        assert json.loads(health.stdout)["pair"] == PAIR
+    finally:
+        code, log = stop_daemon(proc)
+    assert code == 0, log
+    for extra in ((), ("--group", "risk")):
+        trades = shard("trades", *extra)
+        assert trades.returncode == 0, trades.stderr
+        (line,) = trades.stdout.splitlines()
+        assert {k: v for k, v in json.loads(line).items() if k != "input_id"} == SEED_TRADE
