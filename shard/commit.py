@@ -45,9 +45,10 @@ def _lua_shapes(
     shapes: tuple[tuple[str, ...], ...], names: tuple[str, ...], bits: dict[str, int], common: int
 ) -> str:
     """A Lua expression: a table from shape index to its list of field names. The ``common``
-    shapes (the indexes below it: entries without accounts, fees or order-event fields) are
-    spelled out; any other is made when first asked for, since making all 256 event shapes in
-    every call would cost the server more than the XADDs of a small batch."""
+    shapes (the indexes below it) are spelled out; any other is made when first asked for. A
+    call meets only a few shapes, and every table spelled out is built on every call: the 32
+    event shapes without accounts cost a 2-input commit 5.5% more of the server than making
+    the few it meets (``scripts/bench_instructions.py --batch 2``), and saved 0.3% at 1,000."""
     spelled = ", ".join(
         f"[{i}] = {{{', '.join(repr(n) for n in shapes[i])}}}" for i in range(common)
     )
@@ -113,7 +114,7 @@ local function xadd_rows(key, rows, shapes)
   return added, nil
 end""").substitute(branches=_lua_xadd_branches())
 TRADE_SHAPES_LUA: Final = _lua_shapes(TRADE_SHAPES, TRADE_NAMES, TRADE_BITS, 1)
-EVENT_SHAPES_LUA: Final = _lua_shapes(EVENT_SHAPES, EVENT_NAMES, EVENT_BITS, 32)
+EVENT_SHAPES_LUA: Final = _lua_shapes(EVENT_SHAPES, EVENT_NAMES, EVENT_BITS, 0)
 
 TRIM_DEPTH_EVERY: Final = 64
 """``depth:{P}`` is trimmed (``XTRIM MAXLEN ~ depth_maxlen``) by the commits whose ``seq`` is a
