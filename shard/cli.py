@@ -189,9 +189,11 @@ def _up(args: argparse.Namespace) -> int:
     from shard.up import Cluster
 
     pairs = [p.strip() for p in args.pairs.split(",") if p.strip()]
-    url = args.redis_url or os.environ.get("REDIS_URL")
+    # --cluster starts its own servers: a REDIS_URL left in the environment is not meant for it.
+    url = args.redis_url or (None if args.cluster else os.environ.get("REDIS_URL"))
     gateway = args.gateway_port or None
-    return Cluster(pairs, url, Path(args.data_dir), args.port, gateway_port=gateway).run()
+    data = Path(args.data_dir)
+    return Cluster(pairs, url, data, args.port, gateway_port=gateway, masters=args.cluster).run()
 
 
 def _book(args: argparse.Namespace) -> int:
@@ -390,6 +392,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="use this server instead of starting one (env REDIS_URL; a password is safer there)",
     )
     up.add_argument("--data-dir", default=".shard-data", help="server files (append-only file)")
+    up.add_argument(
+        "--cluster",
+        type=int,
+        nargs="?",
+        const=3,
+        default=0,
+        metavar="MASTERS",
+        help="start a Redis Cluster instead: MASTERS masters (3) with a replica each, on "
+        "--port and the ports after it",
+    )
     up.add_argument(
         "--port",
         type=int,

@@ -84,6 +84,7 @@ class LocalCluster:
         binary: str | None = None,
         appendfsync: str = "everysec",
         extra: Sequence[str] = (),
+        base_port: int | None = None,
     ) -> None:
         if masters < 1 or replicas < 0:
             raise ValueError("a cluster needs at least one master and no negative replicas")
@@ -97,7 +98,10 @@ class LocalCluster:
         """The cluster bus port of each node, by its port (set explicitly: port + 10000, the
         default, may be taken or above 65535)."""
         for i in range(masters * (1 + replicas)):
-            bus = free_port()
+            # Fixed ports (base_port + i, bus base_port + 10000 + i) let a cluster restart on
+            # its files: nodes.conf names every node by address. Else free ones.
+            port = None if base_port is None else base_port + i
+            bus = free_port() if base_port is None else base_port + 10000 + i
             args = [
                 "--cluster-enabled", "yes",
                 "--cluster-config-file", "nodes.conf",
@@ -110,7 +114,11 @@ class LocalCluster:
                 *extra,
             ]  # fmt: skip
             node = LocalServer(
-                self.data_dir / f"node{i}", binary=self.binary, appendfsync=appendfsync, extra=args
+                self.data_dir / f"node{i}",
+                port,
+                binary=self.binary,
+                appendfsync=appendfsync,
+                extra=args,
             )
             self.bus_ports[node.port] = bus
             self.nodes.append(node)
@@ -126,6 +134,11 @@ class LocalCluster:
     @property
     def urls(self) -> list[str]:
         return [n.url for n in self.nodes]
+
+    @property
+    def ports(self) -> list[int]:
+        """Every port the cluster listens on: the nodes' and their cluster bus ports."""
+        return [p for n in self.nodes for p in (n.port, self.bus_ports[n.port])]
 
     def node(self, address: Node | int) -> LocalServer:
         """The node at ``address`` (a :class:`Node` or a port)."""

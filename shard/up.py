@@ -11,6 +11,12 @@ The server listens by default on the port of the configuration's default ``redis
 (6379), where ``shard publish``, ``trades``, ``health`` and ``load`` look when given no URL. A
 port already in use is refused before anything starts, with one sentence saying what to do.
 
+With ``--cluster [N]`` it starts a Redis Cluster instead of one server: N masters (3) with one
+replica each, on ``--port`` and the ports after it (cluster bus ports 10000 above), created
+from Python (:class:`shard.cluster_local.LocalCluster`); each daemon is given the first node's
+URL and finds the master that owns its pair's slot. The same data directory resumes the same
+cluster.
+
 The URL, which may hold a password, reaches the children in their environment (``REDIS_URL``,
 readable only by this user), never on their command lines (``ps`` shows those to every local
 user), and is printed with its password masked.
@@ -32,6 +38,8 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from shard.cluster import pair_slot
+from shard.cluster_local import LocalCluster
 from shard.config import PAIR_RE, TLS_FILES, Config, ConfigError, _redact, load
 from shard.server import LocalServer
 
@@ -72,20 +80,37 @@ class Cluster:
         server_args: list[str] | None = None,
         floor: bool = False,
         gateway_port: int | None = None,
+        masters: int = 0,
     ) -> None:
         for pair in pairs:
             if not PAIR_RE.fullmatch(pair) or pair == GATEWAY:
                 raise SystemExit(f"shard up: bad pair {pair!r}: 1-32 letters, digits, -, _ or .")
+        if masters and url:
+            raise SystemExit("shard up: give --cluster or --redis-url, not both")
         self.pairs = pairs
         self.data_dir = data_dir
+        self.cluster = (
+            LocalCluster(
+                data_dir / "cluster", masters, base_port=port or DEFAULT_PORT,
+                extra=server_args or [],
+            )
+            if masters
+            else None
+        )  # fmt: skip
         self.server = (
-            None if url else LocalServer(data_dir / "redis", port, extra=server_args or [])
+            None
+            if url or self.cluster
+            else LocalServer(data_dir / "redis", port, extra=server_args or [])
         )
         self.url = url or (self.server.url if self.server else "")
+        if self.cluster is not None:
+            self.url = self.cluster.url
         self.children: dict[str, subprocess.Popen[bytes]] = {}
         self.env = env or {}
         self.floor = floor  # run the harness floor (shard.load.relay) in place of the daemons
-        self.gateway_port = gateway_port
+        self.gateway_skipped = bool(masters) and gateway_port is not None
+        """The gateway reads one server: it does not run on a cluster yet."""
+        self.gateway_port = None if masters else gateway_port
         """Where ``shard gateway`` for every pair listens (None: no gateway)."""
         self.stop = threading.Event()
 
@@ -94,7 +119,8 @@ class Cluster:
         goes in its environment, which only this user can read, not on its command line, which
         every local user can."""
         env = {**os.environ, "SHARD_INSTANCE": f"up:{pair}", **self.env, "REDIS_URL": self.url}
-        if self.server is not None:  # our own plain server: TLS keys meant for another are not
+        if self.server is not None or self.cluster is not None:
+            # Our own plain servers: TLS keys meant for another are not.
             env.update({f"SHARD_{name.upper()}": "" for name in TLS_FILES})
         if pair == GATEWAY:
             pairs = ",".join(self.pairs)
@@ -130,6 +156,16 @@ class Cluster:
     def start(self) -> Cluster:
         """Start the server (unless a URL was given) and one daemon per pair. A server port
         already in use stops it before anything starts (SystemExit with one sentence)."""
+        if self.cluster:
+            for port in self.cluster.ports:
+                if error := listen_error(port):
+                    first = self.cluster.nodes[0].port
+                    raise SystemExit(
+                        f"shard up: the cluster needs 127.0.0.1:{port}, which is {error}: give "
+                        f"`--port N` for its {len(self.cluster.ports) // 2} nodes to listen on "
+                        f"N and the ports after it (now {first}), and N + 10000 ... for their "
+                        "cluster bus"
+                    )
         if self.server:
             port = self.server.port
             error = listen_error(port)
@@ -155,6 +191,8 @@ class Cluster:
                 )
         if self.server:
             self.server.start()
+        if self.cluster:
+            self.cluster.start()
         for pair in self.pairs:
             self.children[pair] = self._spawn(pair)
         if self.gateway_port is not None:
@@ -167,8 +205,20 @@ class Cluster:
         lines = [f"shard up: {len(self.pairs)} shard(s) on {shown}"]
         if self.server:
             lines.append(f"  server: {self.server.binary} (data in {self.server.data_dir})")
+        if self.cluster:
+            cluster = self.cluster
+            ports = ", ".join(str(n.port) for n in cluster.master_nodes())
+            lines.append(
+                f"  redis cluster: {cluster.binary}, {len(cluster.nodes)} nodes on 127.0.0.1 "
+                f"(masters on {ports}; data in {cluster.data_dir})"
+            )
         for pair in self.pairs:
-            lines.append(f"  {pair}: publish to orders:{{{pair}}}, trades on trades:{{{pair}}}")
+            where = ""
+            if self.cluster:
+                where = f" (slot {pair_slot(pair)}, on 127.0.0.1:{self.cluster.owner(pair).port})"
+            lines.append(
+                f"  {pair}: publish to orders:{{{pair}}}, trades on trades:{{{pair}}}{where}"
+            )
         first = self.pairs[0]
         # The other commands need no URL when theirs (the environment, else the default) is ours.
         try:
@@ -188,13 +238,16 @@ class Cluster:
             )
         if self.gateway_port is not None:
             lines.append(f"  the trading page: http://127.0.0.1:{self.gateway_port}/")
+        if self.gateway_skipped:
+            lines.append("  (no gateway: it does not run on a Redis Cluster yet)")
         lines.append("Ctrl-C stops everything cleanly.")
         print("\n".join(lines), file=sys.stderr, flush=True)
 
     def shutdown(self) -> None:
         """SIGTERM every daemon (each commits the batch in hand), then stop the server. Quiet
         when nothing was started (a refused port)."""
-        if not self.children and not (self.server and self.server.process):
+        started = self.cluster and any(n.process for n in self.cluster.nodes)
+        if not self.children and not (self.server and self.server.process) and not started:
             return
         for child in self.children.values():
             if child.poll() is None:
@@ -208,6 +261,8 @@ class Cluster:
                 child.wait()
         if self.server:
             self.server.stop()
+        if self.cluster:
+            self.cluster.stop()
         print("shard up: stopped", file=sys.stderr, flush=True)
 
     def __enter__(self) -> Cluster:

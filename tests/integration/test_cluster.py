@@ -27,6 +27,7 @@ from shard.cluster import pair_slot
 from shard.cluster_local import ClusterNotReady, LocalCluster
 from shard.config import Keys
 from shard.server import LocalServer
+from shard.up import listen_error
 from shard.workload import standard_mix
 
 from ..seed import SEED_LINES, SEED_TRADE
@@ -316,3 +317,55 @@ def test_publish_trades_and_health_given_a_node_that_does_not_own_the_pair(
         assert trades.returncode == 0, trades.stderr
         (line,) = trades.stdout.splitlines()
         assert {k: v for k, v in json.loads(line).items() if k != "input_id"} == SEED_TRADE
+
+
+def free_block(count: int) -> int:
+    """A port P with P .. P + count - 1 and their cluster bus ports (+ 10000) all free."""
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20_000, 40_000)
+        ports = [p for i in range(count) for p in (base + i, base + 10_000 + i)]
+        if not any(listen_error(p) for p in ports):
+            return base
+    raise AssertionError("no free block of ports")
+
+
+def test_shard_up_cluster_runs_a_pair_per_master_and_resumes(tmp_path: Any) -> None:
+    """`shard up --cluster`: 3 masters and 3 replicas on --port and after, a daemon per pair
+    (one pair in each master's third of the slots), the seed example trading on each; Ctrl-C
+    stops all, and the next `shard up --cluster` on the same directory resumes the books."""
+    names = [f"PAIR-{i}" for i in range(10_000)]
+    pairs = [next(p for p in names if min(pair_slot(p) // 5461, 2) == third) for third in range(3)]
+    base = free_block(6)
+    command = [sys.executable, "-m", "shard", "up", "--cluster", "--pairs", ",".join(pairs)]
+    command += ["--port", str(base), "--data-dir", str(tmp_path / "data"), "--gateway-port", "0"]
+    for run in range(2):
+        proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+        banner = []
+        try:
+            assert proc.stderr is not None
+            while not banner or "Ctrl-C" not in banner[-1]:
+                line = proc.stderr.readline()
+                assert line, "".join(banner)
+                banner.append(line)
+            text = "".join(banner)
+            assert "redis cluster:" in text and "6 nodes" in text
+            masters = {line.rpartition(":")[2].rstrip(")\n") for line in banner if "slot " in line}
+            assert len(masters) == 3, text  # one pair on each master
+            client = redis.RedisCluster(host="127.0.0.1", port=base, protocol=2)
+            try:
+                for pair in pairs:
+                    keys = Keys(pair)
+                    if run == 0:
+                        client.xadd(keys.orders, {"data": SEED_LINES[0]})
+                        client.xadd(keys.orders, {"data": SEED_LINES[1]})
+                    wait_events(client, keys, 2)
+                    (trade,) = read_outputs(client, keys)[0]
+                    assert trade.trade_id == 1
+            finally:
+                client.close()
+        finally:
+            proc.send_signal(signal.SIGINT)
+            _, rest = proc.communicate(timeout=60)
+        assert proc.returncode == 0, "".join(banner) + rest
+        assert "shard up: stopped" in rest
