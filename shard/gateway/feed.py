@@ -3,9 +3,13 @@
 A :class:`PairFeed` runs two readers, however many HTTP and WebSocket clients there are:
 
 * a :class:`~shard.marketdata.BookView` following ``depth:{P}`` (it resyncs by itself);
-* an outputs reader that blocks on ``events:{P}`` and, after each read, drains ``trades:{P}``
-  with ``XRANGE``. A batch's trades and events are committed together, so once an event is
-  read every trade of its input is already on ``trades:{P}``: the drain finds them all.
+* an outputs reader: one blocking ``XREAD`` of ``events:{P}`` and ``trades:{P}`` together,
+  pipelined with the ``HGETALL`` of ``ticker:{P}`` and the ``XRANGE`` of the inputs after the
+  replica's last one, which the server runs once the ``XREAD`` is answered: one socket write a
+  cycle, however many requests it answers. A batch's trades and events are committed
+  together, so the read sees every trade of the events it returns, but for the trades past
+  its ``COUNT``: then the rest is drained with ``XRANGE`` (and the ticker read again) before
+  any event is answered.
 
 Order entry waits on :meth:`PairFeed.outcome` for the event of the input it published.
 WebSocket clients are :class:`Subscriber` objects: the readers only merge into them (O(levels
@@ -16,17 +20,18 @@ its own sender.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import OrderedDict, deque
 from collections.abc import Iterable
-from typing import Any, Final
+from typing import Any, Final, cast
 
+import hiredis
 import msgspec
 from redis.asyncio import Redis
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ResponseError
 
-from shard.checkpoint import parse_id
+from shard.checkpoint import ZERO_ID, parse_id
 from shard.config import Keys
 from shard.gateway.replica import Replica
 from shard.marketdata import BookView, Level, decode_ticker
@@ -41,10 +46,54 @@ OUTCOMES_KEPT: Final = 10_000
 """Outcomes of recent inputs kept for an order-entry request that asks after its reader saw
 the event (the two run on different connections)."""
 READ_COUNT: Final = 1000
+BLOCK_MS: Final = 1000
 
 
 def _str(value: object) -> str:
     return text(value) or ""
+
+
+def pack(*args: str | int) -> bytes:
+    """One command in the Redis protocol, packed by hiredis (in C)."""
+    packed: bytes = hiredis.pack_command(cast(Any, args))
+    return packed
+
+
+async def round_trip(client: Redis, commands: list[bytes], *, errors: bool = False) -> list[Any]:
+    """Write packed ``commands`` at once on a connection of ``client``'s pool and read their
+    replies in order, raw (hiredis's lists and bytes, no redis-py callback): a pipeline
+    without redis-py's packing and decoding in Python. An error reply is its ResponseError in
+    the list, or raised once all are read if ``errors``. A connection left mid-reply (a
+    timeout, a cancellation) is dropped."""
+    pool = client.connection_pool
+    conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+    try:
+        await conn.send_packed_command(commands)
+        replies: list[Any] = []
+        for _ in commands:
+            try:
+                replies.append(await conn.read_response())
+            except ResponseError as exc:
+                replies.append(exc)
+    except BaseException:
+        await conn.disconnect()
+        raise
+    finally:
+        await pool.release(conn)
+    for reply in replies if errors else ():
+        if isinstance(reply, ResponseError):
+            raise reply
+    return replies
+
+
+def _fields(flat: list[bytes]) -> dict[bytes, bytes]:
+    """A raw entry's or hash's ``[name, value, ...]`` as a dict."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def _expire(waiter: asyncio.Future[Outcome | None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class Outcome(msgspec.Struct):
@@ -97,12 +146,16 @@ class PairFeed:
     def __init__(
         self,
         client: Redis,
+        reader: Redis,
         pair: str,
         prefix: str = "",
         trades_kept: int = 10_000,
         replica: Replica | None = None,
     ) -> None:
         self.client = client
+        self.reader = reader
+        """The outputs reader's client: raw XRANGE replies (:func:`shard.transport.connect`),
+        as the replica's inputs need; the replica's store uses it too."""
         self.replica = replica
         """Where each live order stands, advanced before an event's waiter is answered."""
         self.pair = pair
@@ -112,7 +165,7 @@ class PairFeed:
         self.ticker: dict[str, int | str] = {}
         self.subscribers: set[Subscriber] = set()
         self.outcomes: OrderedDict[str, Outcome] = OrderedDict()
-        self._waiters: dict[str, asyncio.Future[Outcome]] = {}
+        self._waiters: dict[str, asyncio.Future[Outcome | None]] = {}
         self._pending: dict[str, Outcome] = {}
         """Inputs whose trades or order events are in hand but not yet their own event."""
         self._events_id = "0-0"
@@ -191,14 +244,29 @@ class PairFeed:
         self.problem = None
 
     async def _read_outputs(self) -> None:
-        reply: Any = await self.client.xread(
-            {self.keys.events: self._events_id}, count=READ_COUNT, block=1000
-        )
-        events = list(reply[0][1]) if reply else []
-        new_trades = await self._drain_trades()
+        keys = self.keys
+        replica = self.replica
+        ahead = replica is not None and replica.wants_inputs()
+        commands = [
+            pack("XREAD", "COUNT", READ_COUNT, "BLOCK", BLOCK_MS, "STREAMS", keys.events,
+                 keys.trades, self._events_id, self._trades_id),
+            pack("HGETALL", keys.ticker),
+        ]  # fmt: skip
+        if replica is not None and ahead:
+            after = f"({replica.read_id}"
+            commands.append(pack("XRANGE", keys.orders, after, "+", "COUNT", READ_COUNT))
+        replies = await round_trip(self.reader, commands, errors=True)
+        got = {_str(name): entries for name, entries in replies[0] or ()}
+        events: list[Any] = got.get(keys.events, [])
+        read: list[Any] = got.get(keys.trades, [])
+        new_trades = self._take_trades(read)
+        ticker = replies[1]
+        if len(read) == READ_COUNT:  # more trades than one read: the rest before any event
+            drained, ticker = await self._drain_trades()
+            new_trades += drained
         if new_trades:
-            ticker = await self.client.hgetall(self.keys.ticker)
-            self.ticker = decode_ticker(ticker)
+            self.trades.extend(new_trades)
+            self.ticker = decode_ticker(_fields(ticker))
         for sub in self.subscribers if new_trades else ():
             sub.trades.extend(new_trades)
             if len(sub.trades) > sub.max_trades:
@@ -207,38 +275,50 @@ class PairFeed:
                 sub.kicked.set()
             sub.ticker = self.ticker
             sub.wake.set()
-        parsed = [event_from_fields(fields) for _, fields in events]
-        if self.replica is not None and parsed:
+        if replica is not None and ahead:
+            replica.read_ahead(replies[2])
+        parsed = [event_from_fields(_fields(fields)) for _, fields in events]
+        if replica is not None and parsed:
             try:
-                await self.replica.advance(parsed)
+                await replica.advance(parsed)
             except RecoveryError as exc:
                 log.warning("%s order replica: %s; rebuilding it", self.pair, exc)
-                self.replica.engine = None
-        for (entry_id, _), event in zip(events, parsed, strict=True):
-            self._events_id = _str(entry_id)
+                replica.engine = None
+        for event in parsed:
             self._on_event(event)
         if events:
-            last = parse_id(self._events_id)
-            for input_id in [i for i in self._pending if parse_id(i) <= last]:
+            self._events_id = _str(events[-1][0])
+            last = parse_id(parsed[-1].input_id or ZERO_ID)
+            for input_id in [i for i in self._pending if parse_id(i) < last]:
                 # Trades of an input whose event is behind us: its event was trimmed away.
                 del self._pending[input_id]
 
-    async def _drain_trades(self) -> list[Trade]:
+    def _take_trades(self, entries: list[Any]) -> list[Trade]:
+        """Decode raw ``trades:{P}`` entries, each held for its input's outcome; O(1) each."""
         got: list[Trade] = []
-        while True:
-            entries: Any = await self.client.xrange(
-                self.keys.trades, f"({self._trades_id}", "+", count=READ_COUNT
-            )
-            for entry_id, fields in entries:
-                trade = trade_from_fields(fields)
-                got.append(trade)
-                self._trades_id = _str(entry_id)
-                if trade.input_id:
-                    self._held(trade.input_id).trades.append(trade)
-            if len(entries) < READ_COUNT:
-                break
-        self.trades.extend(got)
+        for _, fields in entries:
+            trade = trade_from_fields(_fields(fields))
+            got.append(trade)
+            if trade.input_id:
+                self._held(trade.input_id).trades.append(trade)
+        if entries:
+            self._trades_id = _str(entries[-1][0])
         return got
+
+    async def _drain_trades(self) -> tuple[list[Trade], list[bytes]]:
+        """The trades left after a full read, and the ticker read after the last of them."""
+        got: list[Trade] = []
+        keys = self.keys
+        while True:
+            after = f"({self._trades_id}"
+            commands = [
+                pack("XRANGE", keys.trades, after, "+", "COUNT", READ_COUNT),
+                pack("HGETALL", keys.ticker),
+            ]
+            entries, ticker = await round_trip(self.reader, commands, errors=True)
+            got += self._take_trades(entries)
+            if len(entries) < READ_COUNT:
+                return got, ticker
 
     def _held(self, input_id: str) -> Outcome:
         held = self._pending.get(input_id)
@@ -265,21 +345,21 @@ class PairFeed:
 
     async def outcome(self, input_id: str, timeout: float) -> Outcome | None:
         """The outcome of ``input_id`` once its event is read, or None after ``timeout`` s.
-        Call it right after the XADD returned, before anything else awaits."""
+        Call it right after the XADD returned, before anything else awaits; one caller an
+        input (the request that published it)."""
         done = self.outcomes.get(input_id)
         if done is not None:
             return done
-        waiter = self._waiters.get(input_id)
-        if waiter is None:
-            waiter = self._waiters[input_id] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[Outcome | None] = loop.create_future()
+        self._waiters[input_id] = waiter
+        timer = loop.call_later(timeout, _expire, waiter)
         try:
-            return await asyncio.wait_for(asyncio.shield(waiter), timeout)
-        except TimeoutError:
-            return None
+            return await waiter
         finally:
-            if not waiter.done() or self._waiters.get(input_id) is waiter:
-                with contextlib.suppress(KeyError):
-                    del self._waiters[input_id]
+            timer.cancel()
+            if self._waiters.get(input_id) is waiter:
+                del self._waiters[input_id]
 
     def latest_trades(self, limit: int) -> list[Trade]:
         """The latest ``limit`` trades held, oldest first."""
