@@ -13,6 +13,8 @@ below it. Where each part lives:
 * :mod:`shard.lease`: one active daemon per pair, and the heartbeat;
 * :mod:`shard.snapshotter`: when to snapshot, the snapshot task, the trim after it;
 * :mod:`shard.outage` and :mod:`shard.transport`: waiting Redis out, and the link to it.
+* :mod:`shard.cluster` and :mod:`shard.cluster_link`: on a Redis Cluster, the master that owns
+  the pair's slot, found at the start of every repair (one server: asked once, then nothing).
 
 After an error the daemon drops its pipes and repairs (:class:`Repair`): a fenced commit means
 another daemon or a rollback, and it recovers; a lost lease, and it takes the pair back; a
@@ -38,36 +40,20 @@ from collections.abc import Awaitable, Callable
 from typing import Final, NamedTuple
 
 from shard import collector
-from shard.cluster import (
-    Node,
-    Topology,
-    cluster_enabled,
-    moved_to,
-    node_of_url,
-    node_url,
-    pair_slot,
-    parse_slots,
-)
+from shard.cluster import Node, node_url
+from shard.cluster_link import ClusterLink
 from shard.commit import Commit, CommitRefused, Fenced
 from shard.config import Config, Keys
 from shard.engine import Engine
 from shard.lease import Lease, LeaseLost
 from shard.logs import Log
 from shard.metrics import Metrics
-from shard.outage import NotYet, Stopping, Waits
+from shard.outage import Stopping, Waits
 from shard.pipeline import Pipeline, Resync
 from shard.recovery import RecoveryError, check_outputs, place_group, recover, server_run_id
 from shard.snapshotter import Snapshots
 from shard.store import Store
-from shard.transport import (
-    RETRIED,
-    Channel,
-    connect,
-    describe,
-    error_code,
-    plain_async_client,
-    waited_out,
-)
+from shard.transport import RETRIED, Channel, connect, describe, error_code, waited_out
 
 __all__ = ["RecoveryError", "Shard"]
 
@@ -142,13 +128,8 @@ class Shard:
         self.waits = Waits(metrics, self._stop, config.reconnect_max_delay, self.lease.renew)
         self.snapshots = Snapshots(config, keys, store, metrics, self.waits)
         self.run_id: str | None = None
-        self.topology: Topology | None = None
-        """On a cluster: the pair's slot, its owner and the nodes learnt (None: one server)."""
-        self.node: Node | None = None
-        """On a cluster: the node the client talks to."""
-        self._mode_known = config.cluster == "no"
-        self._moved = False  # bound to another node since the last run_id was read
-        self._hint: Node | None = None  # the node a MOVED named
+        self.cluster = ClusterLink(config)
+        self._moved = False  # moved to another node since the last run_id was read
 
     @property
     def inputs_done(self) -> int:
@@ -243,8 +224,7 @@ class Shard:
         recover after a fence, take the pair back after a lost lease, else back off and
         resynchronise (which sends the batch again only if the checkpoint and outputs allow)."""
         await self._reset()
-        if self.topology is not None:
-            self._hint = moved_to(exc)
+        self.cluster.failed(exc)
         if isinstance(exc, Fenced):
             checkpoint = exc.checkpoint.last_id
             log.warning("commit refused; recovering", why=exc.why, checkpoint=checkpoint)
@@ -361,58 +341,10 @@ class Shard:
     # -- repairs ---------------------------------------------------------------------------------
 
     async def _repair(self, action: Callable[[], Awaitable[None]]) -> None:
-        """One attempt at a repair: on a cluster, find the slot's owner first."""
-        await self._locate()
-        await action()
-
-    async def _locate(self) -> None:
-        """On a cluster, talk to the master that owns the pair's slot. Whether the URL names a
-        cluster node is asked once (``INFO cluster``; the ``cluster`` key may say so instead);
-        on one server this costs nothing more. O(nodes) round trips at most."""
-        if self.topology is None:
-            if self._mode_known:
-                return
-            if self.config.cluster == "auto":
-                enabled = cluster_enabled(await self.redis.info("cluster"))
-            else:
-                enabled = True
-            self._mode_known = True
-            if not enabled:
-                return
-            url = self.config.redis_url
-            if url.startswith("unix://"):
-                raise RecoveryError(
-                    "redis_url is unix:// but names a node of a Redis Cluster, whose nodes "
-                    "are reached over TCP: give one node's redis:// URL"
-                )
-            slot = pair_slot(self.config.pair, self.config.key_prefix)
-            self.topology = Topology(slot, [node_of_url(url)])
-            self.node = node_of_url(url)
-            log.info("redis cluster: finding the owner of the pair's slot", slot=slot)
-        owner = await self._resolve(self.topology)
-        if owner != self.node:
+        """One attempt at a repair: on a cluster, move to the slot's owner first."""
+        if (owner := await self.cluster.owner(self.redis)) is not None:
             await self._bind(owner)
-
-    async def _resolve(self, topology: Topology) -> Node:
-        """The master that owns the slot, as the first node that answers sees it: the node a
-        MOVED named, then the last owner, then every other node learnt (:class:`Topology`)."""
-        hint, self._hint = self._hint, None
-        errors = []
-        for node in topology.candidates(hint):
-            client = plain_async_client(self.config, node_url(self.config.redis_url, node))
-            try:
-                reply = await client.execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
-            except RETRIED as exc:
-                errors.append(f"{node}: {describe(exc)}")
-                continue
-            finally:
-                with contextlib.suppress(*RETRIED):
-                    await client.aclose()
-            owner = topology.learned(parse_slots(reply, node))
-            if owner is not None:
-                return owner
-            errors.append(f"{node}: no node serves slot {topology.slot}")
-        raise NotYet(f"no node names the owner of slot {topology.slot}: {'; '.join(errors)}")
+        await action()
 
     async def _bind(self, owner: Node) -> None:
         """Talk to ``owner`` from now on: a new client for the store, the commit and both
@@ -424,7 +356,6 @@ class Shard:
         self.store.bind(self.redis)
         self.commit.redis = self.reader.redis = self.writer.redis = self.redis
         self._moved = True
-        self.node = owner
         log.info("talking to the owner of the pair's slot", node=str(owner))
         with contextlib.suppress(*RETRIED):
             await old.aclose()
