@@ -16,6 +16,8 @@ modes (:meth:`failover`), a crash (:meth:`kill`, then :meth:`restart`), a slot m
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,9 +26,18 @@ from typing import Any, NamedTuple
 import redis
 
 from shard.cluster import SLOTS, Node, SlotRange, owner_of, pair_slot, parse_slots
-from shard.server import LocalServer, find_server_binary, free_port
+from shard.server import LocalServer, find_server_binary
 
 HOST = "127.0.0.1"
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` different free ports on 127.0.0.1 (held together while chosen)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in sockets:
+            s.bind((HOST, 0))
+        return [int(s.getsockname()[1]) for s in sockets]
 
 
 class NodeLine(NamedTuple):
@@ -97,11 +108,16 @@ class LocalCluster:
         self.bus_ports: dict[int, int] = {}
         """The cluster bus port of each node, by its port (set explicitly: port + 10000, the
         default, may be taken or above 65535)."""
-        for i in range(masters * (1 + replicas)):
-            # Fixed ports (base_port + i, bus base_port + 10000 + i) let a cluster restart on
-            # its files: nodes.conf names every node by address. Else free ones.
-            port = None if base_port is None else base_port + i
-            bus = free_port() if base_port is None else base_port + 10000 + i
+        count = masters * (1 + replicas)
+        # Fixed ports (base_port + i, bus base_port + 10000 + i) let a cluster restart on its
+        # files: nodes.conf names every node by address. Else free ones, all different.
+        if base_port is None:
+            free = free_ports(2 * count)
+            ports, buses = free[:count], free[count:]
+        else:
+            ports = [base_port + i for i in range(count)]
+            buses = [base_port + 10000 + i for i in range(count)]
+        for i, (port, bus) in enumerate(zip(ports, buses, strict=True)):
             args = [
                 "--cluster-enabled", "yes",
                 "--cluster-config-file", "nodes.conf",
