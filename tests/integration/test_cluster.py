@@ -373,3 +373,38 @@ def test_shard_up_cluster_runs_a_pair_per_master_and_resumes(tmp_path: Any) -> N
             _, rest = proc.communicate(timeout=60)
         assert proc.returncode == 0, "".join(banner) + rest
         assert "shard up: stopped" in rest
+
+
+def test_a_standby_through_a_crash_failover_with_a_short_lease(
+    cluster: LocalCluster, rc: redis.RedisCluster
+) -> None:
+    """An active daemon and a standby, with a lease (3 s) shorter than the crash failover: the
+    standby may take the pair over while the active one waits for the new master, which
+    docs/cluster.md calls safe but noisy. Both carry on, and the output is exactly once."""
+    keys = Keys(PAIR)
+    master = cluster.owner(PAIR)
+    replica = cluster.replicas_of(master)[0]
+    messages = list(standard_mix(3000, seed=97))
+    env = {**ENV, "SHARD_LEASE_TTL": "3"}
+    daemons = [
+        start_daemon(cluster.url, env={**env, "SHARD_INSTANCE": name}, pair=PAIR)
+        for name in ("a", "b")
+    ]
+    producer = Producer(cluster, keys, messages)
+    producer.start()
+    try:
+        wait_events(rc, keys, 600)
+        cluster.kill(master)
+        cluster.wait_master(replica)
+        cluster.restart(master)
+        producer.join(timeout=90)
+        assert not producer.is_alive()
+        after = cluster.cluster_client()
+        wait_events(after, keys, after.xlen(keys.orders), timeout=60)
+    finally:
+        logs = [stop_daemon(proc) for proc in daemons]
+    for code, log in logs:
+        assert code == 0, log
+        assert "crashed" not in log
+    assert_consistent(after, keys)
+    after.close()
