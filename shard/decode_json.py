@@ -119,7 +119,7 @@ def decode_json(data: bytes | str, default_timestamp: int | None = None) -> Inpu
         return _slow_json(data, default_timestamp)
     if timestamp == NO_TIMESTAMP:
         if default_timestamp is None:
-            return missing_timestamp(oid)
+            return missing_timestamp(oid, msg.account)
         msg.timestamp = default_timestamp
     return msg
 

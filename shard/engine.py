@@ -169,7 +169,10 @@ class Engine:
         if type(msg) is CancelAll:
             return self._cancel_all(msg, input_id)
         if type(msg) is Invalid:
-            return Event(input_id, msg.order_id, REJECTED, None, None, None, msg.reason, msg.detail)
+            return Event(
+                input_id, msg.order_id, REJECTED, None, None, None, msg.reason, msg.detail, None,
+                msg.account,
+            )  # fmt: skip
         raise TypeError(f"not an input message: {msg!r}")  # a bug in the caller, not bad input
 
     def _order(self, msg: Order, input_id: str | None, trades: list[Trade]) -> Event:

@@ -103,12 +103,13 @@ def repeated_detail(name: str | bytes, count: int) -> str:
     return f"field {show_name(name)} appears {times}; send each field once"
 
 
-def missing_timestamp(order_id: str | None) -> Invalid:
+def missing_timestamp(order_id: str | None, account: str | None = None) -> Invalid:
     """The refusal of a message with no timestamp and no stream entry ID to take it from."""
     return Invalid(
         order_id,
         MISSING_FIELD,
         "timestamp is missing and there is no stream entry ID to take it from",
+        account,
     )
 
 
@@ -121,7 +122,15 @@ def validate(fields: Mapping[str, object], default_timestamp: int | None) -> Inp
     try:
         return _validate(fields, default_timestamp)
     except _Bad as bad:
-        return Invalid(order_id, bad.reason, bad.detail)
+        return Invalid(order_id, bad.reason, bad.detail, _account_of(fields))
+
+
+def _account_of(fields: Mapping[str, object]) -> str | None:
+    """The ``account`` of a refused input if it is a valid one (else None), for its event."""
+    try:
+        return _identifier(fields, "account", MAX_ACCOUNT_BYTES)
+    except _Bad:
+        return None
 
 
 def _validate(fields: Mapping[str, object], default_timestamp: int | None) -> Input:

@@ -139,11 +139,13 @@ class CancelAll(
 
 
 class Invalid(msgspec.Struct, gc=False):
-    """An input that cannot be applied: becomes a ``rejected`` event, changes nothing."""
+    """An input that cannot be applied: becomes a ``rejected`` event, changes nothing. The
+    event carries ``account`` when the input gives a valid one, so that its owner sees it."""
 
     order_id: str | None
     reason: str
     detail: str
+    account: str | None = None
 
 
 Input = Order | Cancel | Amend | CancelAll | Invalid

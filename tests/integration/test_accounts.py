@@ -101,6 +101,8 @@ def test_accounts_order_events_and_cancel_all_on_the_streams(
          "account": "alice", "stp": "cancel_maker"},
         {"type": "cancel_all", "account": "alice"},
         {"type": "cancel", "order_id": "c1", "account": "bob"},
+        {"type": "order", "order_id": "b1", "side": "up", "price": 1, "quantity": 1,
+         "account": "bob"},
     ]  # fmt: skip
     ids = publish(r, messages)
     run_until_idle(server.url, batch_size=50, taker_fee_ppm=1000)
@@ -113,7 +115,7 @@ def test_accounts_order_events_and_cancel_all_on_the_streams(
     ]  # fmt: skip
     events = [{k.decode(): v.decode() for k, v in f.items()} for _, f in r.xrange(keys.events)]
     by_input = [[e for e in events if e["input_id"] == i] for i in ids]
-    assert [len(x) for x in by_input] == [1, 1, 1, 2, 3, 1]
+    assert [len(x) for x in by_input] == [1, 1, 1, 2, 3, 1, 1]
     prevented, own = by_input[3]
     assert prevented == {
         "input_id": ids[3], "order_id": "a1", "status": "cancelled", "remaining_quantity": "0",
@@ -134,6 +136,8 @@ def test_accounts_order_events_and_cancel_all_on_the_streams(
     )
     assert "order_id" not in summary
     assert (by_input[5][0]["status"], by_input[5][0]["reason"]) == ("rejected", "unknown_order")
+    refused = by_input[6][0]  # a refused input keeps its account, for its owner's feed
+    assert (refused["reason"], refused["account"]) == ("invalid_field", "bob")
     # The market data shows the book as the engine holds it: c1 traded away, alice's gone.
     assert {k: v for k, v in r.hgetall(keys.book).items() if k[1:2] == b":"} == {}
 

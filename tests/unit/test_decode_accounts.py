@@ -176,6 +176,41 @@ def test_an_account_beside_a_data_field_is_two_forms() -> None:
     rejected(decode_fields(fields, 5), "malformed", "both a data field and flat fields", "account")
 
 
+@pytest.mark.parametrize(
+    ("msg", "reason"),
+    [
+        ({**ORDER, "side": "up"}, "invalid_field"),
+        ({**ORDER, "quantity": None, "order_type": "limit"}, "missing_field"),
+        ({**ORDER, "stp": "sometimes"}, "invalid_field"),
+        ({"type": "cancel", "order_id": "o1", "side": "buy"}, "invalid_field"),
+        ({"type": "amend", "order_id": "o1"}, "missing_field"),
+        ({"type": "cancel_all", "side": "both"}, "invalid_field"),
+    ],
+)
+def test_a_refused_input_keeps_its_valid_account_for_its_event(
+    msg: dict[str, object], reason: str
+) -> None:
+    """So that its owner (a gateway's caller, an account's own feed) sees the refusal."""
+    msg = {k: v for k, v in {**msg, "account": "alice"}.items() if v is not None}
+    got = every_form(msg)
+    assert rejected(got, reason).account == "alice"
+
+
+def test_a_refused_input_without_a_valid_account_carries_none() -> None:
+    for account in ("", "x" * 65):
+        got = every_form({**ORDER, "side": "up", "account": account})
+        assert rejected(got, "invalid_field", "account").account is None
+    assert rejected(every_form({**ORDER, "side": "up"}), "invalid_field").account is None
+    for got in json_forms({**ORDER, "account": 5}):
+        assert rejected(got, "invalid_field").account is None
+
+
+def test_a_message_without_a_timestamp_to_take_keeps_its_account() -> None:
+    msg = {**ORDER, "account": "alice"}
+    for got in (decode_json(json.dumps(msg), None), validate(msg, None)):
+        assert rejected(got, "missing_field", "timestamp is missing").account == "alice"
+
+
 # -- stp -----------------------------------------------------------------------------------------
 
 
