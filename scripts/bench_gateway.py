@@ -16,9 +16,9 @@
    The client is a process of its own (this script, ``--client``): uvloop, ``--connections``
    kept-alive HTTP/1.1 connections with one request in flight each (an order due while all
    are busy waits for one, and that wait counts), the requests encoded before the run, and of
-   an answer only its status line and ``content-length`` parsed. It costs 0.03-0.07 ms of CPU
+   an answer only its status line and ``content-length`` parsed. It costs 0.02-0.12 ms of CPU
    a request (less at higher rates), and sends a request up to about 1 ms after it is due
-   (uvloop's timers count whole milliseconds; the p50 is about 0.5 ms): it is not the wall.
+   (uvloop's timers count whole milliseconds; the p50 is 0.3-0.7 ms): it is not the wall.
 3. **WebSocket fan-out**: ``--clients`` WebSocket clients connect; the inputs of the standard
    mix are published straight to ``orders:{BENCH}`` at ``--ws-rate`` a second for
    ``--duration`` seconds, first with no client connected, then with them all. Prints the
