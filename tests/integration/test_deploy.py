@@ -25,6 +25,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
+from shard.cluster_local import HOST, free_ports
 from shard.server import LocalServer, free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -266,3 +267,178 @@ def test_compose_gateway_runs_natively_with_its_health_check(
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err.decode()
+
+
+# docker-compose.cluster.yml: the same shards on a cluster of 3 masters and 3 replicas.
+
+CLUSTER_FILE = REPO / "docker-compose.cluster.yml"
+
+
+def cluster_compose() -> dict[str, Any]:
+    return yaml.safe_load(CLUSTER_FILE.read_text())
+
+
+def cluster_nodes() -> dict[str, dict[str, Any]]:
+    services = cluster_compose()["services"]
+    return {name: svc for name, svc in services.items() if name.startswith("redis-")}
+
+
+def option(command: list[str], name: str) -> str:
+    """The value after ``--name`` in a server command line (the last one given)."""
+    at = len(command) - 1 - command[::-1].index(f"--{name}")
+    return command[at + 1]
+
+
+def interpolated(text: str) -> str:
+    """A compose string as the container sees it: ``$$`` is a ``$`` (no variable is used)."""
+    assert re.search(r"(?<!\$)\$(?!\$)", text.replace("$$", "")) is None, "a compose variable"
+    return text.replace("$$", "$")
+
+
+def test_cluster_compose_structure() -> None:
+    """Six cluster-mode nodes with the single server's durability settings, an init service
+    that waits for them and creates the cluster with a replica per master, and the three
+    shards, each after the init service, on a node's URL, with a lease above the node timeout
+    plus 3 s (docs/cluster.md)."""
+    doc = cluster_compose()
+    services = doc["services"]
+    nodes = cluster_nodes()
+    assert sorted(nodes) == [f"redis-{i}" for i in range(1, 7)]
+    for name, svc in nodes.items():
+        command = svc["command"]
+        assert command[0] == "redis-server", name
+        assert option(command, "port") == "6379", name
+        assert option(command, "cluster-enabled") == "yes", name
+        assert option(command, "appendonly") == "yes", name
+        assert option(command, "appendfsync") == "everysec", name
+        assert option(command, "maxmemory-policy") == "noeviction", name
+        assert option(command, "auto-aof-rewrite-min-size") == "1gb", name
+        assert option(command, "cluster-preferred-endpoint-type") == "hostname", name
+        assert svc["environment"]["NODE_NAME"] == name  # what it announces
+        assert "--cluster-announce-hostname" in svc["entrypoint"][2], name
+        assert "$$NODE_NAME" in svc["entrypoint"][2], name
+        assert svc["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"], name
+        assert "ports" not in svc, name
+        (volume,) = svc["volumes"]
+        assert volume.split(":")[0] in doc["volumes"] and volume.endswith(":/data"), name
+    assert len({v["volumes"][0] for v in nodes.values()}) == 6
+    timeout_ms = {int(option(svc["command"], "cluster-node-timeout")) for svc in nodes.values()}
+    assert len(timeout_ms) == 1
+
+    init = services["cluster-init"]
+    assert init["image"] == nodes["redis-1"]["image"]  # its redis-cli
+    assert init["restart"] == "no"
+    assert init["depends_on"] == {n: {"condition": "service_healthy"} for n in nodes}
+    script = interpolated(init["command"][0])
+    assert "--cluster create" in script and "--cluster-replicas 1" in script
+    assert "--cluster-yes" in script
+    assert re.search(r"nodes=\"([^\"]+)\"", script).group(1).split() == [  # type: ignore[union-attr]
+        f"{n}:6379" for n in nodes
+    ]
+
+    shards = {name: svc for name, svc in services.items() if "build" in svc}
+    assert sorted(s["environment"]["SHARD_PAIR"] for s in shards.values()) == [
+        "BTC-USDT",
+        "ETH-USDT",
+        "SOL-USDT",
+    ]
+    assert {json.dumps(s["build"]) for s in shards.values()} == {
+        json.dumps(next(iter(shard_services().values()))["build"])
+    }
+    ports = set()
+    for name, svc in shards.items():
+        env = svc["environment"]
+        assert svc["depends_on"] == {
+            "cluster-init": {"condition": "service_completed_successfully"}
+        }, name
+        host = env["REDIS_URL"].removeprefix("redis://").split(":")[0]
+        assert host in nodes, name
+        assert env["REDIS_URL"].endswith(":6379/0"), name  # a cluster has database 0 only
+        assert env["SHARD_CLUSTER"] == "yes", name
+        assert float(env["SHARD_LEASE_TTL"]) * 1000 > max(timeout_ms) + 3000, name
+        assert svc["healthcheck"]["test"] == ["CMD", "shard", "health"], name
+        assert svc["restart"] == "unless-stopped", name
+        ports.add(env["SHARD_METRICS_PORT"])
+        assert svc["ports"] == [
+            f"127.0.0.1:{env['SHARD_METRICS_PORT']}:{env['SHARD_METRICS_PORT']}"
+        ]
+    assert len(ports) == 3
+    assert "gateway" not in services  # the gateway does not read a cluster yet
+
+
+def role(server: LocalServer) -> bytes:
+    with redis.Redis.from_url(server.url) as client:
+        return bytes(client.execute_command("ROLE")[0])
+
+
+def test_cluster_compose_runs_natively(tmp_path: Path) -> None:
+    """The six nodes' command lines with this machine's server binary (free ports, a bus port
+    each, announcing 127.0.0.1), the init service's script with the session's redis-cli on
+    those addresses (twice: the second run finds the cluster made), then each shard service
+    on its node's URL: an order to each pair gets its event, and each health check passes."""
+    cli = shutil.which("redis-cli")
+    if cli is None:
+        pytest.skip("no redis-cli here: the init service's script needs it")
+    nodes = cluster_nodes()
+    ports = free_ports(2 * len(nodes))
+    servers: dict[str, LocalServer] = {}
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for (name, svc), port, bus in zip(nodes.items(), ports, ports[6:], strict=False):
+            command = list(svc["command"][1:])
+            command[command.index("--port") + 1] = str(port)
+            extra = [*command, "--cluster-port", str(bus), "--cluster-announce-hostname", HOST]
+            servers[name] = LocalServer(tmp_path / name, port, extra=extra).start()
+        script = interpolated(cluster_compose()["services"]["cluster-init"]["command"][0])
+        for name, srv in servers.items():
+            script = script.replace(f"{name}:6379", f"{HOST}:{srv.port}")
+        for run in range(2):
+            done = subprocess.run(["/bin/sh", "-ec", script], capture_output=True, text=True,
+                                  timeout=120)  # fmt: skip
+            assert done.returncode == 0, done.stdout + done.stderr
+            assert ("the cluster exists" in done.stdout) == (run == 1), done.stdout
+        rc = redis.RedisCluster(host=HOST, port=servers["redis-1"].port, protocol=2)
+        try:
+            want = [b"master"] * 3 + [b"slave"] * 3
+            deadline = time.monotonic() + 30
+            while sorted(roles := [role(s) for s in servers.values()]) != want:
+                assert time.monotonic() < deadline, roles  # a replica's comes with its sync
+                time.sleep(0.2)
+            shards = {n: s for n, s in cluster_compose()["services"].items() if "build" in s}
+            for name, svc in shards.items():
+                env = dict(svc["environment"])
+                node = env["REDIS_URL"].removeprefix("redis://").split(":")[0]
+                env["REDIS_URL"] = servers[node].url
+                argv, environment = native(
+                    [*dockerfile_instruction("ENTRYPOINT"), *dockerfile_instruction("CMD")],
+                    env,
+                    servers[node],
+                )
+                pair = env["SHARD_PAIR"]
+                rc.xadd(f"orders:{{{pair}}}", {"type": "order", "order_id": "x1", "side": "buy",
+                                              "price": "100", "quantity": "1"})  # fmt: skip
+                procs.append(subprocess.Popen(argv, env=environment, stdout=subprocess.DEVNULL,
+                                              stderr=subprocess.PIPE))  # fmt: skip
+                deadline = time.monotonic() + 30
+                while rc.xlen(f"events:{{{pair}}}") < 1:
+                    assert procs[-1].poll() is None, f"{name} exited"
+                    assert time.monotonic() < deadline, f"{name} processed nothing"
+                    time.sleep(0.1)
+                health_argv, _ = native(svc["healthcheck"]["test"][1:], {}, servers[node])
+                deadline = time.monotonic() + 30
+                while (
+                    health := subprocess.run(
+                        health_argv, env=environment, capture_output=True, timeout=30
+                    )
+                ).returncode:
+                    assert time.monotonic() < deadline, health.stderr  # fmt: skip
+                    time.sleep(0.2)
+        finally:
+            rc.close()
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        errors = [proc.communicate(timeout=30)[1] for proc in procs]
+        for srv in servers.values():
+            srv.stop()
+    assert all(proc.returncode == 0 for proc in procs), errors
