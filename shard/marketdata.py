@@ -41,7 +41,14 @@ from sortedcontainers import SortedList
 
 from shard.config import Keys
 from shard.l2 import CHECKSUM_LEVELS, checksum
-from shard.transport import REDIS_ERRORS, RETRIED, describe, plain_async_client, waited_out
+from shard.transport import (
+    REDIS_ERRORS,
+    RETRIED,
+    async_tools_client,
+    describe,
+    plain_async_client,
+    waited_out,
+)
 
 if TYPE_CHECKING:
     from shard.config import Config
@@ -293,6 +300,12 @@ class BookView:
     retried silently and the view continues from its last ID (reads change nothing, so that
     is correct too); with them off (:func:`connect`), the view counts a ``reconnect`` and
     resyncs. ``prefix`` is the config's ``key_prefix``.
+
+    On a Redis Cluster, give it a ``redis.asyncio.RedisCluster`` (:func:`connect_any` makes
+    one from any node's URL): every command of the view touches only the pair's slot, the
+    ``HGETALL`` + ``XREVRANGE`` transaction included, so the client sends it all to the
+    owner. After a failover or a migration it follows the ``MOVED``; an ``UNBLOCKED`` reply
+    (a blocked read on a demoted master) or a lost connection is a resync like any other.
     """
 
     def __init__(
@@ -416,8 +429,10 @@ class BookView:
         self.synced = False
         try:
             async with self.client.pipeline(transaction=True) as pipe:
-                pipe.hgetall(self.book_key)
-                pipe.xrevrange(self.depth_key, count=1)
+                # Spelled as raw commands: redis-py 8.1's cluster transaction passes the
+                # methods' key hints to the reply callbacks, which refuse them (TypeError).
+                pipe.execute_command("HGETALL", self.book_key)
+                pipe.execute_command("XREVRANGE", self.depth_key, "+", "-", "COUNT", 1)
                 fields, last = await pipe.execute()
             book = book_from_hash(fields)
         except MalformedError as exc:
@@ -487,6 +502,13 @@ def connect(config: Config) -> Redis:
     """An async client for views and ``shard book``: the config's URL, timeouts and TLS keys;
     redis-py's retries off, so a dropped connection shows as a ``reconnect`` resync."""
     return plain_async_client(config)
+
+
+async def connect_any(config: Config) -> Redis:
+    """:func:`connect`, or on a Redis Cluster node a cluster client that reaches the pair's
+    owner from any node and follows it through failovers and migrations
+    (:func:`shard.transport.async_tools_client`)."""
+    return await async_tools_client(config)
 
 
 # `shard book`: the ladder for people, the snapshot as JSON for scripts.
@@ -638,7 +660,7 @@ async def run_book(
     ``follow`` redraw it (at most once per ``interval`` s) until cancelled, through outages.
     ANSI redraw on a terminal; frames one after another (separated by a blank line) or JSON
     lines otherwise."""
-    client = connect(config)
+    client = await connect_any(config)
     view = BookView(
         client,
         config.pair,

@@ -8,6 +8,7 @@ from typing import Any, Final, cast
 import hiredis
 import redis
 from redis.asyncio import Redis
+from redis.asyncio import RedisCluster as AsyncRedisCluster
 from redis.asyncio.connection import Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -127,6 +128,18 @@ def connect(config: Config, url: str | None = None) -> Redis:
     return client
 
 
+def _cluster_mode(config: Config) -> bool | None:
+    """Whether the tools treat the URL as a cluster node from the config alone (None: ask the
+    server, ``cluster = "auto"``)."""
+    if config.cluster == "no" or config.redis_url.startswith("unix://"):
+        return False
+    return True if config.cluster == "yes" else None
+
+
+def _cluster_enabled(info: dict[str, Any]) -> bool:
+    return str(info.get("cluster_enabled", "0")) == "1"
+
+
 def sync_client(config: Config) -> redis.Redis:
     """A client for the command-line tools (RESP2, bytes replies, redis-py's retries on): the
     config's URL, connect timeout and TLS keys, as the daemon's. On a Redis Cluster (the
@@ -140,11 +153,12 @@ def sync_client(config: Config) -> redis.Redis:
         **config.tls_options(),
     }
     plain = redis.Redis.from_url(config.redis_url, **options)
-    if config.cluster == "no" or config.redis_url.startswith("unix://"):
+    mode = _cluster_mode(config)
+    if mode is False:
         return plain
-    if config.cluster == "auto":
+    if mode is None:
         try:
-            enabled = str(plain.info("cluster").get("cluster_enabled", "0")) == "1"
+            enabled = _cluster_enabled(plain.info("cluster"))
         except redis.RedisError:
             return plain  # the command meets the same error, and reports it as it does today
         if not enabled:
@@ -152,6 +166,37 @@ def sync_client(config: Config) -> redis.Redis:
     plain.close()
     # A RedisCluster has every command of a Redis client the tools use (typed as one).
     return cast(redis.Redis, redis.RedisCluster.from_url(config.redis_url, **options))
+
+
+async def async_tools_client(config: Config) -> Redis:
+    """An async client for the tools that follow a pair (``shard book``, a
+    :class:`~shard.marketdata.BookView`): :func:`plain_async_client`, or on a Redis Cluster
+    (decided as :func:`sync_client` does) a :class:`redis.asyncio.RedisCluster` from the URL's
+    node with the same timeouts and TLS keys and its retries off. It sends each command, and a
+    one-slot transaction, to the owner of its keys, follows ``MOVED`` after a failover or a
+    migration and ``ASK`` during one, and learns the cluster again after a lost connection."""
+    plain = plain_async_client(config)
+    mode = _cluster_mode(config)
+    if mode is False:
+        return plain
+    if mode is None:
+        try:
+            enabled = _cluster_enabled(await plain.info("cluster"))
+        except redis.RedisError:
+            return plain  # the view's first read meets the same error and resyncs
+        if not enabled:
+            return plain
+    await plain.aclose()
+    cluster = AsyncRedisCluster.from_url(
+        config.redis_url,
+        socket_timeout=config.socket_timeout,
+        socket_connect_timeout=config.connect_timeout,
+        socket_keepalive=True,
+        retry=Retry(NoBackoff(), 0),
+        protocol=2,
+        **config.tls_options(),
+    )
+    return cast(Redis, cluster)  # the commands a view sends, typed as a Redis client's
 
 
 def _raw(response: Any, **options: Any) -> Any:

@@ -9,6 +9,8 @@ inputs (trade IDs contiguous), and the market data follows the book with no ``se
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import random
@@ -26,7 +28,8 @@ import redis
 
 from shard.cluster import pair_slot
 from shard.cluster_local import ClusterNotReady, LocalCluster
-from shard.config import Keys
+from shard.config import Keys, load
+from shard.marketdata import BookView, book_from_hash, connect_any
 from shard.server import LocalServer
 from shard.up import listen_error
 from shard.workload import standard_mix
@@ -408,3 +411,86 @@ def test_a_standby_through_a_crash_failover_with_a_short_lease(
         assert "crashed" not in log
     assert_consistent(after, keys)
     after.close()
+
+
+def test_book_given_a_node_that_does_not_own_the_pair(
+    cluster: LocalCluster, rc: redis.RedisCluster
+) -> None:
+    """`shard book --json` and a BookView from connect_any, given a non-owner node, read the
+    book equal to book:{P}; the view keeps following depth:{P} while the stream runs through
+    a failover of the pair's master (default, then FORCE back) and ends equal to book:{P}."""
+    keys = Keys(PAIR)
+    owner = cluster.owner(PAIR)
+    url = next(m for m in cluster.master_nodes() if m.port != owner.port).url
+    messages = list(standard_mix(3000, seed=101))
+    publish(rc, messages[:500], key=keys.orders)
+    proc = start_daemon(url, env=ENV, pair=PAIR)
+    try:
+        wait_events(rc, keys, 500)
+        command = [sys.executable, "-m", "shard", "book", "--json", "--pair", PAIR]
+        out = subprocess.run([*command, "--redis-url", url], capture_output=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        snap = json.loads(out.stdout)
+        want = book_from_hash(rc.hgetall(keys.book))
+        assert snap["seq"] == want.seq > 0
+        assert snap["bids"] == [list(x) for x in want.bids.top(None)]
+        assert snap["asks"] == [list(x) for x in want.asks.top(None)]
+        producer = Producer(cluster, keys, messages[500:])
+        view, resyncs = asyncio.run(follow_through_failovers(cluster, url, producer))
+    finally:
+        code, log = stop_daemon(proc)
+    assert code == 0, log
+    after = cluster.cluster_client()
+    want = book_from_hash(after.hgetall(keys.book))
+    after.close()
+    assert (view.seq, view.bids(), view.asks()) == (
+        want.seq,
+        list(want.bids.top(None)),
+        list(want.asks.top(None)),
+    )
+    assert cluster.owner(PAIR).port == owner.port  # failed over and back
+    assert view.seq > snap["seq"]
+    assert resyncs, "the FORCE failover should have made the view resync at least once"
+
+
+async def follow_through_failovers(
+    cluster: LocalCluster, url: str, producer: Producer
+) -> tuple[BookView, dict[str, int]]:
+    """A BookView from a non-owner node's URL following depth:{P} while ``producer`` runs and
+    the pair's master fails over to its replica (default) and back (FORCE); returned once
+    the stream is done and the view is at book:{P}'s seq, with its resyncs by reason."""
+    keys = Keys(PAIR)
+    owner = cluster.owner(PAIR)
+    replica = cluster.replicas_of(owner)[0]
+    client = await connect_any(load(env={}, pair=PAIR, redis_url=url))
+    assert type(client).__name__ == "RedisCluster"
+    view = BookView(client, PAIR, block_ms=200)
+    task = asyncio.create_task(consume(view))
+    checker = cluster.cluster_client()
+    try:
+        producer.start()
+        await asyncio.to_thread(wait_events, checker, keys, 1500)
+        await asyncio.to_thread(cluster.failover, replica, "")
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(cluster.failover, owner, "FORCE")
+        await asyncio.to_thread(producer.join, 90)
+        assert not producer.is_alive()
+        deadline = time.monotonic() + 60
+        while True:
+            total = checker.xlen(keys.orders)
+            seq = int(checker.hget(keys.book, "seq") or 0)
+            if checker.xlen(keys.events) == total and view.synced and view.seq == seq:
+                return view, dict(view.resyncs)
+            assert time.monotonic() < deadline, (view.seq, seq, view.problem)
+            await asyncio.sleep(0.1)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await client.aclose()
+        checker.close()
+
+
+async def consume(view: BookView) -> None:
+    async for _ in view.updates():
+        pass
