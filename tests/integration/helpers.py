@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -136,6 +137,53 @@ def stop_daemon(
     """Send ``sig`` (SIGTERM) and wait for the exit, as finish_daemon; exit code and log."""
     proc.send_signal(sig)
     return finish_daemon(proc, timeout)
+
+
+def assert_exactly_once(client: Any, keys: Keys, entries: list[Any]) -> None:
+    """The outputs are those an uninterrupted run makes of ``entries`` (one event each, in
+    order), trade IDs 1..N, and market data that follows the book with no seq gap."""
+    trades, events = read_outputs(client, keys)
+    want_trades, want_events = expected_outputs(entries)
+    assert len(events) == len(want_events)
+    assert events == want_events
+    assert trades == want_trades
+    assert [t.trade_id for t in trades] == list(range(1, len(trades) + 1))
+    assert_market_data(client, keys, entries)
+
+
+def kill_at_random_points(
+    client: Any,
+    keys: Keys,
+    url: str,
+    total: int,
+    *,
+    env: dict[str, str],
+    rng: random.Random,
+    most_ahead: int,
+    kills: int,
+    pair: str = PAIR,
+) -> list[int]:
+    """Start the daemon for ``pair`` on ``url`` and SIGKILL it, again and again, until the
+    events stream holds ``total`` entries or ``kills`` kills were made; the events stream's
+    length after each kill.
+
+    A third of the kills land at a random instant from launch (start-up, recovery); the rest
+    once up to ``most_ahead`` more events are committed, then a little later (mid-batch,
+    mid-commit, mid-snapshot). Counting output rather than seconds keeps the kills spread
+    over the stream however fast the server is."""
+    progress: list[int] = []
+    while (done := client.xlen(keys.events)) < total and len(progress) < kills:
+        proc = start_daemon(url, env=env, pair=pair)
+        try:
+            if rng.random() < 0.3:
+                time.sleep(rng.uniform(0.0, 0.5))
+            else:
+                wait_events(client, keys, min(done + rng.randint(1, most_ahead), total))
+                time.sleep(rng.uniform(0.0, 0.02))
+        finally:
+            stop_daemon(proc, signal.SIGKILL)
+        progress.append(client.xlen(keys.events))
+    return progress
 
 
 def no_input_id(items: list[Any]) -> list[Any]:

@@ -36,10 +36,10 @@ from shard.workload import standard_mix
 
 from ..seed import SEED_LINES, SEED_TRADE
 from .helpers import (
-    assert_market_data,
-    expected_outputs,
+    assert_exactly_once,
     finish_daemon,
     flat,
+    kill_at_random_points,
     no_input_id,
     publish,
     read_outputs,
@@ -101,13 +101,7 @@ def assert_consistent(client: Any, keys: Keys) -> list[tuple[str, dict[bytes, by
     """Exactly once on the inputs that survive: the outputs an uninterrupted run makes of
     them, trade IDs 1..N, market data with no seq gap. Returns those inputs."""
     entries = surviving(client, keys)
-    trades, events = read_outputs(client, keys)
-    want_trades, want_events = expected_outputs(entries)
-    assert len(events) == len(entries)
-    assert events == want_events
-    assert trades == want_trades
-    assert [t.trade_id for t in trades] == list(range(1, len(trades) + 1))
-    assert_market_data(client, keys, entries)
+    assert_exactly_once(client, keys, entries)
     return entries
 
 
@@ -264,19 +258,10 @@ def test_sigkill_at_random_points_on_a_cluster(
     messages = list(standard_mix(20_000, seed=91))
     ids = publish(rc, messages, key=keys.orders)
     env = {"SHARD_BATCH_SIZE": "10", "SHARD_SNAPSHOT_EVERY_INPUTS": "2000"}
-    rng = random.Random(11)
-    progress = []
-    while (done := rc.xlen(keys.events)) < len(messages) and len(progress) < 30:
-        proc = start_daemon(url, env=env, pair=PAIR)
-        try:
-            if rng.random() < 0.3:
-                time.sleep(rng.uniform(0.0, 0.5))
-            else:
-                wait_events(rc, keys, min(done + rng.randint(1, 3000), len(messages)))
-                time.sleep(rng.uniform(0.0, 0.02))
-        finally:
-            stop_daemon(proc, signal.SIGKILL)
-        progress.append(rc.xlen(keys.events))
+    progress = kill_at_random_points(
+        rc, keys, url, len(messages), env=env, rng=random.Random(11), most_ahead=3000,
+        kills=30, pair=PAIR,
+    )  # fmt: skip
     code, log = finish_daemon(start_daemon(url, "--exit-when-idle", env=env, pair=PAIR))
     assert code == 0, log
     assert len([n for n in progress if 0 < n < len(messages)]) >= 4, progress
@@ -285,10 +270,7 @@ def test_sigkill_at_random_points_on_a_cluster(
         (i, {k.encode(): str(v).encode() for k, v in m.items()})
         for i, m in zip(ids, messages, strict=True)
     ]
-    trades, events = read_outputs(rc, keys)
-    assert (trades, events) == expected_outputs(entries)
-    assert [t.trade_id for t in trades] == list(range(1, len(trades) + 1))
-    assert_market_data(rc, keys, entries)
+    assert_exactly_once(rc, keys, entries)
 
 
 def test_publish_trades_and_health_given_a_node_that_does_not_own_the_pair(

@@ -18,11 +18,10 @@ from shard.server import LocalServer
 from shard.workload import standard_mix
 
 from .helpers import (
-    assert_market_data,
-    expected_outputs,
+    assert_exactly_once,
     finish_daemon,
+    kill_at_random_points,
     publish,
-    read_outputs,
     start_daemon,
     stop_daemon,
     wait_events,
@@ -39,16 +38,6 @@ def entries_of(client: redis.Redis, ids: list[str], messages: list[dict]) -> lis
     ]
 
 
-def assert_exactly_once(client: redis.Redis, keys: Keys, entries: list) -> None:
-    trades, events = read_outputs(client, keys)
-    want_trades, want_events = expected_outputs(entries)
-    assert len(events) == len(want_events)
-    assert events == want_events
-    assert trades == want_trades
-    assert [t.trade_id for t in trades] == list(range(1, len(trades) + 1))
-    assert_market_data(client, keys, entries)
-
-
 @pytest.mark.parametrize("ack", ["xack", "setid"])
 def test_sigkill_at_random_points(
     server: LocalServer, r: redis.Redis, keys: Keys, ack: str
@@ -58,25 +47,10 @@ def test_sigkill_at_random_points(
     messages = list(standard_mix(100_000, seed=21))
     ids = publish(r, messages)
     env = {"SHARD_BATCH_SIZE": "10", "SHARD_SNAPSHOT_EVERY_INPUTS": "5000", "SHARD_ACK": ack}
-    rng = random.Random(7)
-    kills = 0
-    progress = []
-    while (done := r.xlen(keys.events)) < len(messages) and kills < 60:
-        proc = start_daemon(server.url, env=env)
-        try:
-            # A third of the kills land at a random instant from launch (start-up, recovery);
-            # the rest once a random amount of new output is committed, then a little later
-            # (mid-batch, mid-commit, mid-snapshot). Counting output rather than seconds keeps
-            # the kills spread over the stream however fast the server is.
-            if rng.random() < 0.3:
-                time.sleep(rng.uniform(0.0, 0.5))
-            else:
-                wait_events(r, keys, min(done + rng.randint(1, 12_000), len(messages)))
-                time.sleep(rng.uniform(0.0, 0.02))
-        finally:
-            stop_daemon(proc, signal.SIGKILL)
-        kills += 1
-        progress.append(r.xlen(keys.events))
+    progress = kill_at_random_points(
+        r, keys, server.url, len(messages), env=env, rng=random.Random(7), most_ahead=12_000,
+        kills=60,
+    )  # fmt: skip
     code, log = finish_daemon(start_daemon(server.url, "--exit-when-idle", env=env))
     assert code == 0, log
     mid_stream = [n for n in progress if 0 < n < len(messages)]
