@@ -17,12 +17,15 @@ import json
 import os
 import resource
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
 
 from shard.config import Keys
+
+if TYPE_CHECKING:
+    from shard.load.nodes import Route
 
 
 def describe_server(server: Mapping[str, Any], memory: Mapping[str, Any]) -> str:
@@ -106,12 +109,17 @@ def local_shard_pid(heartbeat: bytes | None) -> int | None:
     return pid if any(b"shard" in a for a in argv) and b"run" in argv else None
 
 
-async def server_usage(client: Redis) -> tuple[tuple[float, float], float, int]:
-    """((now, the server's CPU seconds so far), its RSS in MB, its forks so far) from INFO."""
-    info = await client.info()
-    cpu = float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
-    forks = int(info.get("total_forks", 0))
-    return (time.monotonic(), cpu), int(info["used_memory_rss"]) / 2**20, forks
+async def server_usage(clients: Iterable[Redis]) -> tuple[tuple[float, float], float, int]:
+    """((now, the servers' CPU seconds so far), their RSS in MB, their forks so far) from each
+    server's INFO, summed (one server, or a cluster's nodes that own the pairs)."""
+    cpu = rss = 0.0
+    forks = 0
+    for client in clients:
+        info = await client.info()
+        cpu += float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+        rss += int(info["used_memory_rss"]) / 2**20
+        forks += int(info.get("total_forks", 0))
+    return (time.monotonic(), cpu), rss, forks
 
 
 class Sampler:
@@ -127,33 +135,33 @@ class Sampler:
         self._forks = 0
         self._generations: dict[str, Any] = {}
 
-    async def begin(self, client: Redis) -> None:
+    async def begin(self, route: Route) -> None:
         """Take the baselines the first sample is measured from, just before the timed phase."""
         self._cpu = SelfCpu()
-        self._server_cpu, _, self._forks = await server_usage(client)
+        self._server_cpu, _, self._forks = await server_usage(route.nodes.values())
         for k in self.keys:
-            self._generations[k.pair] = await client.hget(k.snapshot, "generation")
+            self._generations[k.pair] = await route.of(k.pair).hget(k.snapshot, "generation")
 
-    async def sample(self, client: Redis) -> dict[str, float]:
+    async def sample(self, route: Route) -> dict[str, float]:
         """The figures since the previous sample (or :meth:`begin`)."""
         if self._cpu is None:
             raise RuntimeError("Sampler.sample() before begin()")
         s: dict[str, float] = {}
         lag = 0
         for k in self.keys:
-            for group in await client.xinfo_groups(k.orders):
+            for group in await route.of(k.pair).xinfo_groups(k.orders):
                 lag += int(group.get("lag") or 0)
         s["lag"] = lag
         # What else stalls: snapshots the shards stored, forks the server made (AOF rewrites).
         snapshots = 0
         for k in self.keys:
-            generation: Any = await client.hget(k.snapshot, "generation")
+            generation: Any = await route.of(k.pair).hget(k.snapshot, "generation")
             before = self._generations[k.pair]
             if generation != before:
                 snapshots += before is not None
                 self._generations[k.pair] = generation
         s["shard_snapshots"] = snapshots
-        now_cpu, server_rss, forks = await server_usage(client)
+        now_cpu, server_rss, forks = await server_usage(route.nodes.values())
         s["server_rss_mb"] = round(server_rss, 1)
         s["server_forks"] = forks - self._forks
         self._forks = forks

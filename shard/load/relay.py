@@ -26,7 +26,9 @@ from typing import Any, cast
 import hiredis
 import redis
 
+from shard.cluster import cluster_enabled, node_of_url, node_url
 from shard.config import Config, ConfigError, Keys, load
+from shard.load.nodes import owners
 
 BLOCK_MS = 200
 COUNT = 1000
@@ -46,9 +48,24 @@ def event_commands(events_key: str, entries: list[Any]) -> list[bytes]:
     ]
 
 
+def owner_client(config: Config) -> redis.Redis:
+    """A client on the server of the pair's keys: the URL's, or on a cluster the master that
+    owns the pair's slot (asked once, ``CLUSTER SLOTS``), since the relay's raw connection
+    must be there."""
+    client = redis.Redis.from_url(config.redis_url, protocol=2, **config.tls_options())
+    if config.cluster == "no" or not cluster_enabled(client.info("cluster")):
+        return client
+    asked = node_of_url(config.redis_url)
+    reply = client.execute_command("CLUSTER SLOTS")  # type: ignore[no-untyped-call]
+    client.close()
+    owner = owners(reply, asked, [config.pair], config.key_prefix)[config.pair]
+    url = node_url(config.redis_url, owner)
+    return redis.Redis.from_url(url, protocol=2, **config.tls_options())
+
+
 def relay(config: Config, keys: Keys, stop: list[bool]) -> int:
     """Answer inputs until ``stop[0]`` is set; how many were answered."""
-    client = redis.Redis.from_url(config.redis_url, protocol=2, **config.tls_options())
+    client = owner_client(config)
     conn = client.connection_pool.get_connection()
     try:
         newest = client.xrevrange(keys.orders, count=1)

@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 
 from shard.config import Keys
 from shard.load.latency import Recorder, Window
+from shard.load.nodes import Route, open_route
 from shard.load.pair import PairLoad, clock, connection
 from shard.load.probes import ProcStat, Sampler, describe_server, local_shard_pid
 from shard.load.schedule import Schedule
@@ -59,6 +60,8 @@ class LoadRun:
         self.trades = 0
         self.depth: dict[str, int] = {"entries": 0, "payload_bytes": 0, "sampled": 0}
         self.server_version = ""
+        self.server_nodes = 1
+        """The servers the pairs' keys are on (a cluster's owner nodes; their figures summed)."""
         self.sampler = Sampler(
             [Keys(pair, spec.key_prefix) for pair in spec.pairs],
             {p: ProcStat(pid) for p, pid in spec.shard_pids.items()},
@@ -93,21 +96,32 @@ class LoadRun:
 
     async def run(self) -> None:
         spec = self.spec
-        client = Redis.from_url(spec.url, protocol=2, socket_keepalive=True, **spec.tls)
+        route = await open_route(
+            spec.url,
+            spec.pairs,
+            spec.key_prefix,
+            lambda url: Redis.from_url(url, protocol=2, socket_keepalive=True, **spec.tls),
+        )
+        self.server_nodes = len(route.nodes)
         try:
+            client = next(iter(route.nodes.values()))
             self.server_version = describe_server(
                 await client.info("server"), await client.info("memory")
             )
+            if route.cluster:
+                self.server_version += f"; a cluster, the pairs' masters: {len(route.nodes)}"
             self._say(f"generating {spec.schedule.total:,} messages per pair ...")
             started = clock()
             self.pairs = [PairLoad(self, pair, i) for i, pair in enumerate(spec.pairs)]
             self._say(f"generated in {clock() - started:.1f} s")
             gc.collect()
             gc.freeze()  # the pre-packed messages never die: keep them out of collections
-            await self._await_shards(client)
+            await self._await_shards(route)
             if spec.preload:
                 self._say(f"preloading {spec.preload:,} resting orders per pair ...")
-                done = await asyncio.gather(*(p.do_preload(client) for p in self.pairs))
+                done = await asyncio.gather(
+                    *(p.do_preload(route.of(p.keys.pair)) for p in self.pairs)
+                )
                 seconds = max(s for _, s in done)
                 self.preload = {
                     "orders_per_pair": spec.preload,
@@ -119,22 +133,24 @@ class LoadRun:
                     "publish and apply)"
                 )
             for p in self.pairs:
-                await p.mark_start(client)
-            await self._timed(client)
+                await p.mark_start(route.of(p.keys.pair))
+            await self._timed(route)
             for p in self.pairs:
+                client = route.of(p.keys.pair)
                 self.trades += await p.last_trade_id(client) - p.trades_from
                 for name, n in zip(self.depth, await p.market_data(client), strict=True):
                     self.depth[name] += n
             self.peak_rss_mb = self.sampler.peak_rss_mb()
         finally:
-            await client.aclose()
+            await route.aclose()
 
-    async def _await_shards(self, client: Redis, timeout: float = 60.0) -> None:
+    async def _await_shards(self, route: Route, timeout: float = 60.0) -> None:
         """Wait for every pair's heartbeat, so start-up is not counted as latency; find the
         daemons' processes if they run here."""
         spec = self.spec
         deadline = clock() + timeout
         for p in self.pairs:
+            client = route.of(p.keys.pair)
             while not await client.exists(p.keys.health):
                 if clock() > deadline:
                     raise RuntimeError(
@@ -148,13 +164,19 @@ class LoadRun:
                 if pid is not None:
                     self.sampler.shards[p.keys.pair] = ProcStat(pid)
 
-    async def _timed(self, client: Redis) -> None:
+    async def _timed(self, route: Route) -> None:
         spec = self.spec
-        io = Redis.from_url(
-            spec.url, protocol=2, socket_keepalive=True, socket_timeout=None, **spec.tls
+        # The raw connections: on each pair's own server (its slot's owner on a cluster).
+        io = await open_route(
+            spec.url,
+            spec.pairs,
+            spec.key_prefix,
+            lambda url: Redis.from_url(
+                url, protocol=2, socket_keepalive=True, socket_timeout=None, **spec.tls
+            ),
         )
-        conns = [[await connection(io) for _ in range(2)] for _ in self.pairs]
-        await self.sampler.begin(client)
+        conns = [[await connection(io.of(p.keys.pair)) for _ in range(2)] for p in self.pairs]
+        await self.sampler.begin(route)
         self.t0 = clock()
         tasks = []
         for p, (xadd, events) in zip(self.pairs, conns, strict=True):
@@ -170,7 +192,7 @@ class LoadRun:
                     break
                 if not self.end and all(p.sent == spec.schedule.total for p in self.pairs):
                     self.end = clock() + spec.drain_seconds
-                await self._sample(client, second)
+                await self._sample(route, second)
                 second += 1
             await work
         finally:
@@ -183,7 +205,7 @@ class LoadRun:
             await io.aclose()
         self.elapsed = clock() - self.t0
 
-    async def _sample(self, client: Redis, second: int) -> None:
+    async def _sample(self, route: Route, second: int) -> None:
         """Second ``second``'s offered count, backlog and probes; then its live line."""
         w = self.recorder.window(second)
         schedule = self.spec.schedule
@@ -192,7 +214,7 @@ class LoadRun:
         )
         w.samples["in_flight"] = self.sent - self.completed
         w.samples["send_behind_ms"] = round(self.send_behind.get(second, 0.0) * 1000, 2)
-        w.samples.update(await self.sampler.sample(client))
+        w.samples.update(await self.sampler.sample(route))
         self._progress(w)
 
     def _progress(self, w: Window) -> None:

@@ -476,3 +476,34 @@ async def follow_through_failovers(
 async def consume(view: BookView) -> None:
     async for _ in view.updates():
         pass
+
+
+def test_load_on_three_masters(
+    cluster: LocalCluster, rc: redis.RedisCluster, tmp_path: Any
+) -> None:
+    """`shard load` given the first node's URL, for a pair on each master with its daemon:
+    every input is sent on its owner's raw connection and answered, the counts agree with
+    each pair's streams, and the server figures are those of the three owners, summed."""
+    pairs = [pair_on(cluster, m) for m in cluster.master_nodes()]
+    procs = [start_daemon(cluster.url, env=ENV, pair=p) for p in pairs]
+    try:
+        command = [sys.executable, "-m", "shard", "load", "--pairs", ",".join(pairs)]
+        command += ["--redis-url", cluster.url, "--rate", "100", "--duration", "2"]
+        command += ["--seed", "5", "--out", str(tmp_path), "--quiet"]
+        done = subprocess.run(command, capture_output=True, timeout=100)
+    finally:
+        logs = [stop_daemon(proc) for proc in procs]
+    assert done.returncode == 0, done.stderr
+    for code, log in logs:
+        assert code == 0, log
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["run"]["server_nodes"] == 3
+    assert "a cluster, the pairs' masters: 3" in report["run"]["server"]
+    totals = report["totals"]
+    assert totals["offered"] == totals["sent"] == totals["completed"] == 3 * 200
+    assert totals["missing"] == 0
+    assert totals["trades"] == sum(rc.xlen(Keys(p).trades) for p in pairs) > 0
+    for pair in pairs:
+        assert rc.xlen(Keys(pair).orders) == rc.xlen(Keys(pair).events) == 200
+    assert report["cpu_pct_mean"]["server"] > 0
+    assert all(row["server_rss_mb"] > 0 for row in report["seconds"] if "server_rss_mb" in row)
