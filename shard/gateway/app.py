@@ -29,7 +29,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from shard.config import Config, Keys
 from shard.gateway.candles import INTERVALS, candles
 from shard.gateway.config import GatewayConfig
-from shard.gateway.feed import Outcome, PairFeed, Subscriber, levels, pack, round_trip
+from shard.gateway.feed import Outcome, PairFeed, Subscriber, levels, pack, round_trip, ws_text
 from shard.gateway.limits import KeyRing, RateLimiter
 from shard.gateway.replica import LiveOrder, Replica
 from shard.messages import REJECTED
@@ -519,9 +519,17 @@ async def stream(gateway: Gateway, websocket: WebSocket) -> None:
                     sub.snapshot = True
                     sub.wake.set()
 
+    counted: dict[str, Any] = {}  # a metric's child per kind: labels() costs a lookup
+
+    async def send_text(kind: str, message: str) -> None:
+        await websocket.send_text(message)
+        child = counted.get(kind)
+        if child is None:
+            child = counted[kind] = sent.labels(feed.pair, kind)
+        child.inc()
+
     async def send(kind: str, message: Any) -> None:
-        await websocket.send_text(_json.encode(message).decode())
-        sent.labels(feed.pair, kind).inc()
+        await send_text(kind, ws_text(message))
 
     async def kick() -> None:
         """Close a client that fell behind on trades, even while a send to it blocks: the close
@@ -548,10 +556,10 @@ async def stream(gateway: Gateway, websocket: WebSocket) -> None:
             if sub.depth_due():
                 await send("depth", depth_message(sub))
             while sub.trades:
-                await send("trade", {"type": "trade", **msgspec.to_builtins(sub.trades.popleft())})
+                await send_text("trade", sub.trades.popleft())
             if sub.ticker is not None:
                 ticker, sub.ticker = sub.ticker, None
-                await send("ticker", {"type": "ticker", **ticker})
+                await send_text("ticker", ticker)
 
     try:
         async with asyncio.TaskGroup() as tasks:

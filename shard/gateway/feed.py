@@ -111,7 +111,8 @@ class Subscriber:
 
     Book changes are merged per level (the latest value wins), so what is pending is one
     update from :attr:`sent_seq` to :attr:`seq`, however many entries it spans. Trades are a
-    queue of at most ``max_trades``; past it the client is marked :attr:`overflowed`."""
+    queue of at most ``max_trades``; past it the client is marked :attr:`overflowed`. Trades
+    and the ticker wait as the text of their message, encoded once for every client."""
 
     __slots__ = (
         "asks", "best", "bids", "checksum", "input_id", "kicked", "max_trades", "overflowed",
@@ -129,12 +130,12 @@ class Subscriber:
         self.input_id = ""
         self.checksum = 0
         self.best: tuple[Any, Any] = (None, None)
-        self.trades: deque[Trade] = deque()
+        self.trades: deque[str] = deque()
         self.max_trades = max_trades
         self.overflowed = False
         self.kicked = asyncio.Event()
         """Set with :attr:`overflowed`: its connection is closed even while a send blocks."""
-        self.ticker: dict[str, int | str] | None = None
+        self.ticker: str | None = None
 
     def depth_due(self) -> bool:
         return self.seq > self.sent_seq
@@ -267,14 +268,17 @@ class PairFeed:
         if new_trades:
             self.trades.extend(new_trades)
             self.ticker = decode_ticker(_fields(ticker))
-        for sub in self.subscribers if new_trades else ():
-            sub.trades.extend(new_trades)
-            if len(sub.trades) > sub.max_trades:
-                sub.overflowed = True
-                sub.trades.clear()
-                sub.kicked.set()
-            sub.ticker = self.ticker
-            sub.wake.set()
+        if new_trades and self.subscribers:
+            texts = [ws_text({"type": "trade", **msgspec.to_builtins(t)}) for t in new_trades]
+            ticker_text = ws_text({"type": "ticker", **self.ticker})
+            for sub in self.subscribers:
+                sub.trades.extend(texts)
+                if len(sub.trades) > sub.max_trades:
+                    sub.overflowed = True
+                    sub.trades.clear()
+                    sub.kicked.set()
+                sub.ticker = ticker_text
+                sub.wake.set()
         if replica is not None and ahead:
             replica.read_ahead(replies[2])
         parsed = [event_from_fields(_fields(fields)) for _, fields in events]
@@ -374,6 +378,14 @@ class PairFeed:
 
     def unsubscribe(self, sub: Subscriber) -> None:
         self.subscribers.discard(sub)
+
+
+_json: Final = msgspec.json.Encoder()
+
+
+def ws_text(message: dict[str, Any]) -> str:
+    """A WebSocket message's text."""
+    return _json.encode(message).decode()
 
 
 def levels(items: Iterable[Level]) -> list[list[int]]:
