@@ -20,7 +20,16 @@
    of each figure: the machine's speed moves by up to 2x within minutes, and the Lua XADD rate
    printed beside shows what each run met.
 
+With --cluster, it compares instead three pairs (--count messages each, a daemon each, all at
+once) on one server against the same three pairs on a local Redis Cluster of 3 masters (with
+--cluster-replicas replicas each, 1 by default), the pairs chosen so that each master owns
+one; each daemon is given the first node's URL. Per run, one server and one cluster, each new,
+in alternating order; the total rate is all pairs' events over the span from the first event
+to the last (server clocks: every node runs on this machine). Server CPU is the main threads'
+of the nodes holding a pair, summed, per input; the replicas' is printed beside.
+
   .venv/bin/python scripts/bench_e2e.py --count 300000 --runs 5
+  .venv/bin/python scripts/bench_e2e.py --cluster --count 100000 --runs 3
 """
 
 from __future__ import annotations
@@ -33,11 +42,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import NamedTuple
 
 import hiredis
 import redis
 
+from shard.cluster_local import LocalCluster
 from shard.load.probes import describe_server, main_thread_cpu
 from shard.server import LocalServer
 from shard.workload import standard_mix
@@ -56,10 +67,10 @@ def ms_of(entry_id: bytes) -> int:
     return int(entry_id.split(b"-")[0])
 
 
-def publish(client: redis.Redis, count: int, seed: int) -> None:
+def publish(client: redis.Redis, count: int, seed: int, pair: str = PAIR) -> None:
     pipe = client.pipeline(transaction=False)
     for i, msg in enumerate(standard_mix(count, seed)):
-        pipe.xadd(f"orders:{{{PAIR}}}", {k: str(v) for k, v in msg.items()})
+        pipe.xadd(f"orders:{{{pair}}}", {k: str(v) for k, v in msg.items()})
         if i % 5000 == 4999:
             pipe.execute()
     pipe.execute()
@@ -189,6 +200,126 @@ def run_once(args: argparse.Namespace, tmp: str) -> Run:
             server.stop()
 
 
+class PairsRun(NamedTuple):
+    rate: float  # all pairs' inputs per second, first event to last
+    shard_us: float  # the daemons' CPU per input
+    server_us: float  # main-thread CPU per input of the servers holding a pair, summed
+    replica_us: float  # the replicas' main threads, per input (0 on one server)
+
+
+def run_pairs(
+    args: argparse.Namespace,
+    label: str,
+    url: str,
+    owners: dict[str, redis.Redis],
+    replicas: list[redis.Redis],
+) -> PairsRun:
+    """Three pairs at once: publish --count each (on its owner), run a daemon each given
+    ``url``, wait for all; the total rate and CPU per input."""
+    for i, (pair, client) in enumerate(owners.items()):
+        publish(client, args.count, args.seed + i, pair)
+    masters = list({id(c): c for c in owners.values()}.values())
+    env = {**os.environ, "SHARD_BATCH_SIZE": str(args.batch_size), "SHARD_LOG_LEVEL": "WARNING"}
+    cpu = [main_thread_cpu(c.info("cpu")) for c in masters]
+    replica_cpu = [main_thread_cpu(c.info("cpu")) for c in replicas]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    command = [sys.executable, "-m", "shard", "run", "--redis-url", url, "--exit-when-idle"]
+    procs = [subprocess.Popen([*command, "--pair", pair], env=env) for pair in owners]
+    for proc in procs:
+        proc.wait()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    server = sum(main_thread_cpu(c.info("cpu")) for c in masters) - sum(cpu)
+    replica = sum(main_thread_cpu(c.info("cpu")) for c in replicas) - sum(replica_cpu)
+    shard = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    firsts, lasts, total, rates = [], [], 0, []
+    for pair, client in owners.items():
+        events = f"events:{{{pair}}}"
+        first = ms_of(client.xrange(events, count=1)[0][0])
+        last = ms_of(client.xrevrange(events, count=1)[0][0])
+        n = client.xlen(events)
+        firsts.append(first)
+        lasts.append(last)
+        total += n
+        rates.append(n / max(1, last - first) * 1000)
+    span = max(1, max(lasts) - min(firsts)) / 1000
+    result = PairsRun(
+        total / span, shard / total * 1e6, server / total * 1e6, replica / total * 1e6
+    )
+    print(
+        f"{label}: {len(owners)} pairs, {total:,} inputs in {span:.2f} s = "
+        f"{result.rate:,.0f} msgs/s in all (per pair {', '.join(f'{r:,.0f}' for r in rates)}); "
+        f"cpu per input: shards {result.shard_us:.1f} us, servers holding a pair "
+        f"{result.server_us:.1f} us, replicas {result.replica_us:.1f} us"
+    )
+    return result
+
+
+def run_cluster_pair(args: argparse.Namespace, tmp: str, order: int) -> tuple[PairsRun, PairsRun]:
+    """One server, then one cluster (or the other way round when ``order`` is odd), each new;
+    the same three pairs, one per master of the cluster."""
+    cluster = LocalCluster(Path(tmp) / "cluster", 3, args.cluster_replicas, node_timeout_ms=5000)
+    cluster.start()
+    try:
+        names = (f"BENCH-{i}" for i in range(10_000))
+        masters = cluster.master_nodes()
+        pairs = []
+        for master in masters:
+            pairs.append(next(p for p in names if cluster.owner(p).port == master.port))
+        first = cluster.client(masters[0])
+        server = describe_server(first.info("server"), first.info("memory"))
+        print(f"# {server}; {os.cpu_count()} cores; pairs {', '.join(pairs)}")
+
+        def on_cluster() -> PairsRun:
+            owners = {p: cluster.client(cluster.owner(p)) for p in pairs}
+            replicas = [cluster.client(r) for m in masters for r in cluster.replicas_of(m)]
+            return run_pairs(
+                args,
+                f"cluster, 3 masters x {1 + args.cluster_replicas} nodes",
+                cluster.url,
+                owners,
+                replicas,
+            )
+
+        def on_one_server() -> PairsRun:
+            with LocalServer(Path(tmp) / "single", appendfsync="everysec") as server:
+                client = redis.Redis.from_url(server.url)
+                try:
+                    return run_pairs(args, "one server", server.url, {p: client for p in pairs}, [])
+                finally:
+                    client.close()
+
+        if order % 2:
+            clustered = on_cluster()
+            single = on_one_server()
+        else:
+            single = on_one_server()
+            clustered = on_cluster()
+        return single, clustered
+    finally:
+        cluster.stop()
+
+
+def cluster_main(args: argparse.Namespace) -> None:
+    runs = []
+    for i in range(args.runs):
+        with tempfile.TemporaryDirectory() as tmp:
+            runs.append(run_cluster_pair(args, tmp, i))
+    if len(runs) > 1:
+        print(f"# {len(runs)} runs: median (min-max)")
+    for index, label in ((0, "one server"), (1, "cluster")):
+        for name, unit, fmt in (
+            ("rate", "msgs/s in all", ",.0f"),
+            ("shard_us", "us shard CPU per input", ".1f"),
+            ("server_us", "us CPU per input, servers holding a pair", ".1f"),
+            ("replica_us", "us CPU per input, replicas", ".1f"),
+        ):
+            values = sorted(getattr(r[index], name) for r in runs)
+            print(
+                f"{label}: {format(statistics.median(values), fmt)} ({format(values[0], fmt)}-"
+                f"{format(values[-1], fmt)}) {unit}"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -198,7 +329,16 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=1, help="repeat, each on a new server")
     parser.add_argument("--redis-url", help="use this server (its db is FLUSHED) instead")
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="three pairs on one server against the same on a 3-master local cluster",
+    )
+    parser.add_argument("--cluster-replicas", type=int, default=1, help="per master (1)")
     args = parser.parse_args()
+    if args.cluster:
+        cluster_main(args)
+        return
     runs = []
     for _ in range(args.runs):
         with tempfile.TemporaryDirectory() as tmp:
