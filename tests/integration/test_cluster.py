@@ -432,7 +432,11 @@ def test_book_given_a_node_that_does_not_own_the_pair(
     )
     assert cluster.owner(PAIR).port == owner.port  # failed over and back
     assert view.seq > snap["seq"]
-    assert resyncs, "the FORCE failover should have made the view resync at least once"
+    # Its resyncs depend on the server and the timing: Redis answers the read blocked on the
+    # demoted master with UNBLOCKED, Valkey with MOVED, which the client follows; and FORCE
+    # may roll back depth entries the view had applied, after which the same seq names
+    # another change: a mismatch, then a resync (docs/cluster.md). The end state is the test.
+    assert set(resyncs) <= {"reconnect", "unavailable", "mismatch", "gap"}, resyncs
 
 
 async def follow_through_failovers(
