@@ -82,7 +82,6 @@ def build(run: Any, meta: dict[str, Any]) -> dict[str, Any]:
             "pairs": spec.pairs,
             "seed": spec.seed,
             "server": run.server_version,
-            "server_nodes": run.server_nodes,
             "schedule_seconds": spec.schedule.duration,
         },
         "preload": run.preload,

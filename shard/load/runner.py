@@ -60,8 +60,6 @@ class LoadRun:
         self.trades = 0
         self.depth: dict[str, int] = {"entries": 0, "payload_bytes": 0, "sampled": 0}
         self.server_version = ""
-        self.server_nodes = 1
-        """The servers the pairs' keys are on (a cluster's owner nodes; their figures summed)."""
         self.sampler = Sampler(
             [Keys(pair, spec.key_prefix) for pair in spec.pairs],
             {p: ProcStat(pid) for p, pid in spec.shard_pids.items()},
@@ -102,7 +100,6 @@ class LoadRun:
             spec.key_prefix,
             lambda url: Redis.from_url(url, protocol=2, socket_keepalive=True, **spec.tls),
         )
-        self.server_nodes = len(route.nodes)
         try:
             client = next(iter(route.nodes.values()))
             self.server_version = describe_server(

@@ -501,7 +501,6 @@ def test_load_on_three_masters(
     for code, log in logs:
         assert code == 0, log
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["run"]["server_nodes"] == 3
     assert "a cluster, the pairs' masters: 3" in report["run"]["server"]
     totals = report["totals"]
     assert totals["offered"] == totals["sent"] == totals["completed"] == 3 * 200
