@@ -22,6 +22,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from shard.cluster import cluster_enabled
 from shard.config import Config
 
 REDIS_ERRORS: Final = (RedisConnectionError, RedisTimeoutError, BusyLoadingError, ReadOnlyError)
@@ -136,10 +137,6 @@ def _cluster_mode(config: Config) -> bool | None:
     return True if config.cluster == "yes" else None
 
 
-def _cluster_enabled(info: dict[str, Any]) -> bool:
-    return str(info.get("cluster_enabled", "0")) == "1"
-
-
 def sync_client(config: Config) -> redis.Redis:
     """A client for the command-line tools (RESP2, bytes replies, redis-py's retries on): the
     config's URL, connect timeout and TLS keys, as the daemon's. On a Redis Cluster (the
@@ -158,7 +155,7 @@ def sync_client(config: Config) -> redis.Redis:
         return plain
     if mode is None:
         try:
-            enabled = _cluster_enabled(plain.info("cluster"))
+            enabled = cluster_enabled(plain.info("cluster"))
         except redis.RedisError:
             return plain  # the command meets the same error, and reports it as it does today
         if not enabled:
@@ -181,7 +178,7 @@ async def async_tools_client(config: Config) -> Redis:
         return plain
     if mode is None:
         try:
-            enabled = _cluster_enabled(await plain.info("cluster"))
+            enabled = cluster_enabled(await plain.info("cluster"))
         except redis.RedisError:
             return plain  # the view's first read meets the same error and resyncs
         if not enabled:
