@@ -158,7 +158,7 @@ def market_data(depth: Depth | None) -> tuple[list[str], list[str], list[str]]:
                 book_set += (f"{prefix}{price}", f"{quantity}:{orders}")
             else:
                 book_del.append(f"{prefix}{price}")
-        sides.append(",".join(f"{p}:{q}:{n}" for p, q, n in levels))
+        sides.append(",".join([f"{p}:{q}:{n}" for p, q, n in levels]))
     best = [f"{b[0]}:{b[1]}" if b else "" for b in (depth.best_bid, depth.best_ask)]
     return [*sides, *best, str(depth.checksum)], book_set, book_del
 

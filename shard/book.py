@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Final
 from sortedcontainers import SortedList
 
 from shard.fees import Fees, fee
+from shard.l2 import level_text
 from shard.messages import Trade
 from shard.owners import Owners
 
@@ -55,7 +56,7 @@ NO_LIMIT: Final = 1 << 65
 class Level:
     """All resting orders at one price on one side, in FIFO order, with their cached total."""
 
-    __slots__ = ("changed", "fresh", "held", "key", "orders", "owner", "price", "total")
+    __slots__ = ("changed", "fresh", "held", "key", "orders", "owner", "price", "text", "total")
 
     def __init__(self, price: int, key: int, owner: BookSide) -> None:
         self.price = price
@@ -68,6 +69,9 @@ class Level:
         # levels as recorded already, so the test on the matching path never records one.
         self.changed = not owner.tracked
         self.fresh = True  # made since the last take_changes: absent from the last report
+        self.text = ""
+        """Its part of the checksummed text (:func:`shard.l2.level_text`) as of the last
+        take_changes, on a book that tracks changes: made once per change, not per checksum."""
 
 
 class BookSide:
@@ -550,6 +554,7 @@ class OrderBook:
                 live = level.owner.levels.get(level.key)
                 if live is not None:
                     seen[level.key] = (level.price, live.total, len(live.orders))
+                    live.text = level_text(level.price, live.total)
                 else:  # gone; unless it was made since the last call, which never reported it
                     seen[level.key] = None if level.fresh else (level.price, 0, 0)
             level.fresh = False
@@ -559,14 +564,11 @@ class OrderBook:
             [view for key in sorted(final[1]) if (view := final[1][key]) is not None],
         )
 
-    def top(self, side: str, n: int) -> list[LevelView]:
-        """The ``n`` best levels of a side as ``(price, quantity, orders)``, best first. O(n)."""
-        book_side = self.side(side)
+    @staticmethod
+    def best_levels(book_side: BookSide, n: int) -> list[Level]:
+        """The ``n`` best levels of a side, best first. O(n)."""
         levels = book_side.levels
-        return [
-            (level.price, level.total, len(level.orders))
-            for level in [levels[key] for key in book_side.keys[:n]]
-        ]
+        return [levels[key] for key in book_side.keys[:n]]
 
     # -- state -----------------------------------------------------------------------------------
 
@@ -593,6 +595,7 @@ class OrderBook:
         level.orders.update(zip(order_ids, quantities, strict=True))
         added = sum(quantities)
         level.total += added
+        level.text = level_text(price, level.total)
         book_side.quantity += added
         self.index.update(dict.fromkeys(order_ids, level))
 

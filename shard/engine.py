@@ -40,7 +40,7 @@ import msgspec
 
 from shard.book import NO_LIMIT, LevelView, OrderBook
 from shard.fees import Fees
-from shard.l2 import CHECKSUM_LEVELS, checksum_of, side_text
+from shard.l2 import CHECKSUM_LEVELS, checksum_of
 from shard.messages import (
     AMENDED,
     CANCELLED,
@@ -478,13 +478,14 @@ class Engine:
             return None
         book = self.book
         texts, nth = self._top_texts, self._top_nth
-        for i, (side, changes, sign) in enumerate((("buy", bids, -1), ("sell", asks, 1))):
+        for i, (changes, side) in enumerate(((bids, book.bids), (asks, book.asks))):
             # The levels up to the 10th key the text was made from are untouched if every
-            # change lies behind it: then so are the text and that key.
-            if texts[i] is None or (changes and not all(sign * c[0] > nth[i] for c in changes)):
-                top = book.top(side, CHECKSUM_LEVELS)
-                texts[i] = side_text(top)
-                nth[i] = sign * top[-1][0] if len(top) == CHECKSUM_LEVELS else NO_LIMIT
+            # change lies behind it, that is the best change (the first) does: then so are
+            # the text and that key.
+            if texts[i] is None or (changes and side.sign * changes[0][0] <= nth[i]):
+                top = book.best_levels(side, CHECKSUM_LEVELS)
+                texts[i] = ",".join([level.text for level in top])
+                nth[i] = top[-1].key if len(top) == CHECKSUM_LEVELS else NO_LIMIT
         best_bid, best_ask = book.bids.best, book.asks.best
         return Depth(
             bids,

@@ -30,6 +30,11 @@ def side_text(levels: Iterable[Level]) -> str:
     return ",".join([f"{level[0]}:{level[1]}" for level in islice(levels, CHECKSUM_LEVELS)])
 
 
+def level_text(price: int, quantity: int) -> str:
+    """One level's part of :func:`side_text`."""
+    return f"{price}:{quantity}"
+
+
 def checksum_of(bids_text: str, asks_text: str) -> int:
     """The checksum of the two sides' :func:`side_text`."""
     return zlib.crc32(f"{bids_text}|{asks_text}".encode())
