@@ -54,19 +54,21 @@ class Lease:
         self.holder = config.instance or socket.gethostname()
         self.ttl_ms = int(config.lease_ttl * 1000)
         self.held = False
+        self.standing_by = False
+        """Said it stands by and has not taken the pair yet: kept across calls of :meth:`take`,
+        so a wait cut short by a Redis error still ends in ``took over the pair``."""
         self._beat: asyncio.Task[None] | None = None
         self._last_beat = 0.0
 
     async def take(self) -> None:
         """Hold the lease, waiting as a standby while another daemon does; :class:`Stopping`
         if a stop comes first."""
-        announced = False
         warned_at = -NO_EXPIRY_WARN_EVERY
         store = self.store
         while (holder := await store.acquire_lease(self.holder, self.ttl_ms)) is not None:
-            if not announced:
+            if not self.standing_by:
                 log.info("standby: another daemon holds the pair", holder=holder, me=self.holder)
-                announced = True
+                self.standing_by = True
             now = time.monotonic()
             if now - warned_at >= NO_EXPIRY_WARN_EVERY and await store.lease_ttl_ms() == -1:
                 warned_at = now
@@ -81,7 +83,8 @@ class Lease:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), STANDBY_POLL)  # not a Redis call
         self.held = True
-        if announced:
+        if self.standing_by:
+            self.standing_by = False
             log.info("took over the pair", me=self.holder)
 
     def lost(self) -> None:
