@@ -41,7 +41,7 @@ from sortedcontainers import SortedList
 from shard.fees import Fees, fee
 from shard.l2 import level_text
 from shard.messages import Trade
-from shard.owners import Owners
+from shard.owners import Account, Owners
 
 if TYPE_CHECKING:
     from shard.cut import Cut
@@ -51,6 +51,9 @@ LevelView = tuple[int, int, int]
 
 NO_LIMIT: Final = 1 << 65
 """Limit key of a market order: above every price key, so it crosses every level."""
+
+NOBODY: Final = Account("")
+"""The "own account" of a taker that cannot meet itself: no order belongs to it."""
 
 
 class Level:
@@ -361,7 +364,8 @@ class OrderBook:
         owners = self.owners
         of = owners.of
         rates = self.fees
-        guard = account is not None and mode != "none"
+        # The taker's own account, if it has resting orders to meet (else no maker is it).
+        mine = NOBODY if account is None or mode == "none" else owners.accounts.get(account, NOBODY)
         trade_id = self.next_trade_id
         append = trades.append
         changed = self.changed
@@ -381,13 +385,13 @@ class OrderBook:
             taken = 0  # quantity that left the level without a trade
             for maker, available in orders.items():
                 owner = of.get(maker)
-                if guard and owner == account:
+                if owner is mine:
                     if mode == "cancel_taker":
                         stopped = True
                         break
                     cut = available if mode != "decrement" or available <= quantity else quantity
                     taken += cut
-                    removed.append((maker, cut, available - cut, owner))  # type: ignore[arg-type]
+                    removed.append((maker, cut, available - cut, mine.name))
                     if cut == available:
                         done.append(maker)
                     else:
@@ -402,16 +406,23 @@ class OrderBook:
                             break
                     continue
                 fill = available if available <= quantity else quantity
-                maker_fee = taker_fee = None
-                if rates is not None:
+                named = None if owner is None else owner.name
+                if rates is None:
+                    append(
+                        Trade(
+                            trade_id, taker_id, maker, level_price, fill, timestamp, side,
+                            input_id, named, account,
+                        )
+                    )  # fmt: skip
+                else:
                     notional = level_price * fill
-                    maker_fee, taker_fee = fee(notional, rates[0]), fee(notional, rates[1])
-                append(
-                    Trade(
-                        trade_id, taker_id, maker, level_price, fill, timestamp, side, input_id,
-                        owner, account, maker_fee, taker_fee,
-                    )
-                )  # fmt: skip
+                    append(
+                        Trade(
+                            trade_id, taker_id, maker, level_price, fill, timestamp, side,
+                            input_id, named, account, fee(notional, rates[0]),
+                            fee(notional, rates[1]),
+                        )
+                    )  # fmt: skip
                 trade_id += 1
                 traded += fill
                 quantity -= fill
@@ -426,13 +437,14 @@ class OrderBook:
                 del index[maker]
                 if maker in of:
                     owners.forget(maker)
-            opposite.quantity -= traded + taken
             if traded:
                 traded_any = True
                 self.volume += traded
                 self.notional += level_price * traded
+                taken += traded
+            opposite.quantity -= taken
             if orders:  # the loop stopped inside the level: the taker is done or stopped
-                level.total -= traded + taken
+                level.total -= taken
                 break
             opposite.drop(level)
             if stopped or not quantity:
@@ -453,7 +465,8 @@ class OrderBook:
         liquidity for it; under ``cancel_maker`` matching would skip it, under the other modes
         but ``none`` stop there. O(levels needed) while the account has no resting order, else
         O(orders walked)."""
-        if mode == "none" or account not in self.owners.orders:
+        mine = self.owners.accounts.get(account)
+        if mode == "none" or mine is None:
             return self.can_fill(side, price, quantity)
         if side == "buy":
             opposite, limit = self.asks, NO_LIMIT if price is None else price
@@ -464,7 +477,7 @@ class OrderBook:
             if level.key > limit:
                 return False
             for maker, available in level.orders.items():
-                if of.get(maker) == account:
+                if of.get(maker) is mine:
                     if mode == "cancel_maker":
                         continue
                     return False
@@ -487,8 +500,15 @@ class OrderBook:
 
         The caller guarantees that ``order_id`` is not live and that the order does not cross.
         """
-        if account is not None:
-            self.owners.add(order_id, account, mode)
+        if account is not None:  # Owners.add, inlined: the call would cost more than its work
+            owners = self.owners
+            owner = owners.accounts.get(account)
+            if owner is None:
+                owner = owners.accounts[account] = Account(account)
+            owner.orders[order_id] = None
+            owners.of[order_id] = owner
+            if mode is not None:
+                owners.modes[order_id] = mode
         book_side = self.bids if side == "buy" else self.asks
         level = book_side.level_for(price)
         if level.held:
@@ -508,8 +528,15 @@ class OrderBook:
             return None
         if level.held:  # first: the cut copies the level with its orders' accounts
             self._keep(level)
-        if order_id in self.owners.of:
-            self.owners.forget(order_id)
+        if order_id in self.owners.of:  # Owners.forget, inlined
+            owners = self.owners
+            owner = owners.of.pop(order_id)
+            if owners.modes:
+                owners.modes.pop(order_id, None)
+            owned = owner.orders
+            del owned[order_id]
+            if not owned:
+                del owners.accounts[owner.name]
         if not level.changed:
             level.changed = True
             self.changed.append(level)

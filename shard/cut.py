@@ -17,7 +17,7 @@ def owned(owners: Owners, order_ids: list[str]) -> tuple[list[str] | None, list[
     if not owners.of:
         return None, None
     of, modes = owners.of, owners.modes
-    accounts = [of.get(o, "") for o in order_ids]
+    accounts = [of[o].name if o in of else "" for o in order_ids]
     if not any(accounts):
         return None, None
     given = [modes.get(o, "") for o in order_ids] if modes else []

@@ -74,6 +74,10 @@ _CHARGED: Final = ("fees",)
 """The never-empty stand-in for the account index of a pair that charges fees: its orders all
 take the path that charges them."""
 
+_NOT_PREVENTED: Final[list[tuple[str, int, int, str]]] = []
+"""The ``removed`` list of a taker without account: prevention never applies to it, so
+:meth:`~shard.book.OrderBook.take_owned` never appends to it."""
+
 DIGEST_SCHEME: Final = "d2:"
 """Prefix of :meth:`Engine.digest`; digests stored under another scheme are not compared."""
 
@@ -159,7 +163,7 @@ class Engine:
         :attr:`order_events`, and return its own event."""
         # Exact types, most common first: cheaper than a class match (docs/benchmarks.md).
         if type(msg) is Order:
-            if msg.account is None and not self._owned:
+            if msg.account is None:
                 return self._order(msg, input_id, trades)
             return self._owned_order(msg, input_id, trades)
         if type(msg) is Cancel:
@@ -176,7 +180,8 @@ class Engine:
         raise TypeError(f"not an input message: {msg!r}")  # a bug in the caller, not bad input
 
     def _order(self, msg: Order, input_id: str | None, trades: list[Trade]) -> Event:
-        """An order on a book without accounts or fees, from a taker without an account."""
+        """An order without an account: it never meets itself, so only the makers' accounts
+        and the fees, when in play, take it off the plain :meth:`~shard.book.OrderBook.take`."""
         book = self.book
         order_id = msg.order_id
         if order_id in self._live:
@@ -185,27 +190,27 @@ class Engine:
         price = msg.price
         quantity = msg.quantity
         order_type = msg.order_type
-        if order_type == "limit":
+        if order_type == "limit" or order_type == "post_only":
             if not book.crosses(side, price):  # type: ignore[arg-type]
                 book.add(order_id, side, price, quantity)  # type: ignore[arg-type]
                 return Event(input_id, order_id, RESTING, 0, quantity)
-            rest = book.take(order_id, side, price, quantity, msg.timestamp, input_id, trades)
-            if not rest:
-                return Event(input_id, order_id, FILLED, quantity, 0)
-            book.add(order_id, side, price, rest)  # type: ignore[arg-type]
-            status = RESTING if rest == quantity else PARTIALLY_FILLED
-            return Event(input_id, order_id, status, quantity - rest, rest)
-        if order_type == "post_only":
-            if book.crosses(side, price):  # type: ignore[arg-type]
+            if order_type == "post_only":
                 return self._would_cross(msg, input_id)
-            book.add(order_id, side, price, quantity)  # type: ignore[arg-type]
-            return Event(input_id, order_id, RESTING, 0, quantity)
-        if order_type == "fok" and not book.can_fill(side, price, quantity):
+        elif order_type == "fok" and not book.can_fill(side, price, quantity):
             return _fok_unfilled(msg, input_id)
-        rest = book.take(order_id, side, price, quantity, msg.timestamp, input_id, trades)
+        if self._owned:
+            rest = book.take_owned(
+                order_id, side, price, quantity, msg.timestamp, input_id, trades, None, "none",
+                _NOT_PREVENTED,
+            )[0]  # fmt: skip
+        else:
+            rest = book.take(order_id, side, price, quantity, msg.timestamp, input_id, trades)
         if not rest:
             return Event(input_id, order_id, FILLED, quantity, 0)
-        return _no_liquidity(msg, input_id, rest)
+        if order_type != "limit":
+            return _no_liquidity(msg, input_id, rest)
+        book.add(order_id, side, price, rest)  # type: ignore[arg-type]
+        return Event(input_id, order_id, PARTIALLY_FILLED, quantity - rest, rest)
 
     def _owned_order(self, msg: Order, input_id: str | None, trades: list[Trade]) -> Event:
         """An order where accounts or fees are in play: :meth:`_order`'s rules, plus the
@@ -350,7 +355,8 @@ class Engine:
             if removed is None:
                 return _unknown(order_id, input_id)
             return Event(input_id, order_id, CANCELLED, None, 0, removed)
-        if self._of.get(order_id) != account:
+        owner = self._of.get(order_id)
+        if owner is None or owner.name != account:
             return _unknown(order_id, input_id, account)
         removed = self.book.cancel(order_id)
         return Event(input_id, order_id, CANCELLED, None, 0, removed, None, None, None, account)
@@ -360,7 +366,10 @@ class Engine:
         order_id = msg.order_id
         live = book.get(order_id)
         account = msg.account
-        if live is None or (account is not None and self._of.get(order_id) != account):
+        if live is None or (
+            account is not None
+            and ((owner := self._of.get(order_id)) is None or owner.name != account)
+        ):
             return _unknown(order_id, input_id, account)
         side, price, remaining = live
         new_price = price if msg.price is None else msg.price
@@ -396,7 +405,7 @@ class Engine:
         and stp mode, and meets its own account's orders as that mode says."""
         book = self.book
         order_id = msg.order_id
-        owner = book.owners.of.get(order_id)
+        owner = book.owners.account_of(order_id)
         given = book.owners.modes.get(order_id)
         mode = given or self.stp_default
         book.cancel(order_id)
@@ -522,7 +531,7 @@ class Engine:
             else:
                 shape += (0, 0, 0)
         if book.owners.of:  # so a book without accounts keeps the digest it always had
-            shape += (len(book.owners.of), len(book.owners.orders), len(book.owners.modes))
+            shape += (len(book.owners.of), len(book.owners.accounts), len(book.owners.modes))
         return (
             DIGEST_SCHEME
             + hashlib.blake2b(_digest_encoder.encode(shape), digest_size=16).hexdigest()

@@ -164,7 +164,7 @@ class Replica:
         if got is None:
             return None
         side, price, remaining = got
-        return LiveOrder(order_id, side, price, remaining, book.owners.of.get(order_id))
+        return LiveOrder(order_id, side, price, remaining, book.owners.account_of(order_id))
 
     def open_orders(self, account: str) -> list[LiveOrder]:
         """The account's live orders, in the book's order (bids best first, then asks)."""

@@ -281,7 +281,7 @@ def test_post_only_is_unaffected(run: Run) -> None:
     assert (event.status, event.reason) == ("rejected", "would_cross")
     assert run.live("a1") == ("sell", 100, 4)
     assert run.order("p2", "buy", 1, 99, "post_only", account="alice").account == "alice"
-    assert run.engine.book.owners.of["p2"] == "alice"
+    assert run.engine.book.owners.account_of("p2") == "alice"
 
 
 def test_an_amend_that_reenters_meets_its_own_orders(run: Run) -> None:
@@ -332,7 +332,7 @@ def test_cancel_all_removes_every_order_of_the_account(run: Run) -> None:
         ("a3", 1, "cancel_all"),
         ("a2", 7, "cancel_all"),
     ]
-    assert len(run.engine.book) == 1 and "alice" not in run.engine.book.owners.orders
+    assert len(run.engine.book) == 1 and "alice" not in run.engine.book.owners.accounts
 
 
 def test_cancel_all_of_one_side(run: Run) -> None:
@@ -354,8 +354,8 @@ def test_cancel_all_costs_the_accounts_orders_not_the_book() -> None:
     for i in range(2000):
         run.engine.apply(Order(f"x{i}", "buy", 1, 10 + i % 50, "limit", 1), None, run.trades)
     run.order("a1", "buy", 1, 5, account="alice")
-    owned = run.engine.book.owners.orders
-    assert list(owned) == ["alice"] and len(owned["alice"]) == 1  # the index holds only owned
+    owned = run.engine.book.owners.accounts
+    assert list(owned) == ["alice"] and len(owned["alice"].orders) == 1  # only owned ones
     assert run.cancel_all("alice").cancelled_orders == 1
 
 
@@ -424,7 +424,7 @@ def test_a_sliced_snapshot_keeps_the_accounts_of_orders_cancelled_under_it() -> 
         rest += writer.step(1)
     assert part + rest == whole
     restored = Engine.restore(whole)
-    assert restored.book.owners.of["a5"] == "alice"
+    assert restored.book.owners.account_of("a5") == "alice"
     assert restored.book.owners.modes["a5"] == "decrement"
 
 

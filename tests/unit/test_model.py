@@ -338,7 +338,7 @@ class EngineWithAccountsMatchesReference(EngineMatchesReference):
         super().book_is_sound()
         owners = self.engine.book.owners
         mine = [o for o in self.reference.orders if o.account]
-        assert owners.of == {o.order_id: o.account for o in mine}
+        assert {o: owners.account_of(o) for o in owners.of} == {o.order_id: o.account for o in mine}
         assert owners.modes == {o.order_id: o.stp for o in mine if o.stp}
         # The index lists each level's orders of an account in time order (cancel_all relies
         # on it); across levels its order is not state (a restore lists them level by level).
@@ -347,7 +347,7 @@ class EngineWithAccountsMatchesReference(EngineMatchesReference):
             for queue in self._queues().values():
                 at_level = set(queue)
                 assert [o for o in listed if o in at_level] == [
-                    o for o in queue if owners.of.get(o) == account
+                    o for o in queue if owners.account_of(o) == account
                 ]
 
 

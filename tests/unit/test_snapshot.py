@@ -70,7 +70,11 @@ def run(engine: Engine, msgs: list[Input], start: int = 0) -> bytes:
 def owners(engine: Engine) -> tuple[object, ...]:
     """The account index as state: who owns what, the modes given, each account's orders."""
     index = engine.book.owners
-    return dict(index.of), dict(index.modes), {a: set(o) for a, o in index.orders.items()}
+    return (
+        {o: a.name for o, a in index.of.items()},
+        dict(index.modes),
+        {name: set(a.orders) for name, a in index.accounts.items()},
+    )
 
 
 @WITH_AND_WITHOUT
