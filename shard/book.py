@@ -245,12 +245,17 @@ class OrderBook:
         timestamp: int,
         input_id: str | None,
         trades: list[Trade],
+        of: dict[str, Account] | None = None,
     ) -> int:
         """Trade a taker against the opposite side while it crosses; return the unfilled rest.
 
         ``price`` None means no limit (market). Appends one :class:`Trade` per maker touched to
         ``trades``; filled makers leave the book, a partly filled maker keeps its place.
         O(1) per fill plus O(log L) per level emptied.
+
+        ``of``, for a taker without account or fees while makers may have accounts: the
+        account index (:attr:`Owners.of`); each trade then names its maker's account and a
+        maker that leaves the book leaves the index too (a dict lookup per maker more).
         """
         if side == "buy":
             opposite, limit = self.asks, NO_LIMIT if price is None else price
@@ -274,6 +279,7 @@ class OrderBook:
             done: list[str] = []
             traded = 0
             for maker, available in orders.items():
+                named = None if of is None or maker not in of else of[maker].name
                 if available > quantity:
                     orders[maker] = available - quantity  # same key: order keeps its place
                     append(
@@ -286,6 +292,7 @@ class OrderBook:
                             timestamp,
                             side,
                             input_id,
+                            named,
                         )
                     )
                     trade_id += 1
@@ -294,7 +301,15 @@ class OrderBook:
                     break
                 append(
                     Trade(
-                        trade_id, taker_id, maker, level_price, available, timestamp, side, input_id
+                        trade_id,
+                        taker_id,
+                        maker,
+                        level_price,
+                        available,
+                        timestamp,
+                        side,
+                        input_id,
+                        named,
                     )
                 )
                 trade_id += 1
@@ -306,6 +321,8 @@ class OrderBook:
             for maker in done:
                 del orders[maker]
                 del index[maker]
+                if of is not None and maker in of:
+                    self.owners.forget(maker)
             opposite.quantity -= traded
             self.volume += traded
             self.notional += level_price * traded
@@ -505,10 +522,10 @@ class OrderBook:
             owner = owners.accounts.get(account)
             if owner is None:
                 owner = owners.accounts[account] = Account(account)
-            owner.orders[order_id] = None
+            owner.orders[order_id] = mode
             owners.of[order_id] = owner
             if mode is not None:
-                owners.modes[order_id] = mode
+                owners.given += 1
         book_side = self.bids if side == "buy" else self.asks
         level = book_side.level_for(price)
         if level.held:
@@ -531,10 +548,9 @@ class OrderBook:
         if order_id in self.owners.of:  # Owners.forget, inlined
             owners = self.owners
             owner = owners.of.pop(order_id)
-            if owners.modes:
-                owners.modes.pop(order_id, None)
             owned = owner.orders
-            del owned[order_id]
+            if owned.pop(order_id) is not None:
+                owners.given -= 1
             if not owned:
                 del owners.accounts[owner.name]
         if not level.changed:

@@ -16,11 +16,14 @@ def owned(owners: Owners, order_ids: list[str]) -> tuple[list[str] | None, list[
     without accounts, else O(orders)."""
     if not owners.of:
         return None, None
-    of, modes = owners.of, owners.modes
-    accounts = [of[o].name if o in of else "" for o in order_ids]
-    if not any(accounts):
+    of = owners.of
+    held = [of.get(o) for o in order_ids]
+    if not any(held):
         return None, None
-    given = [modes.get(o, "") for o in order_ids] if modes else []
+    accounts = ["" if a is None else a.name for a in held]
+    if not owners.given:
+        return accounts, None
+    given = ["" if a is None else a.orders[o] or "" for a, o in zip(held, order_ids, strict=True)]
     return accounts, given if any(given) else None
 
 

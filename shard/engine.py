@@ -33,7 +33,6 @@ per input here.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sized
 from typing import Final, NamedTuple
 
 import msgspec
@@ -59,6 +58,7 @@ from shard.messages import (
     Trade,
     show,
 )
+from shard.owners import Account
 from shard.state import SnapshotWriter, encode_state, load_state
 from shard.terms import STP_DEFAULT, Terms
 
@@ -69,10 +69,6 @@ FOK_UNFILLED: Final = "fok_unfilled"
 NO_LIQUIDITY: Final = "no_liquidity"
 SELF_TRADE_PREVENTED: Final = "self_trade_prevented"
 CANCEL_ALL: Final = "cancel_all"
-
-_CHARGED: Final = ("fees",)
-"""The never-empty stand-in for the account index of a pair that charges fees: its orders all
-take the path that charges them."""
 
 _NOT_PREVENTED: Final[list[tuple[str, int, int, str]]] = []
 """The ``removed`` list of a taker without account: prevention never applies to it, so
@@ -112,7 +108,6 @@ class Engine:
         "_fees",
         "_live",
         "_of",
-        "_owned",
         "_top_nth",
         "_top_texts",
         "book",
@@ -134,11 +129,6 @@ class Engine:
         self._live = self.book.index
         self._of = self.book.owners.of
         self._fees = self.book.fees
-        self._owned: Sized = self.book.owners.of if self._fees is None else _CHARGED
-        """Empty exactly when an order without an account takes the plain path (no account
-        index or fee on it): the book's account index on a pair without fees (empty while no
-        order with an account rests), else a stand-in that is never empty. One attribute
-        away: the test on every order."""
         self.stp_default = stp_default
         self.terms = Terms(stp_default, *(fees or Fees()))
         """The trading terms this engine applies."""
@@ -154,7 +144,6 @@ class Engine:
     def adopt(self, terms: Terms) -> None:
         """Apply ``terms`` from the next input on (a start whose configuration changed them)."""
         self.book.fees = self._fees = terms.fees
-        self._owned = self.book.owners.of if self._fees is None else _CHARGED
         self.stp_default = terms.stp_default
         self.terms = terms
 
@@ -198,13 +187,15 @@ class Engine:
                 return self._would_cross(msg, input_id)
         elif order_type == "fok" and not book.can_fill(side, price, quantity):
             return _fok_unfilled(msg, input_id)
-        if self._owned:
+        if self._fees is None:  # naming the makers' accounts if any has one
+            rest = book.take(
+                order_id, side, price, quantity, msg.timestamp, input_id, trades, self._of or None
+            )
+        else:
             rest = book.take_owned(
                 order_id, side, price, quantity, msg.timestamp, input_id, trades, None, "none",
                 _NOT_PREVENTED,
             )[0]  # fmt: skip
-        else:
-            rest = book.take(order_id, side, price, quantity, msg.timestamp, input_id, trades)
         if not rest:
             return Event(input_id, order_id, FILLED, quantity, 0)
         if order_type != "limit":
@@ -213,54 +204,51 @@ class Engine:
         return Event(input_id, order_id, PARTIALLY_FILLED, quantity - rest, rest)
 
     def _owned_order(self, msg: Order, input_id: str | None, trades: list[Trade]) -> Event:
-        """An order where accounts or fees are in play: :meth:`_order`'s rules, plus the
-        accounts on its trades and event, the fees, and self-trade prevention."""
+        """An order with an account: :meth:`_order`'s rules, plus the account on its trades and
+        event, and self-trade prevention against its own account's resting orders."""
         book = self.book
         order_id = msg.order_id
         account = msg.account
-        order_type = msg.order_type
+        event: Event
+        if order_id in self._live:
+            event = _duplicate(input_id, order_id)
+            event.account = account
+            return event
         side = msg.side
         price = msg.price
         quantity = msg.quantity
-        live = self._live
-        if order_type == "limit" and order_id not in live and not book.crosses(side, price):  # type: ignore[arg-type]
-            book.add(order_id, side, price, quantity, account, msg.stp)  # type: ignore[arg-type]
-            return Event(input_id, order_id, RESTING, 0, quantity, None, None, None, None, account)
-        mode = msg.stp or self.stp_default
-        event: Event
-        if order_id in live:
-            event = _duplicate(input_id, order_id)
-        elif order_type == "post_only":
-            if book.crosses(side, price):  # type: ignore[arg-type]
-                event = self._would_cross(msg, input_id)
-            else:
+        order_type = msg.order_type
+        if order_type == "limit" or order_type == "post_only":
+            if not book.crosses(side, price):  # type: ignore[arg-type]
                 book.add(order_id, side, price, quantity, account, msg.stp)  # type: ignore[arg-type]
-                event = Event(input_id, order_id, RESTING, 0, quantity)
-        elif order_type == "fok" and not (
-            book.can_fill(side, price, quantity)
-            if account is None
-            else book.can_fill_owned(side, price, quantity, account, mode)
-        ):
-            event = _fok_unfilled(msg, input_id)
-        else:
-            removed: list[tuple[str, int, int, str]] = []
-            rest, decremented, stopped = book.take_owned(
-                order_id, side, price, quantity, msg.timestamp, input_id, trades, account, mode,
-                removed,
-            )  # fmt: skip
-            if removed:
-                self._prevented(removed, input_id, order_id, mode)
-            if order_type == "limit" and rest and not stopped:
-                book.add(order_id, side, price, rest, account, msg.stp)  # type: ignore[arg-type]
-            # _outcome's answer without the call, in the common cases: nothing decremented,
-            # and the rest resting or none left.
-            if not decremented and (not rest or (order_type == "limit" and not stopped)):
-                filled = quantity - rest
-                status = FILLED if not rest else PARTIALLY_FILLED if filled else RESTING
-                event = Event(input_id, order_id, status, filled, rest)
+                return Event(
+                    input_id, order_id, RESTING, 0, quantity, None, None, None, None, account
+                )
+            if order_type == "post_only":
+                event = self._would_cross(msg, input_id)
                 event.account = account
                 return event
-            event = self._outcome(msg, input_id, quantity, rest, decremented, stopped, mode)
+        mode = msg.stp or self.stp_default
+        if order_type == "fok" and not book.can_fill_owned(side, price, quantity, account, mode):  # type: ignore[arg-type]
+            event = _fok_unfilled(msg, input_id)
+            event.account = account
+            return event
+        removed: list[tuple[str, int, int, str]] = []
+        rest, decremented, stopped = book.take_owned(
+            order_id, side, price, quantity, msg.timestamp, input_id, trades, account, mode,
+            removed,
+        )  # fmt: skip
+        if removed:
+            self._prevented(removed, input_id, order_id, mode)
+        if order_type == "limit" and rest and not stopped:
+            book.add(order_id, side, price, rest, account, msg.stp)  # type: ignore[arg-type]
+        # _outcome's answer without the call, in the common cases: nothing decremented,
+        # and the rest resting or none left.
+        if not decremented and (not rest or (order_type == "limit" and not stopped)):
+            filled = quantity - rest
+            status = FILLED if not rest else PARTIALLY_FILLED if filled else RESTING
+            return Event(input_id, order_id, status, filled, rest, None, None, None, None, account)
+        event = self._outcome(msg, input_id, quantity, rest, decremented, stopped, mode)
         event.account = account
         return event
 
@@ -366,10 +354,10 @@ class Engine:
         order_id = msg.order_id
         live = book.get(order_id)
         account = msg.account
-        if live is None or (
-            account is not None
-            and ((owner := self._of.get(order_id)) is None or owner.name != account)
-        ):
+        if live is None:
+            return _unknown(order_id, input_id, account)
+        owner = self._of.get(order_id) if self._of else None
+        if account is not None and (owner is None or owner.name != account):
             return _unknown(order_id, input_id, account)
         side, price, remaining = live
         new_price = price if msg.price is None else msg.price
@@ -378,16 +366,23 @@ class Engine:
             if new_quantity < remaining:
                 book.reduce(order_id, new_quantity)
             event = Event(input_id, order_id, AMENDED, 0, new_quantity)
-        elif not self._owned:
+        elif owner is not None:
+            event = self._reenter(msg, input_id, trades, side, new_price, new_quantity, owner)
+        else:  # re-entry without an account: as a new order without one (_order)
             book.cancel(order_id)
-            rest = book.take(
-                order_id, side, new_price, new_quantity, msg.timestamp, input_id, trades
-            )
+            if self._fees is None:
+                rest = book.take(
+                    order_id, side, new_price, new_quantity, msg.timestamp, input_id, trades,
+                    self._of or None,
+                )  # fmt: skip
+            else:
+                rest = book.take_owned(
+                    order_id, side, new_price, new_quantity, msg.timestamp, input_id, trades,
+                    None, "none", _NOT_PREVENTED,
+                )[0]  # fmt: skip
             if rest:
                 book.add(order_id, side, new_price, rest)
             event = Event(input_id, order_id, AMENDED, new_quantity - rest, rest)
-        else:
-            event = self._reenter(msg, input_id, trades, side, new_price, new_quantity)
         if account is not None:
             event.account = account
         return event
@@ -400,23 +395,25 @@ class Engine:
         side: str,
         price: int,
         quantity: int,
+        owner: Account,
     ) -> Event:
-        """An amend's re-entry where accounts or fees are in play: the order keeps its account
-        and stp mode, and meets its own account's orders as that mode says."""
+        """An amend's re-entry of an order of account ``owner``: it keeps its account and stp
+        mode, and meets its own account's orders as that mode says."""
         book = self.book
         order_id = msg.order_id
-        owner = book.owners.account_of(order_id)
-        given = book.owners.modes.get(order_id)
+        name, given = owner.name, owner.orders[order_id]
         mode = given or self.stp_default
         book.cancel(order_id)
         removed: list[tuple[str, int, int, str]] = []
         rest, decremented, stopped = book.take_owned(
-            order_id, side, price, quantity, msg.timestamp, input_id, trades, owner, mode, removed
+            order_id, side, price, quantity, msg.timestamp, input_id, trades, name, mode, removed
         )
         if removed:
             self._prevented(removed, input_id, order_id, mode)
         if rest and not stopped:
-            book.add(order_id, side, price, rest, owner, given)
+            book.add(order_id, side, price, rest, name, given)
+        if not decremented and not stopped:  # _outcome's answer without the call
+            return Event(input_id, order_id, AMENDED, quantity - rest, rest)
         return self._outcome(msg, input_id, quantity, rest, decremented, stopped, mode)
 
     def _cancel_all(self, msg: CancelAll, input_id: str | None) -> Event:
@@ -531,7 +528,7 @@ class Engine:
             else:
                 shape += (0, 0, 0)
         if book.owners.of:  # so a book without accounts keeps the digest it always had
-            shape += (len(book.owners.of), len(book.owners.accounts), len(book.owners.modes))
+            shape += (len(book.owners.of), len(book.owners.accounts), book.owners.given)
         return (
             DIGEST_SCHEME
             + hashlib.blake2b(_digest_encoder.encode(shape), digest_size=16).hexdigest()

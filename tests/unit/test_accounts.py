@@ -293,7 +293,7 @@ def test_an_amend_that_reenters_meets_its_own_orders(run: Run) -> None:
     assert run.fills() == [("b1", "o1", 3)]
     assert event == Event("0-4", "b1", "amended", 3, 2)
     assert run.live("b1") == ("buy", 101, 2)
-    assert run.engine.book.owners.modes["b1"] == "cancel_maker"  # the mode stays with it
+    assert run.engine.book.owners.mode_of("b1") == "cancel_maker"  # the mode stays with it
 
 
 def test_an_amend_under_cancel_taker_loses_its_rest(run: Run) -> None:
@@ -425,7 +425,7 @@ def test_a_sliced_snapshot_keeps_the_accounts_of_orders_cancelled_under_it() -> 
     assert part + rest == whole
     restored = Engine.restore(whole)
     assert restored.book.owners.account_of("a5") == "alice"
-    assert restored.book.owners.modes["a5"] == "decrement"
+    assert restored.book.owners.mode_of("a5") == "decrement"
 
 
 def test_cancel_all_reports_the_same_order_after_a_restore() -> None:
@@ -551,7 +551,7 @@ def test_a_limit_trades_then_is_decremented_then_rests(run: Run) -> None:
     assert event == Event(
         "0-3", "t", "partially_filled", 3, 5, 2, STP, event.detail, account="alice"
     )
-    assert run.live("t") == ("buy", 100, 5) and run.engine.book.owners.modes["t"] == "decrement"
+    assert run.live("t") == ("buy", 100, 5) and run.engine.book.owners.mode_of("t") == "decrement"
 
 
 @pytest.mark.parametrize("mode", ["decrement", "cancel_both", "cancel_taker"])
@@ -603,7 +603,7 @@ def test_a_pure_size_reduction_keeps_place_account_and_mode(run: Run) -> None:
         "0-3", "a1", "amended", 0, 2, account="alice"
     )
     assert list(run.engine.book.bids.best.orders) == ["a1", "b1"]  # type: ignore[union-attr]
-    assert run.engine.book.owners.modes["a1"] == "cancel_maker"
+    assert run.engine.book.owners.mode_of("a1") == "cancel_maker"
     run.order("t", "sell", 3, 100, account="bob", stp="cancel_maker")
     assert run.fills() == [("t", "a1", 2)] and [e.order_id for e in run.order_events] == ["b1"]
 

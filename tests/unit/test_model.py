@@ -339,7 +339,7 @@ class EngineWithAccountsMatchesReference(EngineMatchesReference):
         owners = self.engine.book.owners
         mine = [o for o in self.reference.orders if o.account]
         assert {o: owners.account_of(o) for o in owners.of} == {o.order_id: o.account for o in mine}
-        assert owners.modes == {o.order_id: o.stp for o in mine if o.stp}
+        assert {o: owners.mode_of(o) for o in owners.of} == {o.order_id: o.stp for o in mine}
         # The index lists each level's orders of an account in time order (cancel_all relies
         # on it); across levels its order is not state (a restore lists them level by level).
         for account in ACCOUNTS:

@@ -72,7 +72,7 @@ def owners(engine: Engine) -> tuple[object, ...]:
     index = engine.book.owners
     return (
         {o: a.name for o, a in index.of.items()},
-        dict(index.modes),
+        {o: index.mode_of(o) for o in index.of},
         {name: set(a.orders) for name, a in index.accounts.items()},
     )
 
@@ -131,7 +131,7 @@ def test_the_stream_with_accounts_meets_every_rule() -> None:
         assert wanted in reasons
     assert any(o.get("cancelled_orders") for o in out)
     assert any("maker_fee" in o and o.get("maker_account") for o in out)
-    assert engine.book.owners.modes and engine.book.owners.of
+    assert engine.book.owners.given and engine.book.owners.of
 
 
 def test_digest_tells_books_apart() -> None:
