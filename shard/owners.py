@@ -1,16 +1,14 @@
 """Who owns which resting order: the account index of the book. Pure.
 
 Only orders that carry an account are recorded, so a book whose orders have none holds two
-empty dicts and its matching path never looks here (the engine uses the plain
-:meth:`~shard.book.OrderBook.take` while :attr:`Owners.of` is empty and the taker has no
-account).
+empty dicts and a counter, and its matching path never looks here (the engine hands the index
+to :meth:`~shard.book.OrderBook.take` only while it is not empty).
 
 Each account with live orders is one :class:`Account`, and an order maps to that object, not
-to its name: the orders of an account share one name string without interning it, and the
-matching path tells a taker's own orders by identity; the stp mode an order gave is kept with it
-there. Cost: O(1) to add or forget an order;
-:meth:`Owners.orders_of` is O(orders of that account), never O(book). About 100 bytes per
-order with an account (two dict entries).
+to its name: the orders of an account share one name string without interning it, the
+matching path tells a taker's own orders by identity, and the stp mode an order gave is kept
+with it there. Cost: O(1) to add or forget an order; :meth:`Owners.orders_of` is O(orders of
+that account), never O(book). About 100 bytes per order with an account (two dict entries).
 """
 
 from __future__ import annotations
@@ -54,7 +52,8 @@ class Owners:
             self.given += 1
 
     def forget(self, order_id: str) -> None:
-        """The order left the book: drop it (nothing happens for an order without account)."""
+        """The order left the book: drop it (nothing happens for an order without account).
+        (:meth:`~shard.book.OrderBook.cancel` does the same inline.)"""
         account = self.of.pop(order_id, None)
         if account is None:
             return
