@@ -151,16 +151,25 @@ def market_data(depth: Depth | None) -> tuple[list[str], list[str], list[str]]:
         return [], [], []
     book_set: list[str] = []
     book_del: list[str] = []
-    sides = []
+    entry = []
     for prefix, levels in (("b:", depth.bids), ("a:", depth.asks)):
+        parts = []
         for price, quantity, orders in levels:
             if quantity:
-                book_set += (f"{prefix}{price}", f"{quantity}:{orders}")
+                value = f"{quantity}:{orders}"
+                book_set += (f"{prefix}{price}", value)
+                parts.append(f"{price}:{value}")
             else:
                 book_del.append(f"{prefix}{price}")
-        sides.append(",".join([f"{p}:{q}:{n}" for p, q, n in levels]))
-    best = [f"{b[0]}:{b[1]}" if b else "" for b in (depth.best_bid, depth.best_ask)]
-    return [*sides, *best, str(depth.checksum)], book_set, book_del
+                parts.append(f"{price}:0:0")
+        entry.append(",".join(parts))
+    bid, ask = depth.best_bid, depth.best_ask
+    entry += (
+        f"{bid[0]}:{bid[1]}" if bid else "",
+        f"{ask[0]}:{ask[1]}" if ask else "",
+        str(depth.checksum),
+    )
+    return entry, book_set, book_del
 
 
 def ticker_fields(ticker: Ticker) -> list[str]:

@@ -77,10 +77,21 @@ class Level:
         take_changes, on a book that tracks changes: made once per change, not per checksum."""
 
 
+def _best_first(views: dict[int, LevelView | None]) -> list[LevelView]:
+    """:meth:`OrderBook.take_changes`' views of one side in key order (best first), without
+    the levels made and emptied (None). A side changes at one level or none in most batches
+    at a low rate: those skip the sort, whose calls cost more than its work there."""
+    if len(views) > 1:
+        return list(filter(None, map(views.__getitem__, sorted(views))))
+    for view in views.values():
+        return [] if view is None else [view]
+    return []
+
+
 class BookSide:
     """One side of the book: levels by key, keys in order, the best level cached."""
 
-    __slots__ = ("best", "keys", "levels", "name", "quantity", "sign", "tracked")
+    __slots__ = ("best", "keys", "levels", "name", "quantity", "reshaped", "sign", "tracked")
 
     def __init__(self, name: str, sign: int, tracked: bool = False) -> None:
         self.name = name
@@ -90,6 +101,10 @@ class BookSide:
         self.keys: SortedList[int] = SortedList()
         self.best: Level | None = None
         self.quantity = 0  # resting quantity over all levels, kept up to date for the digest
+        self.reshaped = 0
+        """On a tracked side, how many levels :meth:`OrderBook.take_changes` found made or
+        dropped: while it stays, so does the list :meth:`OrderBook.top_levels` gave (counted
+        per batch there, not on the matching path)."""
 
     def level_for(self, price: int) -> Level:
         """The level at ``price``, created if absent. O(1), or O(log L) when created."""
@@ -584,32 +599,37 @@ class OrderBook:
         """The levels changed since the last call, conflated, as ``(price, quantity, orders)``
         with their final values (``(price, 0, 0)`` for a level gone; a level made and emptied
         since the last call is left out), bids and asks best first; the record starts again
-        empty. O(c log c) for c levels changed."""
+        empty. O(c log c) for c levels changed, in C but for one pass over them (a batch at a
+        low rate changes one or two levels, so what each call costs besides matters)."""
         changed = self.changed
         if not changed:
             return [], []
-        final: tuple[dict[int, LevelView | None], dict[int, LevelView | None]] = ({}, {})
-        bids = self.bids
+        bids: dict[int, LevelView | None] = {}
+        asks: dict[int, LevelView | None] = {}
+        bid_side = self.bids
         for level in changed:  # the first recorded at a price is the one there at the start
             level.changed = False
-            seen = final[level.owner is not bids]
-            if level.key not in seen:
-                live = level.owner.levels.get(level.key)
+            key = level.key
+            book_side = level.owner
+            seen = bids if book_side is bid_side else asks
+            if key not in seen:
+                live = book_side.levels.get(key)
                 if live is not None:
-                    seen[level.key] = (level.price, live.total, len(live.orders))
-                    live.text = level_text(level.price, live.total)
+                    price, total = level.price, live.total
+                    seen[key] = (price, total, len(live.orders))
+                    live.text = f"{price}:{total}"  # l2.level_text, inline: once per change
+                    if live is not level or level.fresh:  # made (again) since the last call
+                        book_side.reshaped += 1
                 else:  # gone; unless it was made since the last call, which never reported it
-                    seen[level.key] = None if level.fresh else (level.price, 0, 0)
+                    seen[key] = None if level.fresh else (level.price, 0, 0)
+                    book_side.reshaped += 1
             level.fresh = False
         changed.clear()
-        return (
-            [view for key in sorted(final[0]) if (view := final[0][key]) is not None],
-            [view for key in sorted(final[1]) if (view := final[1][key]) is not None],
-        )
+        return _best_first(bids), _best_first(asks)
 
     @staticmethod
-    def best_levels(book_side: BookSide, n: int) -> list[Level]:
-        """The ``n`` best levels of a side, best first. O(n)."""
+    def top_levels(book_side: BookSide, n: int) -> list[Level]:
+        """A side's ``n`` best levels, best first. O(n)."""
         levels = book_side.levels
         return [levels[key] for key in book_side.keys[:n]]
 

@@ -37,7 +37,7 @@ from typing import Final, NamedTuple
 
 import msgspec
 
-from shard.book import NO_LIMIT, LevelView, OrderBook
+from shard.book import NO_LIMIT, BookSide, Level, LevelView, OrderBook
 from shard.fees import Fees
 from shard.l2 import CHECKSUM_LEVELS, checksum_of
 from shard.messages import (
@@ -108,6 +108,7 @@ class Engine:
         "_fees",
         "_live",
         "_of",
+        "_top",
         "_top_nth",
         "_top_texts",
         "book",
@@ -136,6 +137,10 @@ class Engine:
         """Each side's checksummed text as :meth:`take_depth` last made it (None: not known
         for the book as it stands), and the key of its 10th level then (NO_LIMIT: fewer)."""
         self._top_nth = [NO_LIMIT, NO_LIMIT]
+        self._top: list[tuple[int, list[Level]]] = [(-1, []), (-1, [])]
+        """Each side's 10 best levels when the text was made, with its ``reshaped`` count
+        then: while no level is made or dropped, a change in the 10 best levels changes
+        their texts, not which levels they are."""
         self.order_events: list[Event] = []
         """The order events of the last :meth:`apply` (resting orders it removed or reduced
         without a trade), in the order it made them; they precede its own event in the output.
@@ -479,19 +484,18 @@ class Engine:
         conflated, with their final values, the best levels and the top-10 checksum; None if no
         level changed. O(c log c) for c levels changed, plus O(1) for the checksum: a side
         whose changes all lie behind its 10 best levels keeps the text it had."""
-        bids, asks = self.book.take_changes()
+        book = self.book
+        bids, asks = book.take_changes()
         if not bids and not asks:
             return None
-        book = self.book
         texts, nth = self._top_texts, self._top_nth
-        for i, (changes, side) in enumerate(((bids, book.bids), (asks, book.asks))):
-            # The levels up to the 10th key the text was made from are untouched if every
-            # change lies behind it, that is the best change (the first) does: then so are
-            # the text and that key.
-            if texts[i] is None or (changes and side.sign * changes[0][0] <= nth[i]):
-                top = book.best_levels(side, CHECKSUM_LEVELS)
-                texts[i] = ",".join([level.text for level in top])
-                nth[i] = top[-1].key if len(top) == CHECKSUM_LEVELS else NO_LIMIT
+        # The levels up to the 10th key a side's text was made from are untouched if every
+        # change lies behind it, that is the best change (the first) does: then so are the
+        # text and that key.
+        if texts[0] is None or (bids and -bids[0][0] <= nth[0]):
+            self._top_text(0, book.bids)
+        if texts[1] is None or (asks and asks[0][0] <= nth[1]):
+            self._top_text(1, book.asks)
         best_bid, best_ask = book.bids.best, book.asks.best
         return Depth(
             bids,
@@ -500,6 +504,16 @@ class Engine:
             None if best_ask is None else (best_ask.price, best_ask.total, len(best_ask.orders)),
             checksum_of(texts[0] or "", texts[1] or ""),
         )
+
+    def _top_text(self, i: int, side: BookSide) -> None:
+        """Make side ``i``'s checksummed text again, from its cached best levels while it
+        has the same levels (:attr:`_top`), else from its keys (a SortedList slice)."""
+        reshaped, top = self._top[i]
+        if reshaped != side.reshaped:
+            top = self.book.top_levels(side, CHECKSUM_LEVELS)
+            self._top[i] = (side.reshaped, top)
+        self._top_texts[i] = ",".join([level.text for level in top])
+        self._top_nth[i] = top[-1].key if len(top) == CHECKSUM_LEVELS else NO_LIMIT
 
     def discard_depth(self) -> None:
         """Forget the changes recorded since the last :meth:`take_depth` (inputs replayed by a

@@ -11,7 +11,7 @@ from shard.book import BookSide
 from shard.decode import decode_json
 from shard.engine import Engine
 from shard.l2 import checksum
-from shard.messages import Order, Trade
+from shard.messages import Cancel, Order, Trade
 from shard.state import LevelState
 from shard.workload import standard_mix
 
@@ -127,3 +127,31 @@ def test_the_checksum_follows_every_change_near_and_behind_the_top() -> None:
     depth = restored.take_depth()
     book = restored.book
     assert depth is not None and depth.checksum == checksum(_top(book.bids), _top(book.asks))
+
+
+def test_the_checksum_follows_levels_made_and_dropped_among_the_top() -> None:
+    """take_depth reuses a side's list of 10 best levels while none is made or dropped: a
+    level made or emptied among them, or both in one batch at one price, must renew it."""
+    engine = Engine(track_depth=True)
+    trades: list[Trade] = []
+    n = 0
+
+    def batch(*inputs: Order | Cancel) -> None:
+        for msg in inputs:
+            engine.apply(msg, None, trades)
+        depth = engine.take_depth()
+        book = engine.book
+        assert depth is not None
+        assert depth.checksum == checksum(_top(book.bids), _top(book.asks))
+
+    def buy(qty: int, price: int) -> Order:
+        nonlocal n
+        n += 1
+        return Order(f"o{n}", "buy", qty, price, "limit", 1)
+
+    batch(*[buy(1, 100 - 2 * i) for i in range(12)])  # bids 100, 98, ... 78
+    batch(buy(4, 98))  # a change among the 10 best: the same levels
+    batch(buy(1, 95))  # a level made among them: 80 drops out of the 10 best
+    batch(Cancel("o2", 1))  # 98 emptied: 80 comes back
+    batch(Cancel("o1", 1), buy(3, 100))  # 100 emptied and made again in one batch
+    batch(Order("s", "sell", 5, 94, "ioc", 1))  # a sweep that empties the best levels
