@@ -108,9 +108,7 @@ class Cluster:
         self.children: dict[str, subprocess.Popen[bytes]] = {}
         self.env = env or {}
         self.floor = floor  # run the harness floor (shard.load.relay) in place of the daemons
-        self.gateway_skipped = bool(masters) and gateway_port is not None
-        """The gateway reads one server: it does not run on a cluster yet."""
-        self.gateway_port = None if masters else gateway_port
+        self.gateway_port = gateway_port
         """Where ``shard gateway`` for every pair listens (None: no gateway)."""
         self.stop = threading.Event()
 
@@ -238,8 +236,6 @@ class Cluster:
             )
         if self.gateway_port is not None:
             lines.append(f"  the trading page: http://127.0.0.1:{self.gateway_port}/")
-        if self.gateway_skipped:
-            lines.append("  (no gateway: it does not run on a Redis Cluster yet)")
         lines.append("Ctrl-C stops everything cleanly.")
         print("\n".join(lines), file=sys.stderr, flush=True)
 

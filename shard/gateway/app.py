@@ -3,12 +3,14 @@
 Order entry publishes to ``orders:{P}`` and answers with the input's event, read by the pair's
 :class:`~shard.gateway.feed.PairFeed`; everything else is served from the feeds' memory, so a
 request costs no Redis round trip but the XADD. Errors are JSON ``{"error", "detail"}``.
+On a Redis Cluster each pair's commands go to its slot's master (:mod:`shard.gateway.route`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import secrets
 import time
@@ -19,6 +21,7 @@ from typing import Any, Final
 import msgspec
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from redis.asyncio import Redis
+from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ResponseError
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -32,11 +35,13 @@ from shard.gateway.config import GatewayConfig
 from shard.gateway.feed import Outcome, PairFeed, Subscriber, levels, pack, round_trip, ws_text
 from shard.gateway.limits import KeyRing, RateLimiter
 from shard.gateway.replica import LiveOrder, Replica
+from shard.gateway.route import PairRoute, is_cluster
 from shard.messages import REJECTED
 from shard.store import Store
 from shard.transport import RETRIED, connect, describe, plain_async_client, text
 
 STATIC: Final = Path(__file__).parent / "static"
+log = logging.getLogger("shard.gateway")
 _json = msgspec.json.Encoder()
 
 
@@ -132,27 +137,39 @@ class Gateway:
         self.per_address = RateLimiter(config.rate_per_address, config.burst_per_address)
         self.metrics = GatewayMetrics()
         self._tasks: list[asyncio.Task[None]] = []
-        self._outbox: list[tuple[bytes, asyncio.Future[str]]] = []
+        self._outbox: dict[int, list[tuple[bytes, asyncio.Future[str]]]] = {}
         self._flushing: set[asyncio.Task[None]] = set()
+        self.routes: list[PairRoute] = []
+        """On a Redis Cluster: each pair's route to its slot's owner (empty on one server)."""
 
-    async def xadd(self, key: str, fields: dict[str, str]) -> str:
-        """XADD ``fields`` to ``key``; the entry ID. The XADDs of requests that arrive together
-        go in one write (one round trip): on this kind of machine a socket write costs about
-        0.2 ms, more than the rest of a request. Each is packed here, by hiredis."""
+    def _spawn(self, work: Awaitable[Any]) -> None:
+        """Run ``work`` in the background, held until done (a flush, a route's repair)."""
+
+        async def run() -> None:
+            await work
+
+        task = asyncio.create_task(run())
+        self._flushing.add(task)
+        task.add_done_callback(self._flushing.discard)
+
+    async def xadd(self, client: Redis, key: str, fields: dict[str, str]) -> str:
+        """XADD ``fields`` to ``key`` through ``client`` (its pair's); the entry ID. The XADDs
+        of requests that arrive together for one client (one server: every pair's) go in one
+        write (one round trip): on this kind of machine a socket write costs about 0.2 ms,
+        more than the rest of a request. Each is packed here, by hiredis."""
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         flat = (x for field in fields.items() for x in field)
-        self._outbox.append((pack("XADD", key, "*", *flat), future))
-        if len(self._outbox) == 1:
-            task = asyncio.create_task(self._flush())
-            self._flushing.add(task)
-            task.add_done_callback(self._flushing.discard)
+        batch = self._outbox.setdefault(id(client), [])
+        batch.append((pack("XADD", key, "*", *flat), future))
+        if len(batch) == 1:
+            self._spawn(self._flush(client))
         return await future
 
-    async def _flush(self) -> None:
+    async def _flush(self, client: Redis) -> None:
         await asyncio.sleep(0)  # the requests already parsed in this turn of the loop join
-        batch, self._outbox = self._outbox, []
+        batch = self._outbox.pop(id(client), [])
         try:
-            replies = await round_trip(self.client, [packed for packed, _ in batch])
+            replies = await round_trip(client, [packed for packed, _ in batch])
         except RETRIED as exc:
             replies = [exc] * len(batch)
         for (_, future), reply in zip(batch, replies, strict=True):
@@ -165,17 +182,50 @@ class Gateway:
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
-        self._tasks = [asyncio.create_task(feed.run()) for feed in self.feeds.values()]
+        self._tasks = [asyncio.create_task(self._start())]
         try:
             yield
         finally:
-            for task in self._tasks:
+            for task in list(self._tasks):
                 task.cancel()
-            for task in self._tasks:
+            for task in list(self._tasks):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+            for route in self.routes:
+                await route.aclose()
             await self.client.aclose()
             await self.reader.aclose()
+
+    async def _start(self) -> None:
+        """Ask once whether the URL names a cluster node (waiting out a server that does not
+        answer yet), route every pair to its slot's owner if so, then start the feeds."""
+        if await self._cluster_mode():
+            await self._route_pairs()
+        self._tasks += [asyncio.create_task(feed.run()) for feed in self.feeds.values()]
+
+    async def _cluster_mode(self) -> bool:
+        backoff = ExponentialWithJitterBackoff(cap=2.0, base=0.05)
+        failures = 0
+        while True:
+            try:
+                return await is_cluster(self.connection, self.client)
+            except ResponseError as exc:  # INFO refused (an ACL): served as one server
+                log.warning("cluster mode not asked (%s): one server", describe(exc))
+                return False
+            except RETRIED as exc:
+                failures += 1
+                log.warning("cluster mode not known yet: %s; asking again", describe(exc))
+                await asyncio.sleep(backoff.compute(failures))
+
+    async def _route_pairs(self) -> None:
+        """On a cluster: a route per pair, its own clients on its slot's owner, found again
+        after any error. O(pairs) CLUSTER SLOTS."""
+        for feed in self.feeds.values():
+            route = PairRoute(feed, self.connection)
+            feed.repair = route.repair
+            self.routes.append(route)
+            await route.repair()
+        log.info("redis cluster: each pair routed to its slot's owner (%d)", len(self.routes))
 
     # -- request helpers -----------------------------------------------------------------------
 
@@ -230,8 +280,10 @@ class Gateway:
         """XADD ``fields`` and answer with the input's outcome (or 202 after ``wait_ms``)."""
         started = time.perf_counter()
         try:
-            input_id = await self.xadd(feed.keys.orders, fields)
+            input_id = await self.xadd(feed.client, feed.keys.orders, fields)
         except (*RETRIED, ResponseError) as exc:
+            if feed.repair is not None:  # on a cluster: find the slot's owner again now
+                self._spawn(feed.repair(exc))
             raise ApiError(503, "unavailable", f"Redis: {describe(exc)}") from None
         outcome = await feed.outcome(input_id, self.config.wait_ms / 1000)
         if outcome is None:
@@ -435,7 +487,9 @@ async def open_orders(gateway: Gateway, request: Request) -> Response:
 
 async def health(gateway: Gateway, request: Request) -> Response:
     try:
-        await gateway.client.ping()
+        # Each pair's client: on one server the one client; on a cluster each pair's master's.
+        clients = {id(f.client): f.client for f in gateway.feeds.values()}.values()
+        await asyncio.gather(*(client.ping() for client in clients))
         redis_ok, problem = True, None
     except RETRIED as exc:
         redis_ok, problem = False, describe(exc)

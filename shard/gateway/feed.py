@@ -22,19 +22,19 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict, deque
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final, cast
 
 import hiredis
 import msgspec
 from redis.asyncio import Redis
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from shard.checkpoint import ZERO_ID, parse_id
 from shard.config import Keys
 from shard.gateway.replica import Replica
-from shard.marketdata import BookView, Level, decode_ticker
+from shard.marketdata import BookView, Level, Update, decode_ticker
 from shard.messages import Event, Trade
 from shard.recovery import RecoveryError
 from shard.transport import RETRIED, describe, text
@@ -175,6 +175,18 @@ class PairFeed:
         self.outputs_ok = False
         self.problem: str | None = None
         self._backoff = ExponentialWithJitterBackoff(cap=2.0, base=0.05)
+        self.repair: Callable[[BaseException], Awaitable[bool]] | None = None
+        """On a cluster: called with each error of the outputs reader, before the backoff, to
+        find the slot's owner again (:meth:`shard.gateway.route.PairRoute.repair`)."""
+
+    def bind(self, client: Redis, reader: Redis) -> None:
+        """Send every command of the pair (order entry, the book view, the outputs, the
+        replica) through these clients from now on: on a cluster, the new owner's. A read in
+        flight on the old clients ends with their close, and is retried on these."""
+        self.client, self.reader = client, reader
+        self.view.client = client
+        if self.replica is not None:
+            self.replica.store.bind(reader)
 
     # -- the readers -----------------------------------------------------------------------------
 
@@ -185,23 +197,42 @@ class PairFeed:
             tasks.create_task(self._follow_outputs())
 
     async def _follow_book(self) -> None:
-        async for update in self.view.updates():
-            if update.entry is None:
-                for sub in self.subscribers:
-                    sub.snapshot, sub.resync = True, update.resync
-                    sub.wake.set()
-                continue
-            entry = update.entry
+        """Merge the view's updates into the subscribers. On a cluster, an error reply the
+        view does not wait out itself is waited out here too (the view syncs again after a
+        backoff, once the route found the owner); on one server it stops the feed, as ever."""
+        failures = 0
+        while True:
+            try:
+                async for update in self.view.updates():
+                    failures = 0
+                    self._on_book(update)
+                return
+            except RedisError as exc:
+                if self.repair is None:
+                    raise
+                self.view.synced = False
+                failures += 1
+                log.warning("%s book: %s; syncing again", self.pair, describe(exc))
+                await self.repair(exc)
+                await asyncio.sleep(self._backoff.compute(failures))
+
+    def _on_book(self, update: Update) -> None:
+        if update.entry is None:
             for sub in self.subscribers:
-                if sub.snapshot:
-                    continue
-                for level in entry.bids:
-                    sub.bids[level.price] = level
-                for level in entry.asks:
-                    sub.asks[level.price] = level
-                sub.seq, sub.input_id, sub.checksum = entry.seq, entry.input_id, entry.checksum
-                sub.best = (entry.best_bid, entry.best_ask)
+                sub.snapshot, sub.resync = True, update.resync
                 sub.wake.set()
+            return
+        entry = update.entry
+        for sub in self.subscribers:
+            if sub.snapshot:
+                continue
+            for level in entry.bids:
+                sub.bids[level.price] = level
+            for level in entry.asks:
+                sub.asks[level.price] = level
+            sub.seq, sub.input_id, sub.checksum = entry.seq, entry.input_id, entry.checksum
+            sub.best = (entry.best_bid, entry.best_ask)
+            sub.wake.set()
 
     async def _follow_outputs(self) -> None:
         failures = 0
@@ -216,6 +247,8 @@ class PairFeed:
                 self.problem = describe(exc)
                 log.warning("%s outputs: %s; reading again", self.pair, self.problem)
                 failures += 1
+                if self.repair is not None:
+                    await self.repair(exc)
                 await asyncio.sleep(self._backoff.compute(failures))
 
     async def _start_outputs(self) -> None:

@@ -12,6 +12,18 @@ Per pair, two connections (RESP2, raw replies, no socket timeout so no per-reply
 
 An event read before its XADD reply is parked until the reply comes, so the two readers may run
 in any order. Each send, reply and event costs O(1) beside its I/O.
+
+On a cluster, an outage of the pair's owner (a failover, a killed master) is followed
+(:class:`shard.load.follow.Follower`): the side that met it takes a connection on the new owner
+and carries on. The event reader resumes after the last event it read. The sender first
+settles the inputs *in doubt*, sent but with no reply read: the new owner's ``orders:{P}``
+after the last acknowledged entry is read (``XRANGE``, at most as many entries as in doubt),
+and the entries that are, in order, exactly the packed commands in doubt count as sent
+(their IDs are their replies); the rest are sent again, late, so their latency from schedule
+shows the outage. Nothing is sent twice, unless another producer writes the same stream
+with the very same fields during the run (then its entry is taken for the load's own). An
+acknowledged input that a forced failover or a crash lost never gets its event: the report
+counts it missing. Cost: one ``XRANGE`` per outage, beside the reconnection.
 """
 
 from __future__ import annotations
@@ -19,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import time
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, cast
 
 import hiredis
@@ -27,6 +39,7 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
 
 from shard.config import Keys
+from shard.load.follow import Follower, connection, first_failure
 from shard.workload import Message, resting_orders, standard_mix
 
 if TYPE_CHECKING:
@@ -45,11 +58,6 @@ def pack(key: str, messages: Iterable[Message]) -> Iterator[bytes]:
         for name, value in msg.items():
             args += (name, str(value))
         yield hiredis.pack_command(cast(Any, tuple(args)))
-
-
-async def connection(client: Redis) -> Connection:
-    """A connection of ``client``'s pool, for raw sends and reads."""
-    return cast(Connection, await client.connection_pool.get_connection())  # type: ignore[no-untyped-call]
 
 
 class PairLoad:
@@ -78,8 +86,14 @@ class PairLoad:
         self.pending: dict[bytes, int] = {}  # input_id -> message index, reply read first
         self.early: dict[bytes, float] = {}  # input_id -> time its event was read, event first
         self.sent = 0
+        self.writing = 0  # the inputs up to here may have been written (sent, or being sent)
+        self.acked = 0  # the XADD replies read: inputs sent + acked ... sent are in doubt
+        self.last_acked = b"0-0"  # the entry ID of the last acknowledged input (or before)
+        self.resent = 0  # inputs in doubt after an outage that had not landed: sent again
+        self.landed = 0  # inputs in doubt after an outage found in the stream: not sent again
         self.completed = 0
         self.events_from = b"0-0"
+        self.events_last = b"0-0"  # the last event read
         self.trades_from = 0
         self.depth_from = 0
 
@@ -117,7 +131,9 @@ class PairLoad:
 
     async def mark_start(self, client: Redis) -> None:
         newest: Any = await client.xrevrange(self.keys.events, count=1)
-        self.events_from = newest[0][0] if newest else b"0-0"
+        self.events_from = self.events_last = newest[0][0] if newest else b"0-0"
+        newest = await client.xrevrange(self.keys.orders, count=1)
+        self.last_acked = newest[0][0] if newest else b"0-0"
         self.trades_from = await self.last_trade_id(client)
         self.depth_from = await self.last_seq(client)
 
@@ -141,6 +157,20 @@ class PairLoad:
 
     # -- the timed phase ------------------------------------------------------------------------
 
+    async def send_side(self, follower: Follower) -> None:
+        """The sender and the ID reader, on the owner; after an outage, on the new owner once
+        the inputs in doubt are settled."""
+
+        async def both(conn: Connection) -> None:
+            await self.settle(conn)
+            await first_failure(self.send_loop(conn), self.id_loop(conn))
+
+        await _on_owner(follower, both)
+
+    async def event_side(self, follower: Follower) -> None:
+        """The event reader, on the owner; after an outage, on the new owner."""
+        await _on_owner(follower, self.event_loop)
+
     async def send_loop(self, conn: Connection) -> None:
         run, schedule, commands, sent_at = (
             self.run,
@@ -149,7 +179,7 @@ class PairLoad:
             self.sent_at,
         )
         total = schedule.total
-        i = 0
+        i = self.sent
         while i < total:
             now = clock() - run.t0
             due = schedule.due_by(now)
@@ -164,8 +194,8 @@ class PairLoad:
             # these messages' replies and events (an unset stamp read as 0 was an hour).
             stamp = clock()
             sent_at[i:due] = array("d", [stamp]) * (due - i)
+            self.writing = due  # before the write: if it fails, these are in doubt
             await conn.send_packed_command(commands[i:due], check_health=False)
-            commands[i:due] = [b""] * (due - i)  # sent: let the memory go
             run.note_sent(stamp, due - i, behind)
             self.sent = i = due
 
@@ -174,26 +204,49 @@ class PairLoad:
         self.run.complete(seen, self.sent_at[k], k)
         self.completed += 1
 
+    def _ack(self, k: int, entry_id: bytes) -> None:
+        """Message ``k`` is in the stream as ``entry_id``: its command is not needed again."""
+        self.commands[k] = b""  # let the memory go
+        self.acked, self.last_acked = k + 1, entry_id
+        seen = self.early.pop(entry_id, None)
+        if seen is None:
+            self.pending[entry_id] = k
+        else:
+            self._done(k, seen)
+
     async def id_loop(self, conn: Connection) -> None:
-        pending, early = self.pending, self.early
-        for k in range(self.run.spec.schedule.total):
+        for k in range(self.acked, self.run.spec.schedule.total):
             entry_id = await conn.read_response()
             if not isinstance(entry_id, bytes):
                 raise RuntimeError(f"XADD to {self.keys.orders} failed: {entry_id!r}")
-            seen = early.pop(entry_id, None)
-            if seen is None:
-                pending[entry_id] = k
-            else:
-                self._done(k, seen)
+            self._ack(k, entry_id)
+
+    async def settle(self, conn: Connection) -> None:
+        """Sort the inputs in doubt (sent, no reply read): those the stream holds after the
+        last acknowledged entry, in order and exactly as packed, are acknowledged; the others
+        are left for the sender to send again. O(in doubt)."""
+        doubt = self.writing - self.acked
+        if doubt <= 0:
+            return
+        key = self.keys.orders
+        await conn.send_command("XRANGE", key, b"(" + self.last_acked, "+", "COUNT", doubt)
+        entries: Any = await conn.read_response()
+        for entry_id, fields in entries:
+            k = self.acked
+            if hiredis.pack_command(("XADD", key, "*", *fields)) != self.commands[k]:
+                break
+            self._ack(k, entry_id)
+        self.landed += self.acked - (self.writing - doubt)
+        self.resent += self.writing - self.acked
+        self.sent = self.writing = self.acked
 
     async def event_loop(self, conn: Connection) -> None:
         run, pending, early = self.run, self.pending, self.early
         total = run.spec.schedule.total
-        last = self.events_from
         key = self.keys.events
         while self.completed < total and not run.timed_out():
             await conn.send_command(
-                "XREAD", "COUNT", READ_COUNT, "BLOCK", BLOCK_MS, "STREAMS", key, last
+                "XREAD", "COUNT", READ_COUNT, "BLOCK", BLOCK_MS, "STREAMS", key, self.events_last
             )
             reply = await conn.read_response()
             now = clock()
@@ -209,7 +262,25 @@ class PairLoad:
                     early[input_id] = now
                 else:
                     self._done(k, now)
-            last = entries[-1][0]
+            self.events_last = entries[-1][0]
+
+
+async def _on_owner(follower: Follower, body: Callable[[Connection], Awaitable[None]]) -> None:
+    """``body`` on a connection to the pair's owner until it ends; after an outage the
+    follower follows, again on a connection to the owner found again."""
+    conn = await follower.connect()
+    try:
+        while True:
+            try:
+                await body(conn)
+                return
+            except Exception as exc:
+                if not follower.follows(exc):
+                    raise
+                await conn.disconnect()
+                conn = await follower.reconnect(exc)
+    finally:
+        await conn.disconnect()
 
 
 def _id_tuple(entry_id: bytes) -> tuple[int, int]:

@@ -142,6 +142,11 @@ class Sampler:
         for k in self.keys:
             self._generations[k.pair] = await route.of(k.pair).hget(k.snapshot, "generation")
 
+    async def rebase(self, route: Route) -> None:
+        """Measure the server figures from now on the route's nodes (after an owner change:
+        the new owner's CPU and forks are not the old one's)."""
+        self._server_cpu, _, self._forks = await server_usage(route.nodes.values())
+
     async def sample(self, route: Route) -> dict[str, float]:
         """The figures since the previous sample (or :meth:`begin`)."""
         if self._cpu is None:

@@ -103,6 +103,10 @@ def build(run: Any, meta: dict[str, Any]) -> dict[str, Any]:
                 else None
             ),
         },
+        "outages": {
+            **(run.outages() if hasattr(run, "outages") else {}),
+            "skipped_samples": getattr(run, "skipped_samples", 0),
+        },
         "latency_us": summary(rec.total()),
         "latency_from_schedule_us": summary(run.from_schedule.total()),
         "lag": {"max": max(lags, default=0), "end": lags[-1] if lags else 0},
@@ -170,6 +174,13 @@ def table(report: dict[str, Any]) -> str:
         f"  lag           max {report['lag']['max']:,}, at the end {report['lag']['end']:,} "
         f"entries; the sender ran at most {report['send_behind_ms_max']:.1f} ms behind schedule",
     ]
+    out = report.get("outages") or {}
+    if out.get("reconnects"):
+        lines.append(
+            f"  failovers     {out['owner_changes']} owner change(s) followed, "
+            f"{out['reconnects']} reconnect(s); in doubt {out['in_doubt_landed']:,} found "
+            f"in the stream, {out['in_doubt_resent']:,} sent again"
+        )
     rss = report["shard_rss_mb"]
     if rss["peak"] is not None or rss["max_sampled"] is not None:
         lines.append(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import sys
 from dataclasses import dataclass, field
@@ -17,10 +18,12 @@ from typing import Any, TextIO
 import uvloop
 from redis.asyncio import Redis
 
+from shard.cluster import node_url
 from shard.config import Keys
+from shard.load.follow import Follower, outage
 from shard.load.latency import Recorder, Window
 from shard.load.nodes import Route, open_route
-from shard.load.pair import PairLoad, clock, connection
+from shard.load.pair import PairLoad, clock
 from shard.load.probes import ProcStat, Sampler, describe_server, local_shard_pid
 from shard.load.schedule import Schedule
 
@@ -66,6 +69,8 @@ class LoadRun:
         )
         self.peak_rss_mb: dict[str, float] = {}
         self.elapsed = 0.0
+        self.followers: list[Follower] = []
+        self.skipped_samples = 0  # probes an outage interrupted
 
     def note_sent(self, stamp: float, count: int, behind: float) -> None:
         second = int(stamp - self.t0)
@@ -92,14 +97,20 @@ class LoadRun:
     def sent(self) -> int:
         return sum(p.sent for p in self.pairs)
 
+    def outages(self) -> dict[str, int]:
+        """What following the owners cost the run: connections given again after an outage,
+        owner changes followed (summed over pairs), and the inputs in doubt then (found in the
+        stream, or sent again)."""
+        return {
+            "reconnects": sum(f.reconnects for f in self.followers),
+            "owner_changes": sum(f.owner_changes for f in self.followers),
+            "in_doubt_landed": sum(p.landed for p in self.pairs),
+            "in_doubt_resent": sum(p.resent for p in self.pairs),
+        }
+
     async def run(self) -> None:
         spec = self.spec
-        route = await open_route(
-            spec.url,
-            spec.pairs,
-            spec.key_prefix,
-            lambda url: Redis.from_url(url, protocol=2, socket_keepalive=True, **spec.tls),
-        )
+        route = await open_route(spec.url, spec.pairs, spec.key_prefix, self._make)
         try:
             client = next(iter(route.nodes.values()))
             self.server_version = describe_server(
@@ -132,6 +143,7 @@ class LoadRun:
             for p in self.pairs:
                 await p.mark_start(route.of(p.keys.pair))
             await self._timed(route)
+            await self._follow(route)
             for p in self.pairs:
                 client = route.of(p.keys.pair)
                 self.trades += await p.last_trade_id(client) - p.trades_from
@@ -161,24 +173,32 @@ class LoadRun:
                 if pid is not None:
                     self.sampler.shards[p.keys.pair] = ProcStat(pid)
 
+    def _make(self, url: str) -> Redis:
+        return Redis.from_url(url, protocol=2, socket_keepalive=True, **self.spec.tls)
+
     async def _timed(self, route: Route) -> None:
         spec = self.spec
-        # The raw connections: on each pair's own server (its slot's owner on a cluster).
-        io = await open_route(
-            spec.url,
-            spec.pairs,
-            spec.key_prefix,
-            lambda url: Redis.from_url(
-                url, protocol=2, socket_keepalive=True, socket_timeout=None, **spec.tls
-            ),
-        )
-        conns = [[await connection(io.of(p.keys.pair)) for _ in range(2)] for p in self.pairs]
+        # The raw connections (no socket timeout): on each pair's own server (its slot's owner
+        # on a cluster), which each pair's follower finds again after a failover.
+        self.followers = [
+            Follower(
+                spec.url,
+                p.keys.pair,
+                spec.key_prefix,
+                route.owner[p.keys.pair],
+                route.seeds,
+                lambda url: Redis.from_url(
+                    url, protocol=2, socket_keepalive=True, socket_timeout=None, **spec.tls
+                ),
+                cluster=route.cluster,
+            )
+            for p in self.pairs
+        ]
         await self.sampler.begin(route)
         self.t0 = clock()
         tasks = []
-        for p, (xadd, events) in zip(self.pairs, conns, strict=True):
-            # The XADD replies come back on the sender's connection, read by the ID reader.
-            tasks += [p.send_loop(xadd), p.id_loop(xadd), p.event_loop(events)]
+        for p, follower in zip(self.pairs, self.followers, strict=True):
+            tasks += [p.send_side(follower), p.event_side(follower)]
         work = asyncio.gather(*tasks)
         try:
             second = 0
@@ -197,10 +217,22 @@ class LoadRun:
                 work.cancel()
                 with contextlib.suppress(BaseException):
                     await work
-            for conn in (c for row in conns for c in row):
-                await conn.disconnect()
-            await io.aclose()
+            for follower in self.followers:
+                await follower.aclose()
         self.elapsed = clock() - self.t0
+
+    async def _follow(self, route: Route) -> None:
+        """Point each pair's probe client at the owner its follower found, and measure the
+        server figures afresh from the new set of owners (a no-op on one server and while no
+        owner changed)."""
+        moved = False
+        for p, follower in zip(self.pairs, self.followers, strict=True):
+            if route.owner[p.keys.pair] != follower.node:
+                url = node_url(self.spec.url, follower.node)
+                await route.move(p.keys.pair, follower.node, functools.partial(self._make, url))
+                moved = True
+        if moved:
+            await self.sampler.rebase(route)
 
     async def _sample(self, route: Route, second: int) -> None:
         """Second ``second``'s offered count, backlog and probes; then its live line."""
@@ -211,7 +243,13 @@ class LoadRun:
         )
         w.samples["in_flight"] = self.sent - self.completed
         w.samples["send_behind_ms"] = round(self.send_behind.get(second, 0.0) * 1000, 2)
-        w.samples.update(await self.sampler.sample(route))
+        try:
+            await self._follow(route)
+            w.samples.update(await self.sampler.sample(route))
+        except Exception as exc:
+            if not (route.cluster and outage(exc)):
+                raise
+            self.skipped_samples += 1  # the owner moved under the probe: next second's will do
         self._progress(w)
 
     def _progress(self, w: Window) -> None:
@@ -222,7 +260,7 @@ class LoadRun:
         s = w.samples
         line = (
             f"[{w.second + 1:4d}s] offered {w.offered:>7,}/s sent {w.sent:>7,}/s "
-            f"done {w.completed:>7,}/s in-flight {s['in_flight']:,} lag {s['lag']:,} | "
+            f"done {w.completed:>7,}/s in-flight {s['in_flight']:,} lag {s.get('lag', 0):,} | "
             f"p50 {q.get_value_at_percentile(50) / 1000:.2f} p99 "
             f"{q.get_value_at_percentile(99) / 1000:.2f} ms (run p99 "
             f"{total.get_value_at_percentile(99) / 1000:.2f})"

@@ -19,22 +19,23 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import msgspec
 import pytest
 import redis
 
 from shard.cluster import pair_slot
-from shard.cluster_local import ClusterNotReady, LocalCluster
+from shard.cluster_local import LocalCluster
 from shard.config import Keys, load
 from shard.marketdata import BookView, book_from_hash, connect_any
-from shard.server import LocalServer
+from shard.server import LocalServer, free_port
 from shard.up import listen_error
 from shard.workload import standard_mix
 
 from ..seed import SEED_LINES, SEED_TRADE
+from .conftest import CLUSTER_NODE_TIMEOUT_MS
 from .helpers import (
     assert_exactly_once,
     finish_daemon,
@@ -48,7 +49,7 @@ from .helpers import (
     wait_events,
 )
 
-NODE_TIMEOUT_MS = 2000
+NODE_TIMEOUT_MS = CLUSTER_NODE_TIMEOUT_MS  # the session cluster's (conftest.py)
 ENV = {
     "SHARD_BATCH_SIZE": "20",
     "SHARD_RECONNECT_MAX_DELAY": "0.5",
@@ -57,30 +58,6 @@ ENV = {
     "SHARD_TRIM_INPUTS": "false",
 }
 PAIR = "BTC-USDT"
-
-
-@pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    try:
-        local = LocalCluster(tmp_path_factory.mktemp("cluster"), node_timeout_ms=NODE_TIMEOUT_MS)
-        local.start()
-    except (RuntimeError, ClusterNotReady) as exc:
-        message = f"this server binary cannot run a cluster here: {exc}"
-        if os.environ.get("CI"):
-            pytest.fail(message)  # both CI servers run cluster mode: never skip there
-        pytest.skip(message)
-    yield local
-    local.stop()
-
-
-@pytest.fixture
-def rc(cluster: LocalCluster) -> Iterator[redis.RedisCluster]:
-    """A cluster client on a healthy, flushed cluster."""
-    cluster.wait_healthy()
-    cluster.flush()
-    client = cluster.cluster_client()
-    yield client
-    client.close()
 
 
 def pair_on(cluster: LocalCluster, master: LocalServer) -> str:
@@ -319,15 +296,32 @@ def free_block(count: int) -> int:
     raise AssertionError("no free block of ports")
 
 
+def gateway_healthy(port: int, pairs: list[str], timeout: float = 30.0) -> bool:
+    """Whether the gateway on ``port`` answers /health 200 and each pair's book, in time."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
+            books = [httpx.get(f"http://127.0.0.1:{port}/api/v1/pairs/{p}/book") for p in pairs]
+            if health.status_code == 200 and all(b.status_code == 200 for b in books):
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    return False
+
+
 def test_shard_up_cluster_runs_a_pair_per_master_and_resumes(tmp_path: Any) -> None:
     """`shard up --cluster`: 3 masters and 3 replicas on --port and after, a daemon per pair
-    (one pair in each master's third of the slots), the seed example trading on each; Ctrl-C
-    stops all, and the next `shard up --cluster` on the same directory resumes the books."""
+    (one pair in each master's third of the slots), the seed example trading on each, and a
+    gateway serving them all; Ctrl-C stops all, and the next `shard up --cluster` on the same
+    directory resumes the books."""
     names = [f"PAIR-{i}" for i in range(10_000)]
     pairs = [next(p for p in names if min(pair_slot(p) // 5461, 2) == third) for third in range(3)]
-    base = free_block(6)
+    base, page = free_block(6), free_port()
     command = [sys.executable, "-m", "shard", "up", "--cluster", "--pairs", ",".join(pairs)]
-    command += ["--port", str(base), "--data-dir", str(tmp_path / "data"), "--gateway-port", "0"]
+    command += ["--port", str(base), "--data-dir", str(tmp_path / "data")]
+    command += ["--gateway-port", str(page)]
     for run in range(2):
         proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
         banner = []
@@ -353,6 +347,8 @@ def test_shard_up_cluster_runs_a_pair_per_master_and_resumes(tmp_path: Any) -> N
                     assert trade.trade_id == 1
             finally:
                 client.close()
+            assert f"the trading page: http://127.0.0.1:{page}/" in text
+            assert gateway_healthy(page, pairs), "the gateway never served every pair"
         finally:
             proc.send_signal(signal.SIGINT)
             _, rest = proc.communicate(timeout=60)
@@ -510,3 +506,105 @@ def test_load_on_three_masters(
         assert rc.xlen(Keys(pair).orders) == rc.xlen(Keys(pair).events) == 200
     assert report["cpu_pct_mean"]["server"] > 0
     assert all(row["server_rss_mb"] > 0 for row in report["seconds"] if "server_rss_mb" in row)
+
+
+@pytest.mark.parametrize("fault", ["failover", "kill"])
+def test_load_follows_a_failover_of_the_pairs_master(
+    cluster: LocalCluster, rc: redis.RedisCluster, tmp_path: Any, fault: str
+) -> None:
+    """`shard load` given the first node's URL, while the test fails the pair's master over in
+    the middle of the run (`CLUSTER FAILOVER` on its replica, or kill -9 of the master): the
+    sender and the event reader follow the new owner, every input in the stream gets its
+    event, none is sent twice, and the report counts the owner change and the reconnects.
+    The default failover loses nothing; the crash may lose acknowledged inputs (the report
+    counts them missing)."""
+    keys = Keys(PAIR)
+    master = cluster.owner(PAIR)
+    replica = cluster.replicas_of(master)[0]
+    proc = start_daemon(cluster.url, env=ENV, pair=PAIR)
+    try:
+        command = [sys.executable, "-m", "shard", "load", "--pairs", PAIR]
+        command += ["--redis-url", cluster.url, "--rate", "200", "--duration", "4"]
+        command += ["--seed", "7", "--id-prefix", fault, "--out", str(tmp_path), "--quiet"]
+        load_run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            deadline = time.monotonic() + 60
+            while rc.xlen(keys.orders) < 300:  # 1.5 s into the timed phase
+                assert load_run.poll() is None and time.monotonic() < deadline
+                time.sleep(0.02)
+            if fault == "failover":
+                cluster.failover(replica)
+            else:
+                cluster.kill(master)
+                cluster.wait_master(replica)
+            out, err = load_run.communicate(timeout=100)
+        finally:
+            if load_run.poll() is None:
+                load_run.kill()
+                load_run.communicate()
+            if fault == "kill":
+                cluster.restart(master)  # back as a replica of the new master
+    finally:
+        code, log = stop_daemon(proc)
+    assert code == 0, log
+    assert cluster.owner(PAIR).port == replica.port
+    report = json.loads((tmp_path / "report.json").read_text())
+    totals = report["totals"]
+    outages = report["outages"]
+    assert outages["owner_changes"] >= 1 and outages["reconnects"] >= 2, outages
+    assert "owner change(s) followed" in out.decode()
+    after = cluster.cluster_client()
+    stored = after.xlen(keys.orders)
+    assert after.xlen(keys.events) == stored
+    inputs = [{k.decode(): v.decode() for k, v in f.items()} for _, f in after.xrange(keys.orders)]
+    after.close()
+    sent = [{k: str(v) for k, v in m.items()} for m in standard_mix(800, 7, prefix=f"{fault}-o")]
+    rest = iter(sent)
+    assert all(m in rest for m in inputs)  # in the order sent, none twice
+    assert totals["offered"] == totals["sent"] == 800
+    assert totals["completed"] == stored  # each input in the stream got its event
+    if fault == "failover":
+        assert load_run.returncode == 0, err
+        assert stored == 800 and totals["missing"] == 0
+    else:
+        assert load_run.returncode == (0 if stored == 800 else 1), err
+
+
+def test_floor_relay_on_three_masters(
+    cluster: LocalCluster, rc: redis.RedisCluster, tmp_path: Any
+) -> None:
+    """The harness floor on a cluster: a relay per pair (one pair on each master), each given
+    the first node's URL, answers on its pair's owner; `shard load` given the same URL gets
+    every input's event."""
+    pairs = [pair_on(cluster, m) for m in cluster.master_nodes()]
+    env = {**os.environ, "SHARD_KEY_PREFIX": ""}
+    relays = [
+        subprocess.Popen(
+            [sys.executable, "-m", "shard.load.relay", "--pair", p, "--redis-url", cluster.url],
+            env=env,
+            stderr=subprocess.PIPE,
+        )
+        for p in pairs
+    ]
+    try:
+        command = [sys.executable, "-m", "shard", "load", "--pairs", ",".join(pairs)]
+        command += ["--redis-url", cluster.url, "--rate", "100", "--duration", "2"]
+        command += ["--out", str(tmp_path), "--quiet"]
+        done = subprocess.run(command, capture_output=True, timeout=100)
+    finally:
+        for relay in relays:
+            relay.send_signal(signal.SIGTERM)
+        logs = [relay.communicate(timeout=20)[1] for relay in relays]
+    assert done.returncode == 0, done.stderr
+    assert all(relay.returncode == 0 for relay in relays), logs
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert "a cluster, the pairs' masters: 3" in report["run"]["server"]
+    totals = report["totals"]
+    assert totals["offered"] == totals["completed"] == 3 * 200
+    assert totals["trades"] == 0
+    for master, pair in zip(cluster.master_nodes(), pairs, strict=True):
+        keys = Keys(pair)
+        assert rc.xlen(keys.orders) == rc.xlen(keys.events) == 200
+        statuses = {f[b"status"] for _, f in rc.xrange(keys.events)}
+        assert statuses == {b"relayed"}
+        assert cluster.client(master).xlen(keys.events) == 200  # on its owner

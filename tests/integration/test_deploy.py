@@ -247,9 +247,15 @@ def test_compose_gateway_runs_natively_with_its_health_check(
     assert sorted(pairs) == sorted(
         s["environment"]["SHARD_PAIR"] for s in shard_services().values()
     )
+    assert_gateway_runs(svc, svc["environment"], server)
+
+
+def assert_gateway_runs(svc: dict[str, Any], environment: dict[str, str], server: Any) -> None:
+    """A compose gateway service's command, run natively on a free port against ``server``
+    with ``environment``, passes its own health check, and stops cleanly on SIGTERM."""
     port = free_port()
     argv, env = native(
-        [*dockerfile_instruction("ENTRYPOINT"), *svc["command"]], svc["environment"], server
+        [*dockerfile_instruction("ENTRYPOINT"), *svc["command"]], environment, server
     )
     proc = subprocess.Popen([*argv, "--port", str(port), "--host", "127.0.0.1"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
@@ -363,7 +369,11 @@ def test_cluster_compose_structure() -> None:
             f"127.0.0.1:{env['SHARD_METRICS_PORT']}:{env['SHARD_METRICS_PORT']}"
         ]
     assert len(ports) == 3
-    assert "gateway" not in services  # the gateway does not read a cluster yet
+    gateway = services["gateway"]  # any node's URL: it routes each pair to its master
+    assert gateway["environment"]["REDIS_URL"].removeprefix("redis://").split(":")[0] in nodes
+    assert gateway["environment"]["SHARD_CLUSTER"] == "yes"
+    assert gateway["depends_on"]["cluster-init"] == {"condition": "service_completed_successfully"}
+    assert gateway["command"] == compose()["services"]["gateway"]["command"]
 
 
 def role(server: LocalServer) -> bytes:
@@ -375,7 +385,8 @@ def test_cluster_compose_runs_natively(tmp_path: Path) -> None:
     """The six nodes' command lines with this machine's server binary (free ports, a bus port
     each, announcing 127.0.0.1), the init service's script with the session's redis-cli on
     those addresses (twice: the second run finds the cluster made), then each shard service
-    on its node's URL: an order to each pair gets its event, and each health check passes."""
+    on its node's URL: an order to each pair gets its event, and each health check passes; then
+    the gateway service on the first node's URL passes its health check."""
     cli = shutil.which("redis-cli")
     if cli is None:
         pytest.skip("no redis-cli here: the init service's script needs it")
@@ -433,6 +444,9 @@ def test_cluster_compose_runs_natively(tmp_path: Path) -> None:
                 ).returncode:
                     assert time.monotonic() < deadline, health.stderr  # fmt: skip
                     time.sleep(0.2)
+            svc = cluster_compose()["services"]["gateway"]
+            env = {**svc["environment"], "REDIS_URL": servers["redis-1"].url}
+            assert_gateway_runs(svc, env, servers["redis-1"])
         finally:
             rc.close()
     finally:

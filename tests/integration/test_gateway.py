@@ -33,14 +33,18 @@ ALICE, BOB = "alice-key-0123456789", "bob-key-9876543210"
 
 
 class Gateway:
-    """A ``shard gateway`` subprocess for PAIR and its base URL."""
+    """A ``shard gateway`` subprocess for ``pairs`` (PAIR by default) and its base URL; returns
+    once ``/health`` answers 200 (every pair synced)."""
 
-    def __init__(self, url: str, tmp: Path, extra: str = "") -> None:
+    def __init__(
+        self, url: str, tmp: Path, extra: str = "", pairs: list[str] | None = None
+    ) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         config = tmp / "gateway.toml"
-        config.write_text(f"[gateway]\npairs = [{json.dumps(PAIR)}]\n{extra}")
-        self.log = open(tmp / "gateway.log", "wb")  # noqa: SIM115  (closed in stop)
+        config.write_text(f"[gateway]\npairs = {json.dumps(pairs or [PAIR])}\n{extra}")
+        self.log_path = tmp / "gateway.log"
+        self.log = open(self.log_path, "wb")  # noqa: SIM115  (closed in stop)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "shard", "gateway", "--redis-url", url,
              "--port", str(self.port), "--config", str(config)],
@@ -49,13 +53,13 @@ class Gateway:
         self.http = httpx.Client(base_url=self.base, timeout=10)
         deadline = time.monotonic() + 30
         while True:
-            assert self.proc.poll() is None, (tmp / "gateway.log").read_text()
+            assert self.proc.poll() is None, self.log_path.read_text()
             try:
                 if self.http.get("/health").status_code == 200:
                     break
             except httpx.TransportError:
                 pass
-            assert time.monotonic() < deadline, "the gateway did not become healthy"
+            assert time.monotonic() < deadline, self.log_path.read_text()
             time.sleep(0.1)
 
     def stop(self) -> int:
