@@ -25,6 +25,7 @@ from shard.config import Config
 from shard.engine import DIGEST_SCHEME, Engine
 from shard.logs import Log
 from shard.messages import Event, Trade
+from shard.outage import NotYet
 from shard.reads import ReadBudget
 from shard.store import Store, supported_server
 from shard.terms import Terms, parse_terms
@@ -121,6 +122,14 @@ async def recover(store: Store, config: Config, renew: Renew) -> Recovered:
     meta = await store.snapshot_meta()
     engine, at, events = await load_snapshot(store, meta, terms)
     if parse_id(at) > parse_id(checkpoint.last_id):
+        moved = await store.checkpoint()
+        if moved is not None and moved.last_id != checkpoint.last_id:
+            # Another daemon, which has not yet seen its lease go, committed and stored this
+            # snapshot between the two reads (a lease handover): not a checkpoint moved back.
+            raise NotYet(
+                f"the checkpoint moved during recovery ({checkpoint.last_id} -> "
+                f"{moved.last_id}): another daemon committed; recovering again"
+            )
         raise RecoveryError(
             f"the snapshot at {at} is ahead of the checkpoint {checkpoint.last_id}: the "
             f"checkpoint was moved back, or the snapshot comes from another pair or run; "

@@ -9,12 +9,19 @@ import random
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
+import msgspec
 import pytest
 import redis
 
-from shard.config import Keys
+from shard.checkpoint import Checkpoint
+from shard.config import Keys, load
+from shard.outage import NotYet
+from shard.recovery import RecoveryError, recover
 from shard.server import LocalServer
+from shard.store import Store
+from shard.transport import connect
 from shard.workload import standard_mix
 
 from .helpers import (
@@ -238,3 +245,48 @@ def test_connections_killed_under_the_daemon(
     assert_exactly_once(r, keys, entries_of(r, ids, messages))
     assert kills >= 10
     assert '"msg":"waiting for redis; retrying with backoff"' in log
+
+
+class _StaleFirstRead(Store):
+    """A store whose first checkpoint read returns ``stale``: as if another daemon (one that
+    has not yet seen its lease go) committed and stored a snapshot between recovery's read of
+    the checkpoint and its read of the snapshot."""
+
+    def __init__(self, stale: Checkpoint, *args: Any) -> None:
+        super().__init__(*args)
+        self.stale: Checkpoint | None = stale
+
+    async def checkpoint(self) -> Checkpoint | None:
+        stale, self.stale = self.stale, None
+        return stale if stale is not None else await super().checkpoint()
+
+
+async def test_recovery_reads_again_when_the_checkpoint_moves_under_it(
+    server: LocalServer, r: redis.Redis, keys: Keys
+) -> None:
+    """A snapshot ahead of the checkpoint recovery read first is the race of a lease handover,
+    not a checkpoint moved back: recovery is tried again (NotYet, waited out), and succeeds.
+    A checkpoint that is still behind the snapshot when read again is refused as before."""
+    ids = publish(r, list(standard_mix(1000, seed=3)))
+    env = {"SHARD_SNAPSHOT_EVERY_INPUTS": "200"}
+    code, log = finish_daemon(start_daemon(server.url, "--exit-when-idle", env=env))
+    assert code == 0, log
+    config = load(pair=keys.pair, redis_url=server.url)
+    client = connect(config)
+
+    async def renew() -> None:
+        return None
+
+    try:
+        real = await Store(client, keys, config.group).checkpoint()
+        assert real is not None and real.last_id == ids[-1]
+        stale = msgspec.structs.replace(real, last_id=ids[10])  # before every snapshot
+        with pytest.raises(NotYet, match="moved during recovery"):
+            await recover(_StaleFirstRead(stale, client, keys, config.group), config, renew)
+        done = await recover(Store(client, keys, config.group), config, renew)
+        assert done.checkpoint.last_id == ids[-1]
+        r.hset(keys.checkpoint, "last_id", ids[10])  # moved back for good: refused
+        with pytest.raises(RecoveryError, match="ahead of the checkpoint"):
+            await recover(Store(client, keys, config.group), config, renew)
+    finally:
+        await client.aclose()
