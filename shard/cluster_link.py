@@ -13,6 +13,7 @@ the node the daemon talks to: the daemon then moves its client there (:meth:`Sha
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.asyncio import Redis
@@ -85,18 +86,10 @@ class ClusterLink:
     async def _resolve(self, topology: Topology) -> Node:
         """The owner as the first node that answers sees it. O(nodes) round trips at most."""
         hint, self._hint = self._hint, None
-        errors = []
-        for node in topology.candidates(hint):
-            try:
-                reply = await self._slots(node)
-            except RETRIED as exc:
-                errors.append(f"{node}: {describe(exc)}")
-                continue
-            owner = topology.learned(parse_slots(reply, node))
-            if owner is not None:
-                return owner
-            errors.append(f"{node}: no node serves slot {topology.slot}")
-        raise NotYet(f"no node names the owner of slot {topology.slot}: {'; '.join(errors)}")
+        owner, errors = await find_owner(topology, hint, self._slots)
+        if owner is None:
+            raise NotYet(f"no node names the owner of slot {topology.slot}: {'; '.join(errors)}")
+        return owner
 
     async def _slots(self, node: Node) -> Any:
         client = plain_async_client(self.config, node_url(self.config.redis_url, node))
@@ -105,3 +98,24 @@ class ClusterLink:
         finally:
             with contextlib.suppress(*RETRIED):
                 await client.aclose()
+
+
+async def find_owner(
+    topology: Topology, hint: Node | None, slots: Callable[[Node], Awaitable[Any]]
+) -> tuple[Node | None, list[str]]:
+    """The owner of ``topology``'s slot as the first node that answers sees it (None: no node
+    names one), asking ``hint`` first, then the last owner, then every node learnt; and why
+    each node asked before it did not tell. ``slots(node)`` is that node's ``CLUSTER SLOTS``
+    reply. O(nodes) round trips at most."""
+    errors = []
+    for node in topology.candidates(hint):
+        try:
+            reply = await slots(node)
+        except RETRIED as exc:
+            errors.append(f"{node}: {describe(exc)}")
+            continue
+        owner = topology.learned(parse_slots(reply, node))
+        if owner is not None:
+            return owner, errors
+        errors.append(f"{node}: no node serves slot {topology.slot}")
+    return None, errors

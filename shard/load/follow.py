@@ -25,7 +25,8 @@ from typing import Any, Final
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
 
-from shard.cluster import Node, Topology, moved_to, node_url, pair_slot, parse_slots
+from shard.cluster import Node, Topology, moved_to, node_url, pair_slot
+from shard.cluster_link import find_owner
 from shard.transport import REDIS_ERRORS, RETRIED, error_code
 
 Factory = Callable[[str], Redis]
@@ -125,17 +126,11 @@ class Follower:
         """The owner as the first node that answers sees it (None: no node names one yet).
         O(nodes) round trips at most."""
         hint, self._hint = self._hint, None
-        for node in self.topology.candidates(hint):
-            try:
-                reply = await self._client(node).execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
-            except RETRIED as error:
-                if not outage(error):
-                    raise
-                continue
-            owner = self.topology.learned(parse_slots(reply, node))
-            if owner is not None:
-                return owner
-        return None
+        owner, _ = await find_owner(self.topology, hint, self._slots)
+        return owner
+
+    async def _slots(self, node: Node) -> Any:
+        return await self._client(node).execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
 
     async def aclose(self) -> None:
         for client in self._clients.values():
