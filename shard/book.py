@@ -103,7 +103,7 @@ class BookSide:
         self.quantity = 0  # resting quantity over all levels, kept up to date for the digest
         self.reshaped = 0
         """On a tracked side, how many levels :meth:`OrderBook.take_changes` found made or
-        dropped: while it stays, so does the list :meth:`OrderBook.top_levels` gave (counted
+        dropped: while it stays, so does the list :meth:`OrderBook.best_levels` gave (counted
         per batch there, not on the matching path)."""
 
     def level_for(self, price: int) -> Level:
@@ -628,8 +628,8 @@ class OrderBook:
         return _best_first(bids), _best_first(asks)
 
     @staticmethod
-    def top_levels(book_side: BookSide, n: int) -> list[Level]:
-        """A side's ``n`` best levels, best first. O(n)."""
+    def best_levels(book_side: BookSide, n: int) -> list[Level]:
+        """The ``n`` best levels of a side, best first. O(n)."""
         levels = book_side.levels
         return [levels[key] for key in book_side.keys[:n]]
 

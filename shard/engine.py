@@ -510,7 +510,7 @@ class Engine:
         has the same levels (:attr:`_top`), else from its keys (a SortedList slice)."""
         reshaped, top = self._top[i]
         if reshaped != side.reshaped:
-            top = self.book.top_levels(side, CHECKSUM_LEVELS)
+            top = self.book.best_levels(side, CHECKSUM_LEVELS)
             self._top[i] = (side.reshaped, top)
         self._top_texts[i] = ",".join([level.text for level in top])
         self._top_nth[i] = top[-1].key if len(top) == CHECKSUM_LEVELS else NO_LIMIT
