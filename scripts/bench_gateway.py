@@ -24,7 +24,8 @@
    ``--duration`` seconds, first with no client connected, then with them all. Prints the
    messages delivered a second (all clients together), how many were book updates, and the
    gateway's CPU (from /proc) with and without the clients: the difference per client is the
-   cost of fan-out. The clients count messages and do not parse them.
+   cost of fan-out, and the clients the gateway closed for falling behind. The clients count
+   messages and do not parse them.
 
   .venv/bin/python scripts/bench_gateway.py
   .venv/bin/python scripts/bench_gateway.py --rates 1000,5000 --clients 0 --duration 8
@@ -52,6 +53,7 @@ import httpx
 import redis
 import uvloop
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from shard.server import LocalServer, free_port
 from shard.workload import standard_mix
@@ -246,6 +248,7 @@ async def fanout(
 
     counts = [0] * clients
     depth = [0] * clients
+    closed: list[str] = []
     stop = asyncio.Event()
 
     async def client(i: int) -> None:
@@ -255,6 +258,9 @@ async def fanout(
                     raw = await asyncio.wait_for(conn.recv(), 0.5)
                 except TimeoutError:
                     continue
+                except ConnectionClosed as exc:
+                    closed.append(exc.rcvd.reason if exc.rcvd else "no close frame")
+                    return
                 counts[i] += 1
                 depth[i] += str(raw).startswith('{"type":"depth"')
 
@@ -274,7 +280,8 @@ async def fanout(
         f"WebSocket, {clients} clients, inputs at {rate}/s for {duration:g} s: "
         f"{delivered:,.0f} messages/s delivered ({updates:,.0f} book updates/s); "
         f"gateway CPU {idle_cpu:.0%} of a core without clients, {busy_cpu:.0%} with them: "
-        f"{(busy_cpu - idle_cpu) / clients * 1e3:.2f} ms of CPU a second per client",
+        f"{(busy_cpu - idle_cpu) / clients * 1e3:.2f} ms of CPU a second per client; "
+        f"clients closed by the gateway: {len(closed)} {dict(Counter(closed)) or ''}",
         flush=True,
     )
 

@@ -32,7 +32,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from shard.config import Config, Keys
 from shard.gateway.candles import INTERVALS, candles
 from shard.gateway.config import GatewayConfig
-from shard.gateway.feed import Outcome, PairFeed, Subscriber, levels, pack, round_trip, ws_text
+from shard.gateway.feed import Outcome, PairFeed, levels, pack, round_trip, ws_text
 from shard.gateway.limits import KeyRing, RateLimiter
 from shard.gateway.replica import LiveOrder, Replica
 from shard.gateway.route import PairRoute, is_cluster
@@ -107,6 +107,10 @@ class GatewayMetrics:
             "gateway_ws_messages", "WebSocket messages sent, by type.", ["pair", "type"],
             registry=r,
         )  # fmt: skip
+        self.conflated = Counter(
+            "gateway_ws_conflated", "Book updates merged into a later one for a client that was "
+            "still sending.", ["pair"], registry=r,
+        )  # fmt: skip
         self.slow = Counter(
             "gateway_ws_slow_closes", "Clients closed for falling behind on trades.", ["pair"],
             registry=r,
@@ -129,6 +133,7 @@ class Gateway:
                     Store(self.reader, Keys(pair, connection.key_prefix), connection.group),
                     msgspec.structs.replace(connection, pair=pair),
                 ),
+                config.ws_interval_ms / 1000,
             )
             for pair in config.pairs
         }  # fmt: skip
@@ -521,40 +526,6 @@ async def page(gateway: Gateway, request: Request) -> Response:
 # -- the WebSocket feed ----------------------------------------------------------------------
 
 
-def snapshot_message(feed: PairFeed, sub: Subscriber) -> dict[str, Any]:
-    """The whole book now; the subscriber's pending changes are dropped (the book holds them)."""
-    view = feed.view
-    sub.snapshot, sub.resync = False, None
-    sub.bids.clear()
-    sub.asks.clear()
-    sub.sent_seq = sub.seq = view.seq
-    sub.trades.clear()
-    sub.ticker = None
-    return {
-        "type": "snapshot", "seq": view.seq, "input_id": view.input_id,
-        "bids": levels(view.bids()), "asks": levels(view.asks()),
-        "checksum": view.book.checksum(), "ticker": feed.ticker,
-        "trades": feed.latest_trades(100),
-    }  # fmt: skip
-
-
-def depth_message(sub: Subscriber) -> dict[str, Any]:
-    """The merged changes from ``sent_seq`` to ``seq``, best first."""
-    bids = sorted(sub.bids.values(), reverse=True)
-    asks = sorted(sub.asks.values())
-    best_bid, best_ask = sub.best
-    message = {
-        "type": "depth", "prev": sub.sent_seq, "seq": sub.seq, "input_id": sub.input_id,
-        "bids": levels(bids), "asks": levels(asks), "checksum": sub.checksum,
-        "best_bid": None if best_bid is None else list(best_bid),
-        "best_ask": None if best_ask is None else list(best_ask),
-    }  # fmt: skip
-    sub.bids.clear()
-    sub.asks.clear()
-    sub.sent_seq = sub.seq
-    return message
-
-
 async def stream(gateway: Gateway, websocket: WebSocket) -> None:
     try:
         feed = gateway.feed(websocket)
@@ -605,12 +576,16 @@ async def stream(gateway: Gateway, websocket: WebSocket) -> None:
                     continue  # the sync's update wakes us again
                 if sub.resync:
                     await send("resync", {"type": "resync", "reason": sub.resync})
-                await send("snapshot", snapshot_message(feed, sub))
+                await send("snapshot", feed.snapshot(sub))
                 continue
-            if sub.depth_due():
-                await send("depth", depth_message(sub))
+            depth = sub.take_depth()
+            if sub.conflated:
+                gateway.metrics.conflated.labels(feed.pair).inc(sub.conflated)
+                sub.conflated = 0
+            if depth is not None:
+                await send_text("depth", depth)
             while sub.trades:
-                await send_text("trade", sub.trades.popleft())
+                await send_text("trades", sub.take_trades())
             if sub.ticker is not None:
                 ticker, sub.ticker = sub.ticker, None
                 await send_text("ticker", ticker)

@@ -41,6 +41,8 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     """Digits after the point the page shows, per pair (default 8)."""
     ws_queue: int = 1000
     """Trades a WebSocket client may have unsent before it is closed."""
+    ws_interval_ms: int = 100
+    """The least time between two flushes of a pair's WebSocket messages (0: none)."""
     send_buffer_bytes: int = 262_144
     """The kernel's send buffer of each connection (0: the kernel's own, which may grow to
     megabytes a client): what a client that stops reading can hold before its sends block."""
@@ -67,6 +69,8 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
         for name, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"gateway: {name} = {value} must be above 0")
+        if self.ws_interval_ms < 0:
+            raise ConfigError(f"gateway: ws_interval_ms = {self.ws_interval_ms} is below 0")
         if self.send_buffer_bytes < 0:
             raise ConfigError(f"gateway: send_buffer_bytes = {self.send_buffer_bytes} is below 0")
         if self.port > 65535:

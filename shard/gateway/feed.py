@@ -34,7 +34,7 @@ from redis.exceptions import RedisError, ResponseError
 from shard.checkpoint import ZERO_ID, parse_id
 from shard.config import Keys
 from shard.gateway.replica import Replica
-from shard.marketdata import BookView, Level, Update, decode_ticker
+from shard.marketdata import BookView, DepthEntry, Level, Update, decode_ticker
 from shard.messages import Event, Trade
 from shard.recovery import RecoveryError
 from shard.transport import RETRIED, describe, text
@@ -106,17 +106,76 @@ class Outcome(msgspec.Struct):
     order_events: list[Event]
 
 
-class Subscriber:
-    """A WebSocket client's pending messages, merged by the readers and sent by its own task.
+class Tick:
+    """The book's changes from ``prev`` to ``seq`` as a flush hands them out: each changed
+    level's latest value, the last entry's fields, and the ``depth`` message from ``prev``,
+    encoded once for every client whose book is at ``prev``."""
 
-    Book changes are merged per level (the latest value wins), so what is pending is one
-    update from :attr:`sent_seq` to :attr:`seq`, however many entries it spans. Trades are a
-    queue of at most ``max_trades``; past it the client is marked :attr:`overflowed`. Trades
-    and the ticker wait as the text of their message, encoded once for every client."""
+    __slots__ = ("asks", "best", "bids", "checksum", "input_id", "prev", "seq", "text")
+
+    def __init__(self, prev: int) -> None:
+        self.prev = self.seq = prev
+        self.bids: dict[int, Level] = {}
+        self.asks: dict[int, Level] = {}
+        self.input_id = ""
+        self.checksum = 0
+        self.best: tuple[Any, Any] = (None, None)
+        self.text: str | None = None
+
+    def add(self, entry: DepthEntry) -> None:
+        """Merge the next entry: O(levels it changed)."""
+        for level in entry.bids:
+            self.bids[level.price] = level
+        for level in entry.asks:
+            self.asks[level.price] = level
+        self.seq, self.input_id, self.checksum = entry.seq, entry.input_id, entry.checksum
+        self.best = (entry.best_bid, entry.best_ask)
+
+    def merge(self, later: Tick) -> None:
+        """Merge the tick that follows: O(levels it changed)."""
+        self.bids.update(later.bids)
+        self.asks.update(later.asks)
+        self.seq, self.input_id, self.checksum = later.seq, later.input_id, later.checksum
+        self.best = later.best
+        self.text = None
+
+    def message(self, prev: int) -> str:
+        """The ``depth`` message from ``prev`` (from :attr:`prev` up to :attr:`seq`; a book at
+        a later ``prev`` already holds some of these levels, and takes their latest value):
+        the changed levels best first, and the checksum at :attr:`seq`."""
+        if prev == self.prev and self.text is not None:
+            return self.text
+        best_bid, best_ask = self.best
+        text = ws_text({
+            "type": "depth", "prev": prev, "seq": self.seq, "input_id": self.input_id,
+            "bids": levels(sorted(self.bids.values(), reverse=True)),
+            "asks": levels(sorted(self.asks.values())), "checksum": self.checksum,
+            "best_bid": None if best_bid is None else list(best_bid),
+            "best_ask": None if best_ask is None else list(best_ask),
+        })  # fmt: skip
+        if prev == self.prev:
+            self.text = text
+        return text
+
+
+TICKS_HELD: Final = 8
+"""Unsent ticks a slow client holds before they are merged into one: its memory stays one set
+of levels, however far behind it is."""
+
+
+class Subscriber:
+    """A WebSocket client's pending messages, handed over at each flush and sent by its own
+    task.
+
+    Book changes are the flushes' :class:`Tick` objects, shared by every client; a client
+    still sending when the next comes merges them (per level, the latest value wins), so what
+    is pending is one update from :attr:`sent_seq`, however many flushes it spans. Trades wait
+    as the text of their flush's ``trades`` message, encoded once for every client; past
+    ``max_trades`` unsent trades the client is marked :attr:`overflowed`."""
 
     __slots__ = (
-        "asks", "best", "bids", "checksum", "input_id", "kicked", "max_trades", "overflowed",
-        "resync", "sent_seq", "seq", "snapshot", "ticker", "trades", "wake",
+        "conflated", "kicked", "last_trade", "max_trades", "overflowed", "resync", "sent_seq",
+        "snapshot", "ticker", "ticks", "trades", "unsent_trades", "wake",
     )  # fmt: skip
 
     def __init__(self, max_trades: int) -> None:
@@ -124,21 +183,70 @@ class Subscriber:
         self.snapshot = True
         """A snapshot is due (the first message, after a resync, or asked for)."""
         self.resync: str | None = None
-        self.bids: dict[int, Level] = {}
-        self.asks: dict[int, Level] = {}
-        self.sent_seq = self.seq = 0
-        self.input_id = ""
-        self.checksum = 0
-        self.best: tuple[Any, Any] = (None, None)
-        self.trades: deque[str] = deque()
+        self.sent_seq = 0
+        self.ticks: list[Tick] = []
+        self.conflated = 0
+        """Ticks merged into a later one because this client had not sent them yet."""
+        self.trades: deque[tuple[str, int]] = deque()
+        """Unsent ``trades`` messages, each with its number of trades."""
+        self.unsent_trades = 0
+        self.last_trade = 0
+        """The trade_id of the last trade the client has, from its snapshot or a message."""
         self.max_trades = max_trades
         self.overflowed = False
         self.kicked = asyncio.Event()
         """Set with :attr:`overflowed`: its connection is closed even while a send blocks."""
         self.ticker: str | None = None
 
-    def depth_due(self) -> bool:
-        return self.seq > self.sent_seq
+    def push(self, tick: Tick | None, trades: list[Trade], text: str, ticker: str | None) -> None:
+        """Hand over a flush: its tick, its trades with their message, the ticker after them.
+        O(1), but for a client that is behind (then O(levels changed))."""
+        if self.snapshot:
+            return  # the snapshot to come holds all of it
+        if tick is not None and tick.seq > self.sent_seq:
+            ticks = self.ticks
+            if len(ticks) >= TICKS_HELD:
+                merged = Tick(ticks[0].prev)
+                for t in ticks:
+                    merged.merge(t)
+                self.conflated += len(ticks) - 1
+                ticks[:] = [merged]
+            ticks.append(tick)
+        if trades and trades[-1].trade_id > self.last_trade:
+            if trades[0].trade_id <= self.last_trade:  # some came with the snapshot
+                trades = [t for t in trades if t.trade_id > self.last_trade]
+                text = trades_text(trades)
+            self.last_trade = trades[-1].trade_id
+            self.trades.append((text, len(trades)))
+            self.unsent_trades += len(trades)
+            if self.unsent_trades > self.max_trades:
+                self.overflowed = True
+                self.trades.clear()
+                self.kicked.set()
+        if ticker is not None:
+            self.ticker = ticker
+        self.wake.set()
+
+    def take_depth(self) -> str | None:
+        """The pending book changes as one ``depth`` message from :attr:`sent_seq`, if any."""
+        ticks = self.ticks
+        if not ticks:
+            return None
+        tick = ticks[0]
+        if len(ticks) > 1:
+            tick = Tick(tick.prev)
+            for t in ticks:
+                tick.merge(t)
+            self.conflated += len(ticks) - 1
+        ticks.clear()
+        prev, self.sent_seq = self.sent_seq, tick.seq
+        return tick.message(prev)
+
+    def take_trades(self) -> str:
+        """The oldest unsent ``trades`` message (call while :attr:`trades` holds one)."""
+        text, count = self.trades.popleft()
+        self.unsent_trades -= count
+        return text
 
 
 class PairFeed:
@@ -152,6 +260,7 @@ class PairFeed:
         prefix: str = "",
         trades_kept: int = 10_000,
         replica: Replica | None = None,
+        interval: float = 0.1,
     ) -> None:
         self.client = client
         self.reader = reader
@@ -165,6 +274,13 @@ class PairFeed:
         self.trades: deque[Trade] = deque(maxlen=trades_kept)
         self.ticker: dict[str, int | str] = {}
         self.subscribers: set[Subscriber] = set()
+        self.interval = interval
+        """Seconds from one flush to the next, at the least (see :meth:`_fan_out`)."""
+        self._tick: Tick | None = None
+        """The book's changes since the last flush."""
+        self._new_trades: list[Trade] = []
+        """The trades read since the last flush."""
+        self._due = asyncio.Event()
         self.outcomes: OrderedDict[str, Outcome] = OrderedDict()
         self._waiters: dict[str, asyncio.Future[Outcome | None]] = {}
         self._pending: dict[str, Outcome] = {}
@@ -195,6 +311,7 @@ class PairFeed:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self._follow_book())
             tasks.create_task(self._follow_outputs())
+            tasks.create_task(self._fan_out())
 
     async def _follow_book(self) -> None:
         """Merge the view's updates into the subscribers. On a cluster, an error reply the
@@ -205,7 +322,7 @@ class PairFeed:
             try:
                 async for update in self.view.updates():
                     failures = 0
-                    self._on_book(update)
+                    self.on_book(update)
                 return
             except RedisError as exc:
                 if self.repair is None:
@@ -216,23 +333,47 @@ class PairFeed:
                 await self.repair(exc)
                 await asyncio.sleep(self._backoff.compute(failures))
 
-    def _on_book(self, update: Update) -> None:
-        if update.entry is None:
+    def on_book(self, update: Update) -> None:
+        """Merge an entry into the tick to flush: O(levels it changed), however many clients."""
+        entry = update.entry
+        if entry is None:  # synced afresh: every client gets a snapshot
+            self._tick = None
             for sub in self.subscribers:
                 sub.snapshot, sub.resync = True, update.resync
                 sub.wake.set()
             return
-        entry = update.entry
+        if self._tick is None:
+            self._tick = Tick(entry.seq - 1)
+        self._tick.add(entry)
+        self._due.set()
+
+    def on_trades(self, trades: list[Trade]) -> None:
+        """Hold new trades (already in :attr:`trades`) for the next flush, if anyone listens."""
+        if self.subscribers:
+            self._new_trades += trades
+            self._due.set()
+
+    async def _fan_out(self) -> None:
+        """Flush as soon as something is new, then wait :attr:`interval` before the next: an
+        idle feed sends a change at once, a busy one at most one flush an interval, so what
+        each client costs the gateway is bounded by the interval, not by the input rate."""
+        while True:
+            await self._due.wait()
+            self._due.clear()
+            self.flush()
+            await asyncio.sleep(self.interval)
+
+    def flush(self) -> None:
+        """Hand the tick and the trades since the last flush to every client: each message is
+        encoded once, O(1) a client (but for clients that are behind)."""
+        tick, self._tick = self._tick, None
+        trades, self._new_trades = self._new_trades, []
+        text, ticker = "", None
+        if trades:
+            text = trades_text(trades)
+            ticker = ws_text({"type": "ticker", **self.ticker})
         for sub in self.subscribers:
-            if sub.snapshot:
-                continue
-            for level in entry.bids:
-                sub.bids[level.price] = level
-            for level in entry.asks:
-                sub.asks[level.price] = level
-            sub.seq, sub.input_id, sub.checksum = entry.seq, entry.input_id, entry.checksum
-            sub.best = (entry.best_bid, entry.best_ask)
-            sub.wake.set()
+            sub.push(tick, trades, text, ticker)
 
     async def _follow_outputs(self) -> None:
         failures = 0
@@ -301,17 +442,8 @@ class PairFeed:
         if new_trades:
             self.trades.extend(new_trades)
             self.ticker = decode_ticker(_fields(ticker))
-        if new_trades and self.subscribers:
-            texts = [ws_text({"type": "trade", **msgspec.to_builtins(t)}) for t in new_trades]
-            ticker_text = ws_text({"type": "ticker", **self.ticker})
-            for sub in self.subscribers:
-                sub.trades.extend(texts)
-                if len(sub.trades) > sub.max_trades:
-                    sub.overflowed = True
-                    sub.trades.clear()
-                    sub.kicked.set()
-                sub.ticker = ticker_text
-                sub.wake.set()
+        if new_trades:
+            self.on_trades(new_trades)
         if replica is not None and ahead:
             replica.read_ahead(replies[2])
         parsed = [event_from_fields(_fields(fields)) for _, fields in events]
@@ -403,6 +535,24 @@ class PairFeed:
         n = len(self.trades)
         return [self.trades[i] for i in range(max(0, n - limit), n)]
 
+    def snapshot(self, sub: Subscriber) -> dict[str, Any]:
+        """The ``snapshot`` message: the whole book now, the ticker and the latest trades. The
+        subscriber's pending changes and trades are dropped (the snapshot holds them)."""
+        view = self.view
+        sub.snapshot, sub.resync = False, None
+        sub.sent_seq = view.seq
+        sub.ticks.clear()
+        sub.trades.clear()
+        sub.unsent_trades = 0
+        sub.last_trade = self.trades[-1].trade_id if self.trades else 0
+        sub.ticker = None
+        return {
+            "type": "snapshot", "seq": view.seq, "input_id": view.input_id,
+            "bids": levels(view.bids()), "asks": levels(view.asks()),
+            "checksum": view.book.checksum(), "ticker": self.ticker,
+            "trades": self.latest_trades(100),
+        }  # fmt: skip
+
     def subscribe(self, max_trades: int) -> Subscriber:
         sub = Subscriber(max_trades)
         sub.wake.set()
@@ -419,6 +569,11 @@ _json: Final = msgspec.json.Encoder()
 def ws_text(message: dict[str, Any]) -> str:
     """A WebSocket message's text."""
     return _json.encode(message).decode()
+
+
+def trades_text(trades: list[Trade]) -> str:
+    """The ``trades`` message of these trades, oldest first."""
+    return _json.encode({"type": "trades", "trades": trades}).decode()
 
 
 def levels(items: Iterable[Level]) -> list[list[int]]:

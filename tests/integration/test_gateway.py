@@ -281,8 +281,8 @@ def test_the_websocket_feed_is_a_snapshot_then_updates_that_check(open_gateway: 
                 _apply(book, message)
                 assert _checksum(book) == message["checksum"]
                 seq = message["seq"]
-            elif message["type"] == "trade":
-                trades.append(message)
+            elif message["type"] == "trades":
+                trades += message["trades"]
         assert len(trades) == 20 and not book["bids"]
         assert book["asks"] == {105: (4, 1)}
         ws.send(json.dumps({"op": "snapshot"}))
