@@ -75,9 +75,10 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     snapshot_in_background: bool = True
     """Write snapshots a slice at a time between batches (see :mod:`shard.snapshotter`), not
     all at once (which stalls matching for the whole encoding and writing)."""
-    snapshot_slice_orders: int = 2_000
-    """Orders a snapshot slice encodes; a slice runs at most once a millisecond, and is the
-    most a batch waits for the snapshot (docs/benchmarks.md gives its time)."""
+    snapshot_slice_orders: int = 250
+    """Orders a snapshot slice encodes a millisecond: a slice runs at most once a millisecond
+    and is the most a batch waits for the snapshot (docs/benchmarks.md gives its time); after
+    a long batch it takes up to 16 times as many (:data:`shard.snapshotter.CATCH_UP`)."""
     trim_inputs: bool = True
     """After a snapshot, trim ``orders:{P}`` below it (XTRIM MINID), keeping ``keep_inputs_ms``."""
     keep_inputs_ms: int = 0

@@ -1,15 +1,16 @@
 """Snapshots written a slice at a time between batches, so a large book does not stall the shard.
 
 At a batch boundary the daemon opens a :class:`~shard.state.SnapshotWriter` on its engine at the
-committed checkpoint. A task on the daemon's event loop then encodes it in slices of
-``snapshot_slice_orders`` orders (2k by default), one slice a millisecond at most,
-and writes each full chunk of a new generation as soon as it is encoded, over its own
-connection, while the daemon goes on matching: the book copies a level only when it changes one
-the writer has not reached yet. The task also
-reads the header and notes the generation it begins (:meth:`Store.begin_snapshot`); once every
-chunk is written it points the header at the new generation (:meth:`Store.publish_snapshot`:
-only ahead of the stored one, never ahead of the checkpoint) and unlinks the old one. The
-daemon then trims the inputs below it from another task.
+committed checkpoint. A task on the daemon's event loop then encodes it in slices, one a
+millisecond at most, at a pace of ``snapshot_slice_orders`` orders a millisecond (250 by
+default; after a long batch, a slice makes up for the time it waited), and writes each full
+chunk of a new generation as soon as it is encoded, over its own connection, while the daemon
+goes on matching: the book copies a level only when it changes one the writer has not reached
+yet. The task also reads the header and notes the generation it begins
+(:meth:`Store.begin_snapshot`); once every chunk is written it points the header at the new
+generation (:meth:`Store.publish_snapshot`: only ahead of the stored one, never ahead of the
+checkpoint) and unlinks the old one. The daemon then trims the inputs below it from another
+task.
 
 Costs to the daemon: opening is O(price levels); a batch waits for at most one slice at each
 turn of the event loop; O(orders) to encode in all, plus the copies of the levels changed
@@ -58,6 +59,8 @@ IN_FLIGHT = 2
 PAUSE = 0.001
 """Seconds between two slices in the background (the event loop's timer resolution): back to
 back, slices would run ahead of every batch at each step of its way through the loop."""
+CATCH_UP: Final = 16
+"""The most milliseconds of pace one slice makes up for (see :func:`write_chunks`)."""
 WAIT_POLL: Final = 0.01
 """Seconds between two looks at a snapshot being finished on a clean stop."""
 FINISH_WITHIN: Final = 60.0
@@ -75,8 +78,13 @@ async def write_chunks(
     pause: bool,
 ) -> tuple[int, int]:
     """Encode ``writer`` to the end and store its bytes as the chunks of ``generation``, each
-    one ``SET`` as soon as it is full; ``pause``: sleep :data:`PAUSE` after each slice.
-    How many chunks and bytes. Chunk ``i`` holds bytes ``[i * chunk_bytes, (i + 1) *
+    one ``SET`` as soon as it is full. How many chunks and bytes.
+
+    ``pause``: in the background, at a pace of ``slice_orders`` orders a millisecond: a slice
+    covers the time since the last one began, so on a quiet loop (a slice a millisecond) it
+    is ``slice_orders`` orders, and after a long batch (a backlog) up to :data:`CATCH_UP`
+    times as many, so that draining a backlog does not stall the snapshot. Else, slices of
+    ``slice_orders`` back to back. Chunk ``i`` holds bytes ``[i * chunk_bytes, (i + 1) *
     chunk_bytes)`` of the snapshot (at least one chunk, even if empty)."""
     pending = bytearray()
     chunks = size = 0
@@ -88,8 +96,14 @@ async def write_chunks(
         await channel.send("SET", keys.snapshot_chunk(generation, chunks), part)
         chunks += 1
 
+    began = time.perf_counter()
     while not writer.done:
-        data = writer.step(slice_orders)
+        budget = slice_orders
+        if pause:
+            now = time.perf_counter()
+            budget = int(slice_orders * min(CATCH_UP, max(1.0, (now - began) * 1000)))
+            began = now
+        data = writer.step(budget)
         size += len(data)
         pending += data
         while len(pending) >= chunk_bytes:

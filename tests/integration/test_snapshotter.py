@@ -4,6 +4,7 @@ succeeds, never when abandoned; the bytes are those of the state at the opening.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -153,6 +154,32 @@ def test_a_failed_snapshot_is_reported(server: LocalServer, keys: Keys) -> None:
     failure = _with_client(server.url, body)
     assert "snapshot failed" in failure and "ConnectionError" in failure
     assert engine.book.cut is None
+
+
+def test_long_batches_do_not_stall_a_background_snapshot(
+    server: LocalServer, r: redis.Redis, keys: Keys
+) -> None:
+    """Draining a backlog, each turn of the loop is a long batch: a slice then covers the time
+    since the last one, so the snapshot keeps its pace in orders a millisecond."""
+    engine = _engine(20_000)  # about 10 orders a level: a slice of 10 is one level
+    cp = Checkpoint("5-0", 0, 20_000, engine.digest())
+    snap = Snapshotter(config(server.url, snapshot_slice_orders=10), keys)
+    _checkpoint(r, keys, 20_000)
+
+    async def body(client: Redis) -> int:
+        await snap.start(engine, cp, Store(client, keys, "shard"))
+        batches = 0
+        while snap.running is not None and not snap.running.task.done():
+            time.sleep(0.004)  # a 4 ms batch holds the loop
+            batches += 1
+            await asyncio.sleep(0)
+        await _wait(snap)
+        return batches
+
+    batches = _with_client(server.url, body)
+    # One level a batch would take about 2,000 batches; at 10 orders a millisecond, ~500.
+    assert batches < 1000, batches
+    assert r.get(keys.snapshot_chunk(20_000, 0)) == engine.snapshot()[: 1 << 20]
 
 
 def test_inline_snapshots_return_their_meta(
