@@ -430,6 +430,7 @@ class Shard:
             events=done.checkpoint.events,
             resting=len(engine.book),
             seconds=round(time.perf_counter() - started, 3),
+            **dict(done.spans),
         )
 
     def _snapshot_due(self) -> bool:

@@ -16,6 +16,7 @@ when entries are large: :class:`shard.reads.ReadBudget`); the lease is renewed a
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Awaitable, Callable
 from typing import Final, NamedTuple
 
@@ -56,6 +57,22 @@ class Recovered(NamedTuple):
     terms_were: Terms | None = None
     """The checkpoint's terms when the configured ones differ (the engine applies the new
     ones, but only after a snapshot is stored at the checkpoint); None when they are the same."""
+    spans: tuple[tuple[str, float], ...] = ()
+    """Seconds each step took, in order (see :func:`recover`), for the log."""
+
+
+class Spans:
+    """Wall time between marks (the daemon's, not the engine's: recovery is I/O)."""
+
+    def __init__(self) -> None:
+        self.took: list[tuple[str, float]] = []
+        self._last = time.perf_counter()
+
+    def mark(self, name: str) -> None:
+        """``name`` took the time since the last mark."""
+        now = time.perf_counter()
+        self.took.append((name, round(now - self._last, 3)))
+        self._last = now
 
 
 class Replayed(NamedTuple):
@@ -108,6 +125,7 @@ async def recover(store: Store, config: Config, renew: Renew) -> Recovered:
     """The engine at the stored checkpoint (rebuilt first if it is missing), verified, with the
     outputs checked to end where it says (:func:`check_outputs`)."""
     keys = store.keys
+    spans = Spans()
     checkpoint = await store.checkpoint()
     if checkpoint is None:
         checkpoint = await rebuild_checkpoint(store, config, renew)
@@ -120,7 +138,8 @@ async def recover(store: Store, config: Config, renew: Renew) -> Recovered:
             "with) or the checkpoint from a backup"
         )
     meta = await store.snapshot_meta()
-    engine, at, events = await load_snapshot(store, meta, terms)
+    spans.mark("checkpoint_s")
+    engine, at, events = await load_snapshot(store, meta, terms, spans)
     if parse_id(at) > parse_id(checkpoint.last_id):
         moved = await store.checkpoint()
         if moved is not None and moved.last_id != checkpoint.last_id:
@@ -136,6 +155,7 @@ async def recover(store: Store, config: Config, renew: Renew) -> Recovered:
             f"restore {keys.checkpoint} from the backup the snapshot came with"
         )
     done = await replay(store, config, engine, at, events, checkpoint.last_id, renew)
+    spans.mark("replay_s")
     found = Checkpoint(done.at, engine.book.next_trade_id - 1, done.events, engine.digest())
     digest = checkpoint.digest.startswith(DIGEST_SCHEME)
     if not found.same_place(checkpoint) or (digest and found.digest != checkpoint.digest):
@@ -147,11 +167,13 @@ async def recover(store: Store, config: Config, renew: Renew) -> Recovered:
         )
     await check_outputs(store, checkpoint)
     await sync_book(store, engine, checkpoint)
+    spans.mark("checks_s")
     # New terms apply from the next input on, once a snapshot is stored here (none is needed
     # where no input was ever applied).
     changed = terms if terms != config.terms and checkpoint.last_id != ZERO_ID else None
     engine.adopt(config.terms)
-    return Recovered(engine, checkpoint, done.replayed, meta.input_id if meta else None, changed)
+    snapshot = meta.input_id if meta else None
+    return Recovered(engine, checkpoint, done.replayed, snapshot, changed, tuple(spans.took))
 
 
 def book_of(engine: Engine) -> dict[str, str]:
@@ -196,16 +218,21 @@ async def sync_book(store: Store, engine: Engine, checkpoint: Checkpoint) -> Non
 
 
 async def load_snapshot(
-    store: Store, meta: SnapshotMeta | None, terms: Terms
+    store: Store, meta: SnapshotMeta | None, terms: Terms, spans: Spans | None = None
 ) -> tuple[Engine, str, int]:
     """The engine of the stored snapshot under ``terms``, the last input it covers and its
-    event count (an empty engine at ``0-0`` without one)."""
+    event count (an empty engine at ``0-0`` without one); the time to read it and to
+    restore it marked in ``spans``."""
     if meta is None:
         return Engine(True, terms.fees, terms.stp_default), ZERO_ID, 0
     data = await store.load_snapshot(meta)
+    if spans is not None:
+        spans.mark("snapshot_read_s")
     engine = Engine.restore(data, True, terms.fees, terms.stp_default)
     if meta.digest.startswith(DIGEST_SCHEME) and engine.digest() != meta.digest:
         raise RecoveryError(f"snapshot at {meta.input_id} does not match its own digest")
+    if spans is not None:
+        spans.mark("restore_s")
     return engine, meta.input_id, meta.events
 
 

@@ -398,6 +398,10 @@ def test_metrics_and_json_logs(server: LocalServer, r: redis.Redis, keys: Keys) 
         assert name in text, name
     lines = [json.loads(line) for line in log.splitlines()]
     assert lines and all(x["pair"] == PAIR and x["level"] and x["msg"] for x in lines)
+    # Recovery says what each step took (no snapshot here: nothing to read or restore).
+    recovered = next(x for x in lines if x["msg"] == "recovered")
+    steps = ("checkpoint_s", "replay_s", "checks_s")
+    assert all(recovered[k] >= 0 for k in steps) and "restore_s" not in recovered
 
 
 def test_acl_user_in_the_url(server: LocalServer, r: redis.Redis, keys: Keys) -> None:
