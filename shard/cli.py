@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from shard import __version__
+from shard.defaults import GATEWAY_PORT, REDIS_PORT
 
 if TYPE_CHECKING:
     from shard.config import Config, Keys
@@ -384,8 +385,6 @@ def build_parser() -> argparse.ArgumentParser:
         "up",
         help="local cluster: an embedded Redis-compatible server and one daemon per pair",
     )
-    from shard.up import DEFAULT_PORT
-
     up.add_argument("--pairs", default="BTC-USDT", help="comma-separated pairs")
     up.add_argument(
         "--redis-url",
@@ -405,11 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--port",
         type=int,
-        default=DEFAULT_PORT,
+        default=REDIS_PORT,
         help="port of the embedded server (default %(default)s, where the other commands look)",
     )
-    from shard.up import GATEWAY_PORT
-
     up.add_argument(
         "--gateway-port",
         type=int,
@@ -427,7 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     gateway.add_argument("--pairs", help="comma-separated pairs (env SHARD_GATEWAY_PAIRS)")
     gateway.add_argument("--redis-url", help="redis:// or rediss:// URL (env REDIS_URL)")
     gateway.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    gateway.add_argument("--port", type=int, help="port to listen on (default 8080)")
+    gateway.add_argument("--port", type=int, help=f"port to listen on (default {GATEWAY_PORT})")
     gateway.add_argument(
         "--config", help="TOML file with [gateway] and [shard] tables (env SHARD_CONFIG)"
     )

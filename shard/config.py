@@ -31,6 +31,7 @@ from urllib.parse import SplitResult, parse_qsl, urlsplit
 
 import msgspec
 
+from shard.defaults import REDIS_URL
 from shard.terms import Terms
 
 PAIR_RE: Final = re.compile(r"[A-Za-z0-9._-]{1,32}")
@@ -44,7 +45,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     """Everything a shard daemon needs to know. Times in seconds unless the name says ms."""
 
     pair: str = ""
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = REDIS_URL
     tls_ca_file: str = ""
     """PEM file of the CA that signed the server's certificate, trusted besides the system's
     store (rediss:// only). Empty: the system's store alone (or ``SSL_CERT_FILE``)."""

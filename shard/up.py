@@ -34,25 +34,17 @@ import threading
 import time
 from pathlib import Path
 from typing import Final
-from urllib.parse import urlsplit
-
-import msgspec
 
 from shard.cluster import pair_slot
 from shard.cluster_local import LocalCluster
-from shard.config import PAIR_RE, TLS_FILES, Config, ConfigError, _redact, load
+from shard.config import PAIR_RE, TLS_FILES, ConfigError, _redact, load
+from shard.defaults import REDIS_PORT, REDIS_URL
 from shard.server import LocalServer
 
-DEFAULT_URL: Final[str] = next(
-    f.default for f in msgspec.structs.fields(Config) if f.name == "redis_url"
-)
-DEFAULT_PORT: Final = urlsplit(DEFAULT_URL).port or 6379
-"""The embedded server's port: the one every other command reaches without a URL."""
 RESTART_PAUSE = 2.0
 GATEWAY: Final = "gateway"
 """The gateway's name among the children (not a pair: a pair has no lower-case-only rule, but
 ``shard up`` refuses this one)."""
-GATEWAY_PORT: Final = 8080
 
 
 def listen_error(port: int) -> str | None:
@@ -91,7 +83,7 @@ class Cluster:
         self.data_dir = data_dir
         self.cluster = (
             LocalCluster(
-                data_dir / "cluster", masters, base_port=port or DEFAULT_PORT,
+                data_dir / "cluster", masters, base_port=port or REDIS_PORT,
                 extra=server_args or [],
             )
             if masters
@@ -222,7 +214,7 @@ class Cluster:
         try:
             theirs = load(pair=first).redis_url
         except ConfigError:
-            theirs = DEFAULT_URL
+            theirs = REDIS_URL
         reach = "" if theirs == self.url else f" --redis-url {shown}"
         lines += [
             "try:",

@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 
 from shard.config import PAIR_RE, Config, ConfigError, load, read_table
+from shard.defaults import GATEWAY_PORT
 
 
 class KeyEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -28,7 +29,7 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
 
     pairs: list[str] = []
     host: str = "127.0.0.1"
-    port: int = 8080
+    port: int = GATEWAY_PORT
     wait_ms: int = 2000
     """How long order entry waits for the input's event before answering 202."""
     max_body_bytes: int = 4096

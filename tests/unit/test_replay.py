@@ -91,3 +91,17 @@ def test_broken_pipe_is_quiet() -> None:
     )
     assert proc.stdout.count(b"\n") == 1
     assert b"Traceback" not in proc.stderr
+
+
+def test_replay_loads_no_client_or_event_loop() -> None:
+    """`shard replay` is the engine and a file: the Redis client and asyncio are a third of
+    its start time and its empty RSS, so it must not import them (the parser it shares with
+    the daemon's commands once did)."""
+    probe = (
+        "import sys, os; from shard.cli import main; main(['replay', os.devnull]); "
+        "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, check=True, timeout=60
+    ).stdout.split()
+    assert not {b"redis", b"asyncio", b"uvloop", b"ssl", b"subprocess"} & set(loaded)
